@@ -1,0 +1,122 @@
+"Backbones: DINOv2 loader round trips, real EfficientNet-Lite0 weights, token shapes, LoRA merge, student policies."
+import re
+import pytest
+import torch
+import torch.nn.functional as F
+from splat_and_distill.backbones import (Backbone, make_backbone, dinov2, efficientnet_lite0, tiny_vit, classify, apply_lora,
+                                         merge_lora, make_student, frozen_copy, trainable_parameters, LoRALinear)
+
+
+@pytest.fixture(scope='module')
+def vits_ref():
+    torch.manual_seed(0)
+    return dinov2('dinov2_vits14', pretrained=False)
+
+
+def _original_dinov2_keys(sd, chunks=0):
+    "timm names -> facebookresearch/dinov2 names (+ mask_token; optionally chunked blocks as with block_chunks>0)."
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r'^blocks\.(\d+)\.(.*)$', k)
+        if chunks and m:
+            i = int(m.group(1)); per = 12 // chunks
+            k = f'blocks.{i // per}.{i}.{m.group(2)}'
+        out[k] = v.clone()
+    out['mask_token'] = torch.zeros(1, sd['cls_token'].shape[-1])
+    return out
+
+
+@pytest.mark.parametrize('chunks,fmt', [(0, 'pth'), (4, 'pth'), (0, 'safetensors')])
+def test_dinov2_loader_round_trip(tmp_path, vits_ref, chunks, fmt):
+    sd = _original_dinov2_keys(vits_ref.model.state_dict(), chunks)
+    path = tmp_path / f'ckpt.{fmt}'
+    if fmt == 'safetensors':
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else: torch.save({'teacher': {f'backbone.{k}': v for k, v in sd.items()}}, path)
+    bb = dinov2('dinov2_vits14', weights=path)
+    for k, v in vits_ref.model.state_dict().items(): assert torch.equal(bb.model.state_dict()[k], v), k
+    x = torch.rand(1, 3, 56, 70)
+    with torch.no_grad(): assert torch.allclose(bb(x), vits_ref(x), atol=1e-5)
+
+
+def test_dinov2_env_var_and_pos_embed_resample(tmp_path, vits_ref, monkeypatch):
+    from timm.layers import resample_abs_pos_embed
+    sd = _original_dinov2_keys(vits_ref.model.state_dict())
+    sd['pos_embed'] = resample_abs_pos_embed(sd['pos_embed'], (16, 16), num_prefix_tokens=1)  # a 224 px checkpoint
+    torch.save(sd, tmp_path / 's.pth')
+    monkeypatch.setenv('SND_DINOV2_VITS14', str(tmp_path / 's.pth'))
+    bb = make_backbone('auto')
+    assert bb.name == 'dinov2_vits14' and bb.dim == 384 and bb.stride == 14
+    assert bb.model.pos_embed.shape == vits_ref.model.pos_embed.shape
+    assert bb(torch.rand(1, 3, 128, 128)).shape == (1, 384, 9, 9)
+
+
+def test_dinov2_errors(tmp_path, vits_ref, monkeypatch):
+    monkeypatch.delenv('SND_DINOV2_VITS14', raising=False)
+    with pytest.raises(FileNotFoundError, match='missing.pth'): dinov2('dinov2_vits14', weights=tmp_path / 'missing.pth')
+    with pytest.raises(FileNotFoundError, match='SND_DINOV2_VITS14'): dinov2('dinov2_vits14')
+    sd = _original_dinov2_keys(vits_ref.model.state_dict())
+    del sd['blocks.3.attn.qkv.weight']; sd['head.weight'] = torch.zeros(3)
+    torch.save(sd, tmp_path / 'bad.pth')
+    with pytest.raises(ValueError, match=r'bad\.pth.*blocks\.3\.attn\.qkv\.weight.*head\.weight'): dinov2('dinov2_vits14', weights=tmp_path / 'bad.pth')
+    # a ViT-S checkpoint given for ViT-B: shape mismatches are named
+    with pytest.raises(ValueError, match='shape mismatches'): load_b(tmp_path, vits_ref)
+
+
+def load_b(tmp_path, vits_ref):
+    torch.save(vits_ref.model.state_dict(), tmp_path / 'small.pth')
+    return dinov2('dinov2_vitb14', weights=tmp_path / 'small.pth')
+
+
+def test_efficientnet_lite0_is_pretrained():
+    import skimage.data
+    bb = make_backbone('efficientnet_lite0')
+    img = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).float()[None] / 255
+    img = F.interpolate(img, size=(224, 224), mode='bilinear', align_corners=False, antialias=True)
+    with torch.no_grad(): p = classify(bb, img)[0]
+    assert int(p.argmax()) == 285, p.topk(3)  # Egyptian cat
+    assert p[285] > 0.5
+    with torch.no_grad():
+        assert bb(torch.rand(2, 3, 128, 128)).shape == (2, 112, 8, 8)
+        assert bb(torch.rand(1, 3, 100, 120)).shape == (1, 112, 7, 8)
+    assert bb.dim == 112 and bb.stride == 16 and bb.forward_features(torch.rand(1, 3, 32, 32))['cls'] is None
+
+
+def test_tiny_vit_shapes_and_size_policy():
+    bb = tiny_vit()
+    out = bb.forward_features(torch.rand(2, 3, 60, 90))
+    assert out['tokens'].shape == (2, 64, 8, 11) and out['cls'].shape == (2, 64)
+    assert bb.token_grid(60, 90) == (8, 11)
+    with pytest.raises(ValueError, match=r'\[b, 3, h, w\]'): bb(torch.rand(1, 4, 32, 32))
+    assert bb(torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8)).shape == (1, 64, 4, 4)
+
+
+def test_lora_merge_identical_outputs():
+    torch.manual_seed(0)
+    bb = tiny_vit()
+    apply_lora(bb, rank=8, alpha=16)
+    assert sum(isinstance(m, LoRALinear) for m in bb.modules()) == 4
+    with torch.no_grad():
+        for n, p in trainable_parameters(bb).items(): p.normal_(0, 0.05)
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        y = bb(x); merge_lora(bb); ym = bb(x)
+    assert torch.allclose(y, ym, atol=1e-5)
+    assert not any(isinstance(m, LoRALinear) for m in bb.modules())
+    assert set(dict(bb.named_parameters())) == set(dict(tiny_vit().named_parameters()))
+
+
+def test_student_policies():
+    t = tiny_vit()
+    s = make_student(t)
+    assert s.policy == 'lora' and all('lora_' in n for n in trainable_parameters(s))
+    ema = frozen_copy(s)
+    assert set(trainable_parameters(s)) <= set(dict(ema.named_parameters())) and not trainable_parameters(ema)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad(): assert torch.allclose(s(x), t(x), atol=1e-6)
+    c = make_student(efficientnet_lite0(pretrained=False))
+    assert c.policy == 'last_stages' and trainable_parameters(c)
+    assert all(n.startswith('model.blocks.4.') for n in trainable_parameters(c))
+    assert len(trainable_parameters(make_student(t, policy='full'))) == len(list(t.parameters()))
+    with pytest.raises(ValueError, match='unknown policy'): make_student(t, policy='bogus')

@@ -1,0 +1,107 @@
+"Lifting: mask-aware upsampling by hand, blending, token-grid downsampling, own-camera round trip, multi-view consistency."
+import pytest
+import torch
+import torch.nn.functional as F
+from splat_and_distill.backbones import make_backbone, tiny_vit
+from splat_and_distill.gaussians import gaussians_from_depth
+from splat_and_distill.cameras import unproject_depth
+from splat_and_distill.lift import (mask_aware_upsample, semantic_blend, downsample_to_tokens, hole_mask, token_centre_pixels,
+                                    lift_and_splat, lift_and_splat_details, lift_and_splat_batch, multiview_consistency,
+                                    covisible_pixels, feature_cosine)
+
+
+@pytest.fixture(scope='module')
+def scene():
+    from splat_and_distill.scenes import make_scene
+    return make_scene(1, n_views=16, size=64)
+
+
+def test_mask_aware_upsample_hand_example():
+    tok = torch.tensor([[0., 10.], [20., 30.]])[None, None]
+    lab = torch.tensor([[0, 0, 1, 1]] * 4)[None]
+    up = mask_aware_upsample(tok, lab)[0, 0]
+    assert torch.allclose(up, torch.tensor([[0., 0, 10, 10], [5, 5, 15, 15], [15, 15, 25, 25], [20, 20, 30, 30]]))
+    plain = F.interpolate(tok, size=(4, 4), mode='bilinear', align_corners=False)[0, 0]
+    assert plain[1, 1] == 7.5 and plain[1, 2] == 12.5
+    lab[0, 2, 1] = 7  # no neighbour token has label 7: plain bilinear, not zero
+    assert torch.isclose(mask_aware_upsample(tok, lab)[0, 0, 2, 1], torch.tensor(17.5))
+
+
+def test_mask_aware_upsample_reduces_to_bilinear():
+    t = torch.randn(2, 3, 5, 4)
+    for lab in (torch.zeros(2, 40, 32, dtype=torch.long), -torch.ones(2, 40, 32, dtype=torch.long)):
+        assert torch.allclose(mask_aware_upsample(t, lab), F.interpolate(t, size=(40, 32), mode='bilinear', align_corners=False), atol=1e-5)
+    with pytest.raises(ValueError, match='labels must be'): mask_aware_upsample(t, torch.zeros(40, 32, dtype=torch.long))
+
+
+def test_token_centres_and_holes():
+    rows, cols = token_centre_pixels(4, 2, 64, 32)
+    assert rows.tolist() == [8, 24, 40, 56] and cols.tolist() == [8, 24]
+    alpha = torch.zeros(1, 64, 32); alpha[:, :32] = 1
+    assert hole_mask(alpha, 4, 2).tolist() == [[[True, True], [True, True], [False, False], [False, False]]]
+    x = torch.randn(1, 5, 64, 32)
+    cov = alpha.bool()
+    down = downsample_to_tokens(x * cov[:, None], cov, 4, 2)
+    ref = downsample_to_tokens(x, torch.ones_like(cov), 4, 2)
+    assert torch.allclose(down[..., 0, :], ref[..., 0, :], atol=1e-5)  # first token row: its footprint is fully covered
+
+
+def test_semantic_blend():
+    f = torch.tensor([1., 3., 10., 20.]).view(1, 1, 1, 4)
+    l = torch.tensor([0, 0, 1, -1]).view(1, 1, 4)
+    assert torch.allclose(semantic_blend(f, l, 0.5)[0, 0, 0], torch.tensor([1.5, 2.5, 10., 20.]))
+    assert semantic_blend(f, l, 1.) is f
+
+
+def test_own_camera_round_trip(scene):
+    "One context view lifted with ground-truth depth and rendered into its own camera reproduces its upsampled features."
+    teacher = make_backbone('efficientnet_lite0')
+    cos = []
+    for i in (0, 8):
+        ctx = scene.select([i])
+        res = lift_and_splat_details(teacher, ctx.rgb[None], ctx.instance[None], ctx.K[None], ctx.c2w[None], ctx.K, ctx.c2w,
+                                     ctx.instance, context_depth=ctx.depth[None], blend=1.)
+        assert res['covered'].float().mean() > 0.99
+        cos.append(feature_cosine(res['rendered'][0], res['context_up'][0, 0], res['covered'][0]))
+    assert min(cos) > 0.99, cos
+
+
+def test_lift_and_splat_shapes_and_gaussians_interface(scene):
+    teacher = tiny_vit()
+    ctx, tgt = scene.select([2, 10]), scene.select([6])
+    kw = dict(context_rgb=ctx.rgb[None], context_labels=ctx.instance[None], context_K=ctx.K[None], context_c2w=ctx.c2w[None],
+              target_K=tgt.K, target_c2w=tgt.c2w, target_labels=tgt.instance)
+    tok, valid = lift_and_splat(teacher, **kw, context_depth=ctx.depth[None], token_grid=(8, 8))
+    assert tok.shape == (1, 64, 8, 8) and valid.shape == (1, 8, 8) and valid.dtype == torch.bool and valid.float().mean() > 0.8
+    assert not tok.requires_grad
+    g = gaussians_from_depth(ctx.depth[None], ctx.K[None], ctx.c2w[None], ctx.rgb[None])
+    tok_g, valid_g = lift_and_splat(teacher, **kw, gaussians=g, token_grid=(8, 8))
+    assert torch.allclose(tok, tok_g, atol=1e-5) and torch.equal(valid, valid_g)
+    too_few = type(g)(*[t[:, :100] for t in g.tensors()])
+    with pytest.raises(ValueError, match='pixel-aligned'): lift_and_splat(teacher, **kw, gaussians=too_few)
+    with pytest.raises(ValueError, match='exactly one of'): lift_and_splat(teacher, **kw)
+
+
+def test_multiview_consistency(scene):
+    a, b = 0, 4
+    geo = lambda i: (scene.depth[i], scene.K[i], scene.c2w[i])
+    uv_a, uv_b = covisible_pixels(*geo(a), *geo(b))
+    assert len(uv_a) > 0.3 * 64 * 64
+    xyz = lambda i: unproject_depth(scene.depth[i], scene.K[i], scene.c2w[i]).permute(2, 0, 1) + 10
+    assert multiview_consistency(xyz(a), xyz(b), *geo(a), *geo(b)) > 0.999
+    rnd = multiview_consistency(torch.randn(8, 64, 64), torch.randn(8, 64, 64), *geo(a), *geo(b))
+    assert abs(rnd) < 0.1
+    # batched: mean over pairs; token-resolution maps are sampled bilinearly
+    fa, fb = torch.stack([xyz(a), xyz(a)]), torch.stack([xyz(b), xyz(b)])
+    st = lambda i: [torch.stack([t, t]) for t in geo(i)]
+    assert multiview_consistency(fa, fb, *st(a), *st(b)) > 0.999
+    low = F.interpolate(xyz(a)[None], size=(16, 16), mode='bilinear', antialias=True)[0]
+    assert multiview_consistency(low, F.interpolate(xyz(b)[None], size=(16, 16), mode='bilinear', antialias=True)[0], *geo(a), *geo(b)) > 0.99
+
+
+def test_lift_and_splat_batch():
+    from torch.utils.data import DataLoader
+    from splat_and_distill.scenes import make_scene, TripletDataset
+    batch = next(iter(DataLoader(TripletDataset([make_scene(0, n_views=16, size=64)]), batch_size=2)))
+    tok, valid = lift_and_splat_batch(tiny_vit(), batch, blend=1.)
+    assert tok.shape == (2, 64, 8, 8) and valid.shape == (2, 8, 8) and valid.any()

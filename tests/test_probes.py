@@ -1,0 +1,176 @@
+"Sanity tests of the 3D-awareness probes (chapter 09): perfect predictions score perfectly, losses match hand computations, chance stays chance."
+import math
+import pytest
+import torch
+import torch.nn.functional as F
+from splat_and_distill.cameras import make_intrinsics, look_at, relative_rotation_deg
+from splat_and_distill.probes import (
+    probe_input, depth_bin_centers, depth_bin_weights, DepthProbe, sig_loss, depth_metrics, average_metrics,
+    normals_to_camera, NormalsProbe, angular_loss, normal_metrics, pooled_angular_stats, SegProbe, seg_loss,
+    confusion_matrix, miou_from_confusion, IGNORE_INDEX, ratio_test_matches, correspondence_errors,
+    correspondence_recall, covisible_pixels, grid_depth, match_scale_shift, ConcatBackbone, probe_config, ProbeConfig,
+    results_table, compare_models, _parse_overrides, spec_label, view_pairs, ProbeSplit)
+
+
+@pytest.fixture(autouse=True)
+def _seed(): torch.manual_seed(0)
+
+
+def test_ground_truth_scores_perfectly():
+    gt = 0.5 + 5 * torch.rand(4, 20, 24); gt[0, :3] = 0; gt[1, 0, 0] = float('inf')
+    m = average_metrics(depth_metrics(gt.clone(), gt))
+    assert m['abs_rel'] == pytest.approx(0, abs=1e-7) and m['rmse'] == pytest.approx(0, abs=1e-6)
+    assert (m['d1'], m['d2'], m['d3']) == (1., 1., 1.)
+    n = F.normalize(torch.randn(3, 3, 10, 12), dim=1); n[0, :, :2] = 0
+    per, errs = normal_metrics(n.clone(), n)
+    a = {**average_metrics(per), **pooled_angular_stats(errs)}
+    assert a['rmse'] < 1e-3 and a['mean_pooled'] < 1e-3 and a['median_pooled'] < 1e-3
+    assert (a['pct_11'], a['pct_22'], a['pct_30']) == (100., 100., 100.)
+    lab = torch.randint(0, 6, (3, 10, 12)); lab[0, 0] = IGNORE_INDEX
+    assert miou_from_confusion(confusion_matrix(lab, lab, 9))['miou'] == 1.
+
+
+def test_depth_metric_values():
+    gt = torch.full((1, 4, 4), 2.)
+    m = average_metrics(depth_metrics(gt * 1.5, gt))
+    assert m['abs_rel'] == pytest.approx(0.5) and m['rmse'] == pytest.approx(1.0)
+    assert (m['d1'], m['d2'], m['d3']) == (0., 1., 1.)
+    gt = torch.zeros(2, 3, 3); gt[1] = 1.
+    assert average_metrics(depth_metrics(gt + 1, gt))['valid_images'] == 1  # an image without valid pixels is skipped
+
+
+def test_depth_head_bins_and_weighting():
+    b = depth_bin_centers(256, 1e-3, 10.)
+    assert len(b) == 256 and b[0].item() == pytest.approx(1e-3) and b[-1].item() == pytest.approx(10.)
+    z = torch.randn(2, 256, 3, 3) * 3
+    w = depth_bin_weights(z)
+    want = (z.clamp(min=0) + 0.1) / (z.clamp(min=0) + 0.1).sum(1, keepdim=True)
+    torch.testing.assert_close(w, want)
+    head = DepthProbe(7, n_bins=256, min_depth=1e-3, max_depth=10.)
+    x = torch.randn(2, 7, 3, 4)
+    ref_scores = head.conv(F.interpolate(x, scale_factor=4, mode='bilinear', align_corners=False))  # paper order
+    ref = (depth_bin_weights(ref_scores) * head.bins[None, :, None, None]).sum(1)
+    torch.testing.assert_close(head(x), ref, atol=1e-5, rtol=1e-5)
+    assert head(x).shape == (2, 12, 16) and head(x, (30, 40)).shape == (2, 30, 40)
+
+
+def test_probe_head_shapes():
+    tok, cls = torch.randn(2, 6, 3, 5), torch.randn(2, 6)
+    assert probe_input(tok, cls).shape == (2, 12, 3, 5) and probe_input(tok).shape == tok.shape
+    assert NormalsProbe(6)(tok, (12, 20)).shape == (2, 4, 12, 20)
+    assert SegProbe(6, 9)(tok, (12, 20)).shape == (2, 9, 12, 20)
+    assert DepthProbe(12)(probe_input(tok, cls)).shape == (2, 12, 20)
+
+
+def test_losses_match_hand_computation():
+    pred, gt = torch.tensor([[1., 2.], [4., 3.]]), torch.tensor([[2., 2.], [2., 0.]])
+    g = [math.log(.5), 0., math.log(2.)]
+    mean, mean2 = sum(g) / 3, sum(x * x for x in g) / 3
+    assert sig_loss(pred, gt).item() == pytest.approx(math.sqrt(mean2 - 0.85 * mean ** 2), rel=1e-5)
+    out = torch.zeros(1, 4, 1, 1); out[0, 0] = 1.; out[0, 3] = 0.5          # kappa = elu(0.5) + 1.01 = 1.51
+    n = torch.tensor([0., 1., 0.]).view(1, 3, 1, 1)                           # 90 degrees away
+    k, th = 1.51, math.acos(1e-4 * 0) if False else math.pi / 2
+    want = math.log(1 + math.exp(-math.pi * k)) - math.log(1 + k * k) + k * th
+    assert angular_loss(out, n).item() == pytest.approx(want, rel=1e-5)
+    logits = torch.tensor([[1., 2., 0.5]]).view(1, 3, 1, 1)
+    want = -(2. - math.log(math.exp(1) + math.exp(2) + math.exp(.5)))
+    assert seg_loss(logits, torch.tensor([[[1]]])).item() == pytest.approx(want, rel=1e-6)
+    assert miou_from_confusion(confusion_matrix(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), 3))['miou'] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_normals_to_camera_frame():
+    c2w = look_at(torch.tensor([0., 0., 1.]), torch.tensor([3., 0., 1.]))[None]   # looks along +x
+    n = torch.tensor([-1., 0., 0.]).view(1, 3, 1, 1)                               # wall facing the camera
+    torch.testing.assert_close(normals_to_camera(n, c2w)[0, :, 0, 0], torch.tensor([0., 0., -1.]), atol=1e-6, rtol=0)
+    up = torch.tensor([0., 0., 1.]).view(1, 3, 1, 1)                               # world up = image up = camera -y
+    torch.testing.assert_close(normals_to_camera(up, c2w)[0, :, 0, 0], torch.tensor([0., -1., 0.]), atol=1e-6, rtol=0)
+
+
+def _cam(h=24, w=32): return make_intrinsics(30., 30., w / 2, h / 2), torch.eye(4)
+
+
+def test_identical_features_identity_camera_recall_100():
+    K, eye = _cam()
+    depth, feat = 2 + torch.rand(24, 32), torch.randn(16, 24, 32)
+    err = correspondence_errors(feat, feat, depth, depth, K, K, eye, eye, num_corr=300)
+    assert len(err) == 300 and err.max() < 1e-3
+    r = correspondence_recall([err], relative_rotation_deg(eye, eye)[None], grid_width=32)
+    assert r['recall_5px'] == r['recall_10px'] == r['recall_20px'] == 100. and r['recall_10px_rot0-15'] == 100.
+
+
+def test_random_features_near_chance():
+    K, eye = _cam()
+    depth = 2 + torch.rand(24, 32)
+    errs = [correspondence_errors(torch.randn(16, 24, 32), torch.randn(16, 24, 32), depth, depth, K, K, eye, eye, 200) for _ in range(8)]
+    r = correspondence_recall(errs, grid_width=32)
+    chance20 = 100 * math.pi * (20 * 32 / 160) ** 2 / (24 * 32)
+    assert r['recall_20px'] < 1.5 * chance20 and r['recall_5px'] < 5
+
+
+def test_ratio_test_and_thresholds():
+    f0 = F.normalize(torch.tensor([[1., 0.], [0., 1.]]), dim=-1)
+    f1 = F.normalize(torch.tensor([[1., 0.1], [0., 1.], [1., 0.]]), dim=-1)
+    i0, i1, w = ratio_test_matches(f0, f1, 2)
+    assert set(zip(i0.tolist(), i1.tolist())) == {(0, 2), (1, 1)} and (w > 0.99).all()
+    e = [torch.tensor([3., 7., 15., 30.])]
+    r = correspondence_recall(e, grid_width=160)
+    assert (r['recall_5px'], r['recall_10px'], r['recall_20px']) == (25., 50., 75.)
+    assert correspondence_recall(e, grid_width=320)['recall_5px'] == 50.  # 10 px on a 320-px grid
+
+
+def test_shifted_camera_recall_and_covisibility():
+    h, w = 24, 32
+    K = make_intrinsics(30., 30., w / 2, h / 2)
+    c0 = torch.eye(4); c1 = torch.eye(4); c1[0, 3] = 0.2                  # right camera, fronto-parallel plane at z=3
+    depth = torch.full((h, w), 3.)
+    shift = 30 * 0.2 / 3                                                   # 2 px disparity
+    feat0 = torch.randn(8, h, w)
+    feat1 = torch.roll(feat0, shifts=-2, dims=-1)                          # view 1 sees everything 2 px to the left
+    err = correspondence_errors(feat0, feat1, depth, depth, K, K, c0, c1, num_corr=100)
+    assert (err < 1e-3).float().mean() > 0.85   # the 2 columns that leave view 1 wrap around in `roll`: wrong by 32 px
+    uv0, uv1 = covisible_pixels(depth, depth, K, K, c0, c1)
+    torch.testing.assert_close(uv1[:, 0], uv0[:, 0] - shift)
+    assert len(uv0) == h * (w - 2)
+
+
+def test_grid_depth_and_scale_shift():
+    d = torch.arange(64.).reshape(8, 8) + 1
+    K = make_intrinsics(8., 8., 4., 4.)
+    g, Kg = grid_depth(d, K, 4)
+    assert g.shape == (4, 4) and g[0, 0] == d[1, 1] and Kg[0, 0] == 4. and Kg[0, 2] == 2.
+    gt = 1 + torch.rand(2, 5, 5)
+    torch.testing.assert_close(match_scale_shift(3 * gt - 1, gt), gt, atol=1e-4, rtol=1e-4)
+
+
+def test_concat_backbone():
+    class Toy(torch.nn.Module):
+        def __init__(self, d, s, cls): super().__init__(); self.dim, self.stride, self.cls, self.p = d, s, cls, torch.nn.Parameter(torch.zeros(1))
+        def forward_features(self, x):
+            b, _, h, w = x.shape
+            return dict(tokens=torch.ones(b, self.dim, h // self.stride, w // self.stride), cls=torch.ones(b, self.dim) if self.cls else None)
+    cb = ConcatBackbone([Toy(3, 4, True), Toy(5, 8, True)])
+    out = cb.forward_features(torch.zeros(2, 3, 32, 32))
+    assert cb.dim == 8 and out['tokens'].shape == (2, 8, 8, 8) and out['cls'].shape == (2, 8)
+    assert ConcatBackbone([Toy(3, 4, True), Toy(5, 4, False)]).forward_features(torch.zeros(1, 3, 16, 16))['cls'] is None
+
+
+def test_config_cli_helpers_and_table():
+    assert probe_config('cpu_default').corr_matches(160, 120) == 1000
+    with pytest.raises(ValueError, match='unknown probe preset'): probe_config('nope')
+    assert _parse_overrides('epochs=3,real_image=false,corr_gaps=[1,2],name=x') == dict(epochs=3, real_image=False, corr_gaps=(1, 2), name='x')
+    assert spec_label('efficientnet_lite0:runs/a/student.safetensors') == 'efficientnet_lite0:student'
+    assert spec_label('a+b:random') == 'a+b:random'
+    res = dict(config=dict(name='t'), date='d', models=dict(a=dict(depth=dict(abs_rel=0.1), seg=dict(miou=0.5)),
+                                                               b=dict(depth=dict(abs_rel=0.2), seg=dict(miou=0.4))))
+    table = results_table(res)
+    assert '| a | 0.100 | 0.500 |' in table and 'depth AbsRel' in table and 'mIoU' in table
+    assert compare_models(res, 'a', 'b') == {'depth.abs_rel': True, 'seg.miou': True}
+
+
+def test_view_pairs_same_scene():
+    n = 10
+    split = ProbeSplit(*(torch.zeros(2 * n) for _ in range(6)), scene=torch.arange(2 * n) // n, view=torch.arange(2 * n) % n)
+    p = view_pairs(split, gaps=(1, 3), per_gap=2, seed=0)
+    assert p.shape == (8, 2)
+    assert (split.scene[p[:, 0]] == split.scene[p[:, 1]]).all()
+    assert set((p[:, 1] - p[:, 0]).tolist()) == {1, 3}

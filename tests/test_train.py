@@ -1,0 +1,90 @@
+"Training loop: config errors before any work, CLI, resume == uninterrupted, timm export, 2-process DDP on CPU."
+import json, os, socket
+from pathlib import Path
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from splat_and_distill.train import (make_config, validate_config, train, snd_train, latest_checkpoint, TrainConfig, PRESETS)
+
+TINY = dict(backbone='tiny_vit', out_dim=64, head_hidden=32, head_bottleneck=16, height=32, width=32, n_views=12,
+            train_scenes=2, val_scenes=1, val_pairs=2, batch_size=2, steps=6, lr=1e-3, ema_every=2, log_every=2,
+            val_every=0, ckpt_every=2, progress=False, device='cpu', threads=1)
+
+def tiny(tmp, **kw): return make_config('cpu_demo', {**TINY, 'out': str(tmp), **kw})
+
+def test_bad_configs_fail_before_any_work(tmp_path):
+    out = tmp_path / 'run'
+    with pytest.raises(ValueError, match="did you mean 'steps'"): make_config('cpu_demo', {'step': 3})
+    with pytest.raises(ValueError, match='unknown preset'): make_config('cpu_dem')
+    with pytest.raises(FileNotFoundError, match='--weights'): train(make_config('paper_vits14', out=str(out), data=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match='file not found'): train(make_config('cpu_demo', out=str(out), weights=str(tmp_path / 'x.pth')))
+    with pytest.raises(FileNotFoundError, match='folder not found'): train(make_config('cpu_demo', out=str(out), data=str(tmp_path / 'nope')))
+    with pytest.raises(FileNotFoundError, match='scene folder'): train(make_config('cpu_demo', out=str(out), data=str(tmp_path)))
+    with pytest.raises(ValueError, match='recipe'): train(make_config('cpu_demo', out=str(out), recipe='ibot'))
+    assert not out.exists(), 'nothing may be written before the config is known to be good'
+
+def test_cli_help_lists_every_option_and_rejects_bad_input(capsys):
+    with pytest.raises(SystemExit) as e: snd_train(['--help'])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for f in TrainConfig.__dataclass_fields__:
+        if f != 'preset': assert f'--{f}' in text, f
+    for p in PRESETS: assert p in text
+    cfg = snd_train(['--print_config', '--preset', 'paper_vits14', '--set', 'steps=10', '--lr', '3e-4', '--data', 'procedural', '--train_scenes', '4',
+                     '--weights', __file__, '--geometry', 'gt'])['config']
+    assert (cfg['steps'], cfg['lr'], cfg['out_dim'], cfg['lora_rank']) == (10, 3e-4, 65536, 8)
+    for bad in (['--set', 'stepz=3'], ['--preset', 'nope'], ['--steps', 'ten'], ['--weights', '/no/such.pth']):
+        with pytest.raises(SystemExit) as e: snd_train(['--print_config', *bad])
+        assert e.value.code == 2
+        assert 'snd_train: error' in capsys.readouterr().err
+
+def _weights(run):
+    ck = latest_checkpoint(run)
+    return {n: load_file(str(ck / f'{n}.safetensors')) for n in ('student', 'teacher')}, torch.load(ck / 'state.pt', weights_only=False)
+
+def test_resume_equals_uninterrupted_and_export(tmp_path):
+    a = train(tiny(tmp_path / 'a'))
+    b1 = train(tiny(tmp_path / 'b', stop_after=3))          # "killed" after 3 steps (checkpoint written at step 3)
+    assert b1['stopped'] and b1['steps_done'] == 3 and not (tmp_path / 'b' / 'results.json').exists()
+    b2 = train(tiny(tmp_path / 'b'), resume=True)
+    assert b2['start_step'] == 3 and b2['steps_done'] == 6
+    (wa, sa), (wb, sb) = _weights(tmp_path / 'a'), _weights(tmp_path / 'b')
+    for n in wa:
+        assert wa[n].keys() == wb[n].keys()
+        for k in wa[n]: assert torch.equal(wa[n][k], wb[n][k]), (n, k)
+    assert torch.equal(sa['center'], sb['center']) and sa['step'] == sb['step'] == 6
+    # metrics of the resumed run continue the killed one without duplicates
+    steps = [json.loads(l)['step'] for l in (tmp_path / 'b' / 'metrics.jsonl').read_text().splitlines() if '"loss"' in l]
+    assert steps == [2, 4, 6]
+    res = json.loads((tmp_path / 'a' / 'results.json').read_text())
+    assert res['recipe']['recipe'] == 'dino' and 'original_consistency' in res and 'val_consistency' in res
+    # the exported student is a plain timm state dict with LoRA merged: loads strictly into the plain model
+    from splat_and_distill.backbones import make_backbone
+    sd = load_file(str(tmp_path / 'a' / 'student_timm.safetensors'))
+    assert not any('lora' in k for k in sd)
+    plain = make_backbone('tiny_vit')
+    plain.model.load_state_dict(sd, strict=True)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(): torch.testing.assert_close(plain(x), a['student'].backbone.eval()(x), atol=1e-5, rtol=1e-4)
+
+def _free_port():
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def _ddp_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    res = train(tiny(Path(out) / 'run', steps=4, ckpt_every=0))
+    for name in ('student', 'teacher'):
+        save_file({k: v.detach().contiguous().clone() for k, v in res[name].state_dict().items()}, str(Path(out) / f'{name}{rank}.safetensors'))
+    dist.destroy_process_group()
+
+def test_ddp_two_cpu_processes_stay_identical(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for name in ('student', 'teacher'):
+        w0, w1 = load_file(str(tmp_path / f'{name}0.safetensors')), load_file(str(tmp_path / f'{name}1.safetensors'))
+        for k in w0: assert torch.equal(w0[k], w1[k]), (name, k)
+    assert (tmp_path / 'run' / 'results.json').exists()  # rank 0 wrote the results
+    res = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    assert res['world_size'] == 2 and res['steps'] == 4
