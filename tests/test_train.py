@@ -88,3 +88,11 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path):
     assert (tmp_path / 'run' / 'results.json').exists()  # rank 0 wrote the results
     res = json.loads((tmp_path / 'run' / 'results.json').read_text())
     assert res['world_size'] == 2 and res['steps'] == 4
+
+def test_reconstructor_geometry_runs(tmp_path):
+    "geometry='reconstructor': Gaussians from a (here untrained, tiny) feed-forward reconstructor instead of GT depth."
+    from splat_and_distill.reconstruct import Reconstructor, tiny as recon_tiny, save_reconstructor
+    save_reconstructor(tmp_path / 'recon', Reconstructor(recon_tiny(size=32)))
+    res = train(tiny(tmp_path / 'run', geometry='reconstructor', reconstructor=str(tmp_path / 'recon'), render_scale=1.0,
+                     steps=2, ckpt_every=0))
+    assert res['results']['geometry'] == 'reconstructor' and res['results']['time_per_step']['reconstructor'] > 0
