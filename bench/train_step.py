@@ -11,9 +11,9 @@ with other jobs, CPU seconds are the better estimate of the unloaded wall-clock 
 import argparse, json, sys, tempfile, time
 from pathlib import Path
 import torch
-from splat_and_distill.core import set_threads
+from splat_and_distill.core import set_threads, batch_to
 from splat_and_distill.train import make_config, validate_config, load_scenes, build_models, make_criterion, make_optimizer, \
-    step_batch, batch_to, downscale_batch, StepTimer
+    step_batch, downscale_batch, lift_scale, StepTimer
 from splat_and_distill.distill import ema_due, ema_update
 from splat_and_distill.lift import lift_and_splat_batch
 from splat_and_distill.scenes import TripletDataset
@@ -39,9 +39,9 @@ def main(argv=None):
     if a.geometry == 'reconstructor':
         from splat_and_distill.reconstruct import Reconstructor, cpu_default, save_reconstructor
         tmp = tempfile.TemporaryDirectory()
-        size = round(int(ov.get('height', 128)) * float(ov.get('render_scale', 0.25)))
+        size = 64 if a.mode == 'cpu' else 256  # the reconstructor presets cpu_default / gpu_256
         save_reconstructor(tmp.name, Reconstructor(cpu_default(size=size)))
-        ov.update(geometry='reconstructor', reconstructor=tmp.name)
+        ov.update(geometry='reconstructor', reconstructor=tmp.name, render_scale=None)  # lift at the reconstructor's size
     cfg = make_config('cpu_demo', {k: v for k, v in ov.items() if v is not None or k == 'weights'})
     if cfg.backbone.startswith('dinov2') and not cfg.weights:
         cfg.weights = None  # random init for timing: bypass the weights-file requirement of training
@@ -64,7 +64,8 @@ def main(argv=None):
         with torch.no_grad():
             with timer.section('teacher'):
                 ctx = teacher.tokens(batch['context_rgb'].flatten(0, 1))
-            small = downscale_batch(batch, cfg.render_scale)
+            scale = lift_scale(cfg, (cfg.height, cfg.width), (hp, wp), recon)
+            small = downscale_batch(batch, scale)
             geo = {}
             with timer.section('reconstructor'):
                 if recon is not None:
@@ -86,7 +87,7 @@ def main(argv=None):
     ms = {k: round(1000 * v, 1) for k, v in timer.mean().items()}
     total = sum(ms.values())
     print(f'device={device} backbone={cfg.backbone} {cfg.height}x{cfg.width} batch={cfg.batch_size} K={cfg.out_dim} '
-          f'render_scale={cfg.render_scale} geometry={cfg.geometry} threads={torch.get_num_threads()} steps={a.steps}')
+          f'lift at {scale:.3g} x image size, geometry={cfg.geometry} threads={torch.get_num_threads()} steps={a.steps}')
     for k, v in ms.items(): print(f'  {k:<18} {v:9.1f} ms  ({100 * v / max(total, 1e-9):4.1f}%)')
     print(f'  {"total":<18} {total:9.1f} ms/step wall; {cpu:.2f} process CPU s/step')
     return dict(ms=ms, total_ms=total, cpu_s_per_step=cpu)
