@@ -105,3 +105,16 @@ def test_lift_and_splat_batch():
     batch = next(iter(DataLoader(TripletDataset([make_scene(0, n_views=16, size=64)]), batch_size=2)))
     tok, valid = lift_and_splat_batch(tiny_vit(), batch, blend=1.)
     assert tok.shape == (2, 64, 8, 8) and valid.shape == (2, 8, 8) and valid.any()
+
+def test_covisible_cosines_match_consistency_and_beat_chance():
+    "The co-visible cosines average to `multiview_consistency`; shuffled pairs (chance) are less similar for a real teacher."
+    from splat_and_distill.lift import covisible_cosines, multiview_consistency
+    from splat_and_distill.backbones import make_backbone
+    from splat_and_distill.scenes import make_scene
+    s = make_scene(2, n_views=10, size=64)
+    f = make_backbone('efficientnet_lite0').eval()(s.rgb[[0, 6]])
+    args = (s.depth[0], s.K[0], s.c2w[0], s.depth[6], s.K[6], s.c2w[6])
+    cos, chance = covisible_cosines(f[0], f[1], *args, generator=torch.Generator().manual_seed(0))
+    assert len(cos) == len(chance) > 100
+    assert torch.allclose(cos.mean(), multiview_consistency(f[0], f[1], *args), atol=1e-6)
+    assert cos.mean() > chance.mean() + 0.1
