@@ -1,4 +1,4 @@
-"Sanity tests of the 3D-awareness probes (chapter 09): perfect predictions score perfectly, losses match hand computations, chance stays chance."
+"Sanity tests of the 3D-awareness probes (chapter 10): perfect predictions score perfectly, losses match hand computations, chance stays chance."
 import math
 import pytest
 import torch
