@@ -54,11 +54,13 @@ class Backbone(nn.Module):
         if self.kind == 'vit': return max(1, round(h / self.stride)), max(1, round(w / self.stride))
         return math.ceil(h / self.stride), math.ceil(w / self.stride)
 
-    def _vit(self, x):
+    def _vit(self, x, pre_norm: bool = False):
         hp, wp = self.token_grid(*x.shape[-2:])
         size = (hp * self.stride, wp * self.stride)
         if tuple(x.shape[-2:]) != size: x = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
-        out = self.model.forward_features(x)  # (b, prefix + hp*wp, d), after the final norm
+        m = self.model
+        if pre_norm: out = m.blocks(m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))))  # last block, before the final norm
+        else: out = m.forward_features(x)  # (b, prefix + hp*wp, d), after the final norm
         n0 = self.model.num_prefix_tokens
         tokens = out[:, n0:].transpose(1, 2).reshape(x.shape[0], -1, hp, wp)  # (b, d, hp, wp)
         cls = out[:, 0] if getattr(self.model, 'cls_token', None) is not None else None
@@ -76,10 +78,10 @@ class Backbone(nn.Module):
             tokens = torch.cat([tokens, fine], 1)  # (b, c16 + c8, hp, wp)
         return tokens, None
 
-    def forward_features(self, images: Float[Tensor, "b 3 h w"]) -> dict:
-        "`dict(tokens=[b,d,hp,wp], cls=[b,d] or None)` of RGB images in [0,1]."
+    def forward_features(self, images: Float[Tensor, "b 3 h w"], pre_norm: bool = False) -> dict:
+        "`dict(tokens=[b,d,hp,wp], cls=[b,d] or None)` of RGB images in [0,1]; `pre_norm`: a ViT's last block before its final norm."
         x = self.normalize(check_images(images))
-        tokens, cls = self._vit(x) if self.kind == 'vit' else self._cnn(x)
+        tokens, cls = self._vit(x, pre_norm) if self.kind == 'vit' else self._cnn(x)
         return dict(tokens=tokens, cls=cls)
 
     def forward(self, images: Float[Tensor, "b 3 h w"]) -> Float[Tensor, "b d hp wp"]:

@@ -13,8 +13,9 @@ from torch import Tensor
 from jaxtyping import Float, Bool
 
 # %% auto #0
-__all__ = ['RECIPES', 'DINOHead', 'head_tokens', 'teacher_temperature', 'masked_mean', 'DistillLoss', 'DistillModel',
-           'make_ema_teacher', 'ema_update', 'ema_due', 'distill_stats', 'distill_step']
+__all__ = ['RECIPES', 'OBJECTIVES', 'DINOHead', 'head_tokens', 'teacher_temperature', 'masked_mean', 'DistillLoss',
+           'DistillModel', 'make_ema_teacher', 'ema_update', 'ema_due', 'distill_stats', 'token_cosines',
+           'feature_loss', 'distill_step']
 
 # %% ../nbs/09_distill.ipynb #88bc3c61
 class DINOHead(nn.Module):
@@ -129,9 +130,9 @@ class DistillModel(nn.Module):
     def logits(self, tokens: Float[Tensor, "b d hp wp"]) -> Float[Tensor, "b hpwp K"]:
         return head_tokens(self.head, tokens)
 
-    def forward(self, images: Float[Tensor, "b 3 h w"]) -> dict:
+    def forward(self, images: Float[Tensor, "b 3 h w"], with_logits: bool = True) -> dict:
         tok = self.tokens(images)
-        return dict(tokens=tok, logits=self.logits(tok))
+        return dict(tokens=tok, logits=self.logits(tok) if with_logits else None)
 
 def make_ema_teacher(student: nn.Module) -> nn.Module:
     "A frozen copy of `student` (same weights, no gradients, eval mode) to be updated by `ema_update`."
@@ -169,6 +170,21 @@ def distill_stats(student_logits: Float[Tensor, "b n K"], teacher_probs: Float[T
     return dict(agreement=float(agree), teacher_mean_entropy=float(ent(pt.mean(0))),
                 teacher_token_entropy=float(ent(pt).mean()), valid_fraction=float(v.float().mean()))
 
+# %% ../nbs/09_distill.ipynb #8b0df3f5
+OBJECTIVES = ('dino', 'cosine', 'l1')
+
+def token_cosines(student_tokens: Float[Tensor, "b d hp wp"], target_tokens: Float[Tensor, "b d hp wp"]) -> Float[Tensor, "b hpwp"]:
+    "Cosine similarity of each student token with its target token."
+    return F.cosine_similarity(student_tokens, target_tokens, dim=1).flatten(1)      # (b, hp*wp)
+
+def feature_loss(student_tokens: Float[Tensor, "b d hp wp"], target_tokens: Float[Tensor, "b d hp wp"],
+                 valid: Bool[Tensor, "b hpwp"] | None = None, kind: str = 'cosine') -> Float[Tensor, ""]:
+    "Direct token-space loss over valid tokens: 'cosine' (1 - cos) or 'l1' (mean absolute difference per channel)."
+    if kind == 'cosine': per = 1 - token_cosines(student_tokens, target_tokens)
+    elif kind == 'l1': per = (student_tokens - target_tokens).abs().mean(1).flatten(1)  # (b, hp*wp)
+    else: raise ValueError(f"feature_loss kind {kind!r}: expected 'cosine' or 'l1'")
+    return masked_mean(per, valid)
+
 # %% ../nbs/09_distill.ipynb #980e8686
 def distill_step(student: nn.Module, teacher: nn.Module, criterion: DistillLoss, optimizer: torch.optim.Optimizer,
                  target_images: Float[Tensor, "b 3 h w"], # the target view the student sees
@@ -176,15 +192,20 @@ def distill_step(student: nn.Module, teacher: nn.Module, criterion: DistillLoss,
                  valid: Bool[Tensor, "b hp wp"] | None, # token mask (False = hole)
                  step: int, # optimiser steps already taken (0-based index of this step)
                  ema_every: int = 10, ema_momentum: float = 0.999, grad_clip: float | None = None,
-                 scheduler=None) -> dict:
+                 scheduler=None,
+                 objective: str = 'dino') -> dict: # 'dino' (heads + cross-entropy), or a feature-space ablation: 'cosine', 'l1'
     "One optimiser step of the student against lifted teacher targets, then the EMA update when due; returns stats."
-    out = student(target_images)  # call the (possibly DDP-wrapped) module itself so gradients are synchronised
+    if objective not in OBJECTIVES: raise ValueError(f'unknown objective {objective!r}; choose one of {OBJECTIVES}')
+    # call the (possibly DDP-wrapped) module itself so gradients are synchronised
+    out = student(target_images, with_logits=objective == 'dino')
     if out['tokens'].shape[-2:] != target_tokens.shape[-2:]:
         raise ValueError(f"student token grid {tuple(out['tokens'].shape[-2:])} != target token grid {tuple(target_tokens.shape[-2:])}")
-    s_logits = out['logits']  # (b, hp*wp, K)
-    with torch.no_grad(): t_logits = teacher.logits(target_tokens)
     v = None if valid is None else valid.flatten(1)  # (b, hp*wp)
-    loss, pt = criterion(s_logits, t_logits, v, step=step, return_probs=True)
+    if objective == 'dino':
+        s_logits = out['logits']  # (b, hp*wp, K)
+        with torch.no_grad(): t_logits = teacher.logits(target_tokens)
+        loss, pt = criterion(s_logits, t_logits, v, step=step, return_probs=True)
+    else: loss = feature_loss(out['tokens'], target_tokens, v, objective)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     gnorm = None
@@ -192,5 +213,6 @@ def distill_step(student: nn.Module, teacher: nn.Module, criterion: DistillLoss,
     optimizer.step()
     if scheduler is not None: scheduler.step()
     if ema_due(step + 1, ema_every): ema_update(teacher, student, ema_momentum)
-    stats = distill_stats(s_logits.detach(), pt, v)
+    stats = distill_stats(s_logits.detach(), pt, v) if objective == 'dino' else {}
+    stats['cosine'] = float(masked_mean(token_cosines(out['tokens'].detach(), target_tokens), v))
     return dict(loss=float(loss.detach()), **stats, **({} if gnorm is None else dict(grad_norm=gnorm)))

@@ -20,15 +20,16 @@ from .cameras import (pixel_centers, unproject_depth, project_points, scale_intr
                                        relative_rotation_deg)
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'PROBE_PRESETS', 'MOTORCYCLE_CALIB', 'TABLE_COLUMNS',
-           'probe_input', 'depth_bin_centers', 'depth_bin_weights', 'DepthProbe', 'valid_depth', 'sig_loss',
-           'depth_metrics', 'average_metrics', 'normals_to_camera', 'valid_normals', 'NormalsProbe', 'normals_kappa',
-           'angular_loss', 'angular_error_deg', 'normal_metrics', 'pooled_angular_stats', 'SegProbe', 'seg_loss',
-           'confusion_matrix', 'miou_from_confusion', 'sample_features', 'ratio_test_matches', 'correspondence_errors',
-           'correspondence_recall', 'ConcatBackbone', 'load_probe_backbone', 'spec_label', 'extract_features',
-           'select_features', 'ProbeConfig', 'probe_config', 'ProbeSplit', 'split_from_scenes', 'probe_splits',
-           'view_pairs', 'feature_stats', 'standardize_features', 'fit_probe', 'depth_input', 'train_depth_probe',
-           'evaluate_depth_probe', 'train_normals_probe', 'evaluate_normals_probe', 'train_seg_probe',
+__all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'DATASET_MAX_DEPTH', 'PROBE_PRESETS', 'MOTORCYCLE_CALIB',
+           'TABLE_COLUMNS', 'probe_input', 'depth_bin_centers', 'depth_bin_weights', 'DepthProbe', 'valid_depth',
+           'sig_loss', 'gradient_loss', 'depth_metrics', 'average_metrics', 'normals_to_camera', 'valid_normals',
+           'NormalsProbe', 'normals_kappa', 'angular_loss', 'angular_error_deg', 'normal_metrics',
+           'pooled_angular_stats', 'SegProbe', 'seg_loss', 'confusion_matrix', 'miou_from_confusion', 'sample_features',
+           'ratio_test_matches', 'correspondence_errors', 'correspondence_recall', 'ConcatBackbone',
+           'load_probe_backbone', 'spec_label', 'extract_features', 'select_features', 'ProbeConfig', 'probe_config',
+           'ProbeSplit', 'split_from_scenes', 'probe_splits', 'view_pairs', 'feature_stats', 'standardize_features',
+           'fit_probe', 'depth_input', 'depth_loss', 'train_depth_probe', 'evaluate_depth_probe', 'train_normals_probe',
+           'constant_normal', 'evaluate_constant_normal', 'evaluate_normals_probe', 'train_seg_probe',
            'evaluate_seg_probe', 'grid_depth', 'evaluate_correspondence', 'feature_consistency', 'motorcycle_pair',
            'resize_to_stride', 'match_scale_shift', 'real_image_check', 'cached_features', 'probe_backbone',
            'multiview_consistency_score', 'flatten_metrics', 'results_table', 'compare_models', 'write_results',
@@ -78,6 +79,21 @@ def sig_loss(pred: Float[Tensor, "*b h w"], gt: Float[Tensor, "*b h w"], valid: 
     valid = valid_depth(gt) if valid is None else valid
     g = torch.log(pred[valid]) - torch.log(gt[valid])
     return (g.pow(2).mean() - lam * g.mean().pow(2)).clamp(min=1e-12).sqrt()  # clamp: rounding can dip below 0
+
+# %% ../nbs/10_probes.ipynb #1e45da40
+def gradient_loss(pred: Float[Tensor, "b h w"], gt: Float[Tensor, "b h w"], valid: Tensor | None = None,
+                  scales: int = 4, eps: float = 1e-3) -> Float[Tensor, ""]:
+    "Multi-scale gradient matching of the log-depth error (MegaDepth / DINOv2 `GradientLoss`), per image, batch mean."
+    valid = valid_depth(gt) if valid is None else valid
+    r = (torch.log(pred.clamp(min=0) + eps) - torch.log(gt.nan_to_num(0, 0, 0).clamp(min=0) + eps)) * valid  # (b, h, w)
+    m = valid.to(r.dtype)
+    total = r.new_zeros(r.shape[0])
+    for k in [1] + [2 * i for i in range(1, scales)]:                     # strides 1, 2, 4, 6
+        rs, ms = r[:, ::k, ::k], m[:, ::k, ::k]
+        v = (rs[:, :-2] - rs[:, 2:]).abs() * ms[:, :-2] * ms[:, 2:]        # rows two apart
+        h = (rs[:, :, :-2] - rs[:, :, 2:]).abs() * ms[:, :, :-2] * ms[:, :, 2:]
+        total = total + (v.flatten(1).sum(1) + h.flatten(1).sum(1)) / ms.flatten(1).sum(1).clamp(min=1)
+    return total.mean()
 
 # %% ../nbs/10_probes.ipynb #993a4f4a
 def depth_metrics(pred: Float[Tensor, "b h w"], gt: Float[Tensor, "b h w"], valid: Tensor | None = None) -> dict:
@@ -240,8 +256,8 @@ class ConcatBackbone(nn.Module):
         self.dim, self.stride = sum(b.dim for b in backbones), backbones[0].stride
         self.name = name or '+'.join(getattr(b, 'name', type(b).__name__) for b in backbones)
 
-    def forward_features(self, images: Float[Tensor, "b 3 h w"]) -> dict:
-        outs = [b.forward_features(images) for b in self.backbones]
+    def forward_features(self, images: Float[Tensor, "b 3 h w"], pre_norm: bool = False) -> dict:
+        outs = [b.forward_features(images, pre_norm=pre_norm) for b in self.backbones]
         size = outs[0]['tokens'].shape[-2:]
         tokens = [o['tokens'] if o['tokens'].shape[-2:] == size else
                   F.interpolate(o['tokens'], size=size, mode='bilinear', align_corners=False) for o in outs]
@@ -277,13 +293,14 @@ def spec_label(spec: str, weights: str | None = None) -> str:
     return '+'.join(one(p.strip()) for p in spec.split('+'))
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: Float[Tensor, "n 3 h w"], batch_size: int = 16, device=None, desc: str | None = None) -> dict:
-    "Frozen features of `images` in batches: `dict(tokens=[n,d,hp,wp], cls=[n,d] or None)` on the CPU."
+def extract_features(backbone: nn.Module, images: Float[Tensor, "n 3 h w"], batch_size: int = 16, device=None, desc: str | None = None,
+                     pre_norm: bool = True) -> dict:
+    "Frozen features of `images` in batches: `dict(tokens=[n,d,hp,wp], cls=[n,d] or None)` on the CPU (ViTs: before the final norm unless `pre_norm=False`)."
     backbone = backbone.eval()
     device = device or next(backbone.parameters()).device
     toks, clss = [], []
     for s in tqdm(range(0, len(images), batch_size), desc=desc or 'features', leave=False, disable=desc is None):
-        out = backbone.forward_features(images[s:s + batch_size].to(device))
+        out = backbone.forward_features(images[s:s + batch_size].to(device), pre_norm=pre_norm)
         toks.append(out['tokens'].float().cpu())
         if out['cls'] is not None: clss.append(out['cls'].float().cpu())
     return dict(tokens=torch.cat(toks), cls=torch.cat(clss) if clss else None)
@@ -293,6 +310,9 @@ def select_features(feats: dict, idx) -> dict:
     return dict(tokens=feats['tokens'][idx], cls=None if feats['cls'] is None else feats['cls'][idx])
 
 # %% ../nbs/10_probes.ipynb #cd3869eb
+# last depth bin (metres) per dataset: NYUv2 (DINOv2, FiT3D) 10, FiT3D's ScanNet++ configs 20; procedural rooms < 6 m
+DATASET_MAX_DEPTH = dict(procedural=10., nyu=10., scannetpp=20.)
+
 @dataclass
 class ProbeConfig:
     "Data, probe heads, schedule, correspondence and real-image settings of one probe run."
@@ -302,12 +322,15 @@ class ProbeConfig:
     n_train_scenes: int = 8         # probes train on scene_seeds('train', n)
     n_test_scenes: int = 4          # and report on scene_seeds('test', n)
     min_depth: float = 1e-3         # first depth bin centre (FiT3D)
-    max_depth: float = 10.          # last depth bin centre, metres (NYU/ScanNet++ setting of FiT3D)
+    max_depth: float = 10.          # last depth bin centre, metres: NYUv2's 10 (procedural rooms stay under 6 m; ScanNet++: 20, see DATASET_MAX_DEPTH)
     n_bins: int = 256
     upsample: int = 4               # depth head: bilinear x4 before the bins
     use_cls: bool = True            # depth head reads [tokens; CLS] where the model has a CLS token
+    pre_norm: bool = True           # ViTs: read the last block before the final norm (FiT3D, Probe3D); CNNs: no effect
+    depth_grad_weight: float = 0.5  # depth loss = SigLoss + this x gradient loss (FiT3D / DINOv2 depth: 0.5)
     standardize: bool = True        # trained probes read tokens standardised per channel (train-split statistics)
-    epochs: int = 20
+    epochs: int = 20                # depth and segmentation probes
+    normals_epochs: int = 60        # the normals probe converges slower (20 epochs stayed worse than a constant normal)
     batch_size: int = 16
     lr: float = 1e-2                # AdamW, cosine decay to 0 (inputs standardised: the bias needs a large step)
     weight_decay: float = 1e-4
@@ -408,15 +431,16 @@ def standardize_features(feats: dict, stats: dict | None) -> dict:
     if cls is not None and 'cls_mean' in stats: cls = (cls - stats['cls_mean']) / stats['cls_std']
     return dict(tokens=(feats['tokens'] - stats['mean']) / stats['std'], cls=cls)
 
-def fit_probe(head: nn.Module, x: Tensor, loss_fn, cfg: ProbeConfig, desc: str | None = None) -> list[float]:
-    "Train `head` on cached inputs `x [n,...]` with `loss_fn(head, x_batch, index_batch) -> loss`; returns the per-epoch mean loss."
+def fit_probe(head: nn.Module, x: Tensor, loss_fn, cfg: ProbeConfig, desc: str | None = None, epochs: int | None = None) -> list[float]:
+    "Train `head` on cached inputs `x [n,...]` with `loss_fn(head, x_batch, index_batch) -> loss` for `epochs` (default `cfg.epochs`); returns the per-epoch mean loss."
     set_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    n = len(x); steps_per_epoch = math.ceil(n / cfg.batch_size); total = cfg.epochs * steps_per_epoch
+    epochs = epochs or cfg.epochs
+    n = len(x); steps_per_epoch = math.ceil(n / cfg.batch_size); total = epochs * steps_per_epoch
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     head.train(); history = []
-    for _ in tqdm(range(cfg.epochs), desc=desc or 'probe', leave=False, disable=desc is None):
+    for _ in tqdm(range(epochs), desc=desc or 'probe', leave=False, disable=desc is None):
         perm, losses = torch.randperm(n, generator=g), []
         for s in range(0, n, cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
@@ -435,12 +459,17 @@ def depth_input(feats: dict, cfg: ProbeConfig) -> Tensor:
     "The depth probe's input: tokens plus broadcast CLS (when the model has one and `cfg.use_cls`)."
     return probe_input(feats['tokens'], feats['cls'] if cfg.use_cls else None)
 
+def depth_loss(pred: Float[Tensor, "b h w"], gt: Float[Tensor, "b h w"], grad_weight: float = 0.5) -> Float[Tensor, ""]:
+    "The depth probe's training loss: SigLoss + `grad_weight` x gradient loss (FiT3D / DINOv2 depth evaluation)."
+    return sig_loss(pred, gt) + (grad_weight * gradient_loss(pred, gt) if grad_weight else 0.)
+
 def train_depth_probe(feats: dict, split: ProbeSplit, cfg: ProbeConfig, desc: str | None = None) -> DepthProbe:
-    "Fit the linear depth probe with SigLoss on the train split."
+    "Fit the linear depth probe (SigLoss + gradient loss) on the train split."
     x = depth_input(feats, cfg)
+    set_seed(cfg.seed)                                                   # the head's initial weights are part of the run
     head = DepthProbe(x.shape[1], cfg.n_bins, cfg.min_depth, cfg.max_depth, cfg.upsample)
     size = split.depth.shape[-2:]
-    fit_probe(head, x, lambda m, xb, i: sig_loss(m(xb, size), split.depth[i]), cfg, desc)
+    fit_probe(head, x, lambda m, xb, i: depth_loss(m(xb, size), split.depth[i], cfg.depth_grad_weight), cfg, desc)
     return head
 
 @torch.no_grad()
@@ -451,10 +480,23 @@ def evaluate_depth_probe(head: DepthProbe, feats: dict, split: ProbeSplit, cfg: 
     return average_metrics({k: torch.cat([p[k] for p in per]) for k in per[0]})
 
 def train_normals_probe(feats: dict, split: ProbeSplit, cfg: ProbeConfig, desc: str | None = None) -> NormalsProbe:
-    "Fit the linear normals probe with the uncertainty-aware angular loss."
+    "Fit the linear normals probe with the uncertainty-aware angular loss (`cfg.normals_epochs` epochs)."
+    set_seed(cfg.seed)
     head, size = NormalsProbe(feats['tokens'].shape[1]), split.normals.shape[-2:]
-    fit_probe(head, feats['tokens'], lambda m, xb, i: angular_loss(m(xb, size), split.normals[i]), cfg, desc)
+    fit_probe(head, feats['tokens'], lambda m, xb, i: angular_loss(m(xb, size), split.normals[i]), cfg, desc, epochs=cfg.normals_epochs)
     return head
+
+def constant_normal(split: ProbeSplit) -> Float[Tensor, "3"]:
+    "The best constant prediction a normals probe must beat: the normalised mean camera-frame normal of a split."
+    n = split.normals.permute(0, 2, 3, 1)[valid_normals(split.normals)]    # (pixels, 3)
+    return F.normalize(n.mean(0), dim=0)
+
+@torch.no_grad()
+def evaluate_constant_normal(normal: Float[Tensor, "3"], split: ProbeSplit) -> dict:
+    "The normal metrics of predicting `normal` everywhere (what a probe that learned nothing would score)."
+    pred = normal.view(1, 3, 1, 1).expand(len(split), 3, *split.normals.shape[-2:])
+    m, e = normal_metrics(pred, split.normals)
+    return {**average_metrics(m), **pooled_angular_stats(e)}
 
 @torch.no_grad()
 def evaluate_normals_probe(head: NormalsProbe, feats: dict, split: ProbeSplit, cfg: ProbeConfig) -> dict:
@@ -468,6 +510,7 @@ def evaluate_normals_probe(head: NormalsProbe, feats: dict, split: ProbeSplit, c
 
 def train_seg_probe(feats: dict, split: ProbeSplit, n_classes: int, cfg: ProbeConfig, desc: str | None = None) -> SegProbe:
     "Fit the BatchNorm + linear segmentation probe with cross-entropy (ignore -1)."
+    set_seed(cfg.seed)
     head, size = SegProbe(feats['tokens'].shape[1], n_classes), split.semantic.shape[-2:]
     fit_probe(head, feats['tokens'], lambda m, xb, i: seg_loss(m(xb, size), split.semantic[i]), cfg, desc)
     return head
@@ -558,7 +601,7 @@ def real_image_check(backbone: nn.Module, cfg: ProbeConfig, depth_probe: DepthPr
     "Correspondence recall on the Motorcycle pair and, given a probe trained on procedural scenes (on features standardised with `stats`), its depth error there."
     pair = pair or motorcycle_pair()
     device = next(backbone.parameters()).device
-    feats = extract_features(backbone, resize_to_stride(pair['rgb'], cfg.real_width, backbone.stride), device=device)
+    feats = extract_features(backbone, resize_to_stride(pair['rgb'], cfg.real_width, backbone.stride), device=device, pre_norm=cfg.pre_norm)
     depth, K = grid_depth(pair['depth'], pair['K'], cfg.real_grid_width)          # (2, gh, gw), (2, 3, 3)
     gh, gw = depth.shape[-2:]
     err = correspondence_errors(feats['tokens'][0], feats['tokens'][1], depth[0], depth[1], K[0], K[1],
@@ -580,13 +623,13 @@ def cached_features(backbone: nn.Module, images: Tensor, cfg: ProbeConfig, key: 
     "`extract_features`, loaded from / saved to `cache_dir` when a cache `key` (model spec + data settings) is given."
     path = _feature_cache_path(cache_dir, key) if cache_dir is not None and key is not None else None
     if path is not None and path.is_file(): return torch.load(path, weights_only=True)
-    feats = extract_features(backbone, images, cfg.feature_batch_size, device=next(backbone.parameters()).device, desc=desc)
+    feats = extract_features(backbone, images, cfg.feature_batch_size, device=next(backbone.parameters()).device, desc=desc, pre_norm=cfg.pre_norm)
     if path is not None:
         with atomic_path(path) as tmp: torch.save(feats, tmp)
     return feats
 
 def _data_key(cfg: ProbeConfig) -> dict:
-    return {k: getattr(cfg, k) for k in ('image_size', 'n_views', 'n_train_scenes', 'n_test_scenes')}
+    return {k: getattr(cfg, k) for k in ('image_size', 'n_views', 'n_train_scenes', 'n_test_scenes', 'pre_norm')}
 
 def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = 'model', cache_key: dict | None = None,
                    cache_dir=None, progress: bool = True) -> dict:
@@ -606,6 +649,7 @@ def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str
     out['depth'] = evaluate_depth_probe(depth_head, pf['test'], te, cfg); times['depth'] = time.perf_counter() - t
     t = time.perf_counter(); head = train_normals_probe(pf['train'], tr, cfg, desc('normals probe'))
     out['normals'] = evaluate_normals_probe(head, pf['test'], te, cfg); times['normals'] = time.perf_counter() - t
+    out['normals_constant'] = evaluate_constant_normal(constant_normal(tr), te)   # the floor a probe must beat
     t = time.perf_counter(); head = train_seg_probe(pf['train'], tr, nc, cfg, desc('segmentation probe'))
     seg = evaluate_seg_probe(head, pf['test'], te, nc)
     out['seg'] = {**seg, 'iou': dict(zip(data.get('class_names', range(nc)), seg['iou']))}; times['seg'] = time.perf_counter() - t
@@ -637,7 +681,7 @@ TABLE_COLUMNS = [
     ('depth.d2', 'δ2 ↑', True), ('depth.d3', 'δ3 ↑', True),
     ('normals.rmse', 'normals RMSE° ↓', False), ('normals.pct_11', '<11.25° ↑', True), ('normals.pct_22', '<22.5° ↑', True),
     ('normals.pct_30', '<30° ↑', True), ('normals.mean_pooled', 'mean° (pooled) ↓', False),
-    ('normals.median_pooled', 'median° (pooled) ↓', False),
+    ('normals.median_pooled', 'median° (pooled) ↓', False), ('normals_constant.rmse', 'constant-normal RMSE°', False),
     ('seg.miou', 'seg mIoU ↑', True),
     ('corr.recall_5px', 'corr R@5 ↑', True), ('corr.recall_10px', 'corr R@10 ↑', True), ('corr.recall_20px', 'corr R@20 ↑', True),
     ('corr.recall_10px_rot0-15', 'R@10 0-15° ↑', True), ('corr.recall_10px_rot15-30', 'R@10 15-30° ↑', True),

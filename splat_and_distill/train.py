@@ -20,7 +20,8 @@ from safetensors.torch import save_file, load_file
 from .core import set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, batch_to, seeded, rng_state, set_rng_state
 from .reconstruct import fixed_triplets
 from .backbones import make_backbone, make_student, merge_lora, BACKBONES
-from .distill import DINOHead, DistillLoss, DistillModel, make_ema_teacher, ema_update, ema_due, distill_stats, distill_step, RECIPES
+from .distill import (DINOHead, DistillLoss, DistillModel, make_ema_teacher, ema_update, ema_due, distill_stats,
+                                       distill_step, RECIPES, OBJECTIVES, token_cosines, masked_mean)
 
 # %% auto #0
 __all__ = ['PRESETS', 'TIMM_NAMES', 'TrainConfig', 'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'parse_sets',
@@ -56,16 +57,18 @@ class TrainConfig:
     geometry: str = 'gt' # where Gaussians come from: gt (ground-truth depth) or reconstructor
     reconstructor: str | None = None # checkpoint folder or .safetensors of a trained reconstructor (geometry=reconstructor)
     blend_alpha: float = 0.5 # semantic blending a (1 = no blending)
+    mask_aware: bool = True # mask-aware upsampling of the context tokens (False: plain bilinear)
     render_scale: float | None = None # lift and splat at this fraction of the image size (None: auto, see lift_scale)
     splat_backend: str = 'auto' # auto, torch or gsplat
     # loss
+    objective: str = 'dino' # dino (the method: heads + cross-entropy) or a feature-space ablation: cosine, l1
     recipe: str = 'dino' # dino (stable: temperatures, centering) or authors (temperatures 1, no centering)
     student_temp: float | None = None # None: the recipe's value
     teacher_temp: float | None = None # None: the recipe's value
     warmup_teacher_temp: float | None = None # None: the recipe's value
     center_momentum: float | None = None # None: the recipe's value
     teacher_temp_warmup: float = 0.1 # teacher temperature warm-up, as a fraction of the steps
-    ema_every: int = 10 # EMA teacher update every this many steps
+    ema_every: int = 10 # EMA teacher update every this many steps (0: a frozen teacher)
     ema_momentum: float = 0.999 # EMA momentum m
     # optimisation
     steps: int = 300 # optimiser steps
@@ -182,6 +185,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         if not cfg.reconstructor: raise FileNotFoundError("geometry='reconstructor' needs --reconstructor PATH (a trained checkpoint; see snd_recon)")
         if not Path(cfg.reconstructor).expanduser().exists(): raise FileNotFoundError(f'config reconstructor: not found: {cfg.reconstructor}')
     if cfg.recipe not in RECIPES: bad('recipe', f'choose one of {list(RECIPES)}')
+    if cfg.objective not in OBJECTIVES: bad('objective', f'choose one of {list(OBJECTIVES)}')
+    if cfg.ema_every < 0: bad('ema_every', 'must be >= 0 (0: frozen teacher)')
     if cfg.policy not in ('auto', 'lora', 'last_stages', 'full'): bad('policy', "choose auto, lora, last_stages or full")
     if cfg.policy == 'lora' and cfg.backbone == 'efficientnet_lite0': bad('policy', 'LoRA needs attention layers; use last_stages for the CNN')
     if cfg.splat_backend not in ('auto', 'torch', 'gsplat'): bad('splat_backend', 'choose auto, torch or gsplat')
@@ -321,7 +326,7 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
             geometry = dict(gaussians=to_gaussians(reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])))
     with timer.section('lift+splat'):
         tokens, valid = lift_and_splat_batch(lambda images: ctx_tokens, small, blend=cfg.blend_alpha, token_grid=(hp, wp),
-                                             backend=cfg.splat_backend, **geometry)
+                                             backend=cfg.splat_backend, mask_aware=cfg.mask_aware, **geometry)
     return tokens, valid
 
 # %% ../nbs/11_train.ipynb #cc0ecea7
@@ -360,17 +365,20 @@ def validate(student: DistillModel, teacher: DistillModel, criterion: DistillLos
              pairs: list[dict], reconstructor=None, device=None) -> dict:
     "Validation loss and agreement on fixed triplets, and the student's multi-view consistency."
     n, chunk = len(val_batch['target_rgb']), max(cfg.batch_size, 1)
-    s_all, t_all, v_all = [], [], []
+    s_all, t_all, v_all, c_all = [], [], [], []
     for i in range(0, n, chunk):
         bt = {k: v[i:i + chunk] for k, v in val_batch.items() if isinstance(v, Tensor)}
         tokens, valid = teacher_side(bt, teacher, cfg, reconstructor)
-        s_all.append(student.logits(student.tokens(bt['target_rgb']))); t_all.append(teacher.logits(tokens)); v_all.append(valid.flatten(1))
+        s_tok = student.tokens(bt['target_rgb'])
+        s_all.append(student.logits(s_tok)); t_all.append(teacher.logits(tokens)); v_all.append(valid.flatten(1))
+        c_all.append(token_cosines(s_tok, tokens))
     s_logits, t_logits, v = torch.cat(s_all), torch.cat(t_all), torch.cat(v_all)
     loss, pt = criterion(s_logits, t_logits, v, step=cfg.steps, update_center=False, return_probs=True)
     stats = distill_stats(s_logits, pt, v)
     mv = consistency(student.backbone, pairs, device)
     return dict(val_loss=float(loss), val_agreement=stats['agreement'], val_teacher_mean_entropy=stats['teacher_mean_entropy'],
-                val_teacher_token_entropy=stats['teacher_token_entropy'], **{f'val_{k}': v for k, v in mv.items()})
+                val_teacher_token_entropy=stats['teacher_token_entropy'], val_cosine=float(masked_mean(torch.cat(c_all), v)),
+                **{f'val_{k}': v for k, v in mv.items()})
 
 # %% ../nbs/11_train.ipynb #1e378735
 TIMM_NAMES = {'efficientnet_lite0': 'tf_efficientnet_lite0', 'dinov2_vits14': 'vit_small_patch14_dinov2',
@@ -520,7 +528,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, **overrides) -> 
         tokens, valid = teacher_side(batch, teacher, cfg, recon, timer)
         with timer.section('student+loss+update'):
             stats = distill_step(model, teacher, criterion, opt, batch['target_rgb'], tokens, valid, step,
-                                 cfg.ema_every, cfg.ema_momentum, cfg.grad_clip, sched)
+                                 cfg.ema_every, cfg.ema_momentum, cfg.grad_clip, sched, cfg.objective)
         timer.count += 1
         window.append(stats)
         done = step + 1
@@ -528,7 +536,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, **overrides) -> 
             row = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
             row.update(step=done, lr=sched.get_last_lr()[0], sec_per_step=(time.time() - t_loop) / (done - start))
             log.write(row); window = []
-            bar.set_postfix(loss=f"{row['loss']:.3f}", agree=f"{row['agreement']:.2f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", cos=f"{row['cosine']:.2f}")
         if main and val_scenes and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
             val = validate(student, teacher, criterion, cfg, val_batch, pairs, recon, device)
             log.write(dict(step=done, **val))

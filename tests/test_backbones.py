@@ -120,3 +120,14 @@ def test_student_policies():
     assert all(n.startswith('model.blocks.4.') for n in trainable_parameters(c))
     assert len(trainable_parameters(make_student(t, policy='full'))) == len(list(t.parameters()))
     with pytest.raises(ValueError, match='unknown policy'): make_student(t, policy='bogus')
+
+def test_pre_norm_tokens_are_the_last_block_before_the_final_norm():
+    bb = tiny_vit()
+    x = torch.rand(2, 3, 32, 48)
+    post, pre = bb.forward_features(x), bb.forward_features(x, pre_norm=True)
+    assert not torch.allclose(pre['tokens'], post['tokens'])
+    renorm = bb.model.norm(pre['tokens'].flatten(2).transpose(1, 2)).transpose(1, 2).reshape(post['tokens'].shape)
+    assert torch.allclose(renorm, post['tokens'], atol=1e-5)
+    assert torch.allclose(bb.model.norm(pre['cls']), post['cls'], atol=1e-5)
+    cnn = make_backbone('efficientnet_lite0', pretrained=False)
+    assert torch.equal(cnn.forward_features(x, pre_norm=True)['tokens'], cnn.forward_features(x)['tokens'])  # no final norm in a CNN

@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fastcore import test as ft
+import splat_and_distill.probes as P
 from splat_and_distill.cameras import make_intrinsics, look_at, relative_rotation_deg
 from splat_and_distill.probes import (
     probe_input, depth_bin_centers, depth_bin_weights, DepthProbe, sig_loss, depth_metrics, average_metrics,
@@ -143,7 +145,7 @@ def test_grid_depth_and_scale_shift():
 def test_concat_backbone():
     class Toy(torch.nn.Module):
         def __init__(self, d, s, cls): super().__init__(); self.dim, self.stride, self.cls, self.p = d, s, cls, torch.nn.Parameter(torch.zeros(1))
-        def forward_features(self, x):
+        def forward_features(self, x, pre_norm=False):
             b, _, h, w = x.shape
             return dict(tokens=torch.ones(b, self.dim, h // self.stride, w // self.stride), cls=torch.ones(b, self.dim) if self.cls else None)
     cb = ConcatBackbone([Toy(3, 4, True), Toy(5, 8, True)])
@@ -188,3 +190,53 @@ def test_load_probe_backbone_specs(tmp_path):
     both = load_probe_backbone(f'efficientnet_lite0+efficientnet_lite0:{path}')
     assert both.dim == 2 * teacher.dim and both(x).shape[1] == 2 * teacher.dim
     with pytest.raises(FileNotFoundError, match='not found'): load_probe_backbone('efficientnet_lite0:nope.safetensors')
+
+def _gradient_loss_loop(pred, gt, eps=1e-3):
+    "Pixel-by-pixel reference of the per-image multi-scale gradient loss."
+    total = 0.
+    for p, g in zip(pred, gt):
+        loss = 0.
+        for k in (1, 2, 4, 6):
+            ps, gs = p[::k, ::k], g[::k, ::k]
+            valid = gs > 0
+            r = torch.where(valid, torch.log(ps + eps) - torch.log(gs + eps), torch.zeros_like(ps))
+            acc = 0.
+            h, w = r.shape
+            for i in range(h):
+                for j in range(w):
+                    if i + 2 < h and valid[i, j] and valid[i + 2, j]: acc += abs(r[i, j] - r[i + 2, j])
+                    if j + 2 < w and valid[i, j] and valid[i, j + 2]: acc += abs(r[i, j] - r[i, j + 2])
+            loss += acc / max(int(valid.sum()), 1)
+        total += loss
+    return total / len(pred)
+
+def test_gradient_loss_matches_pixel_loop():
+    torch.manual_seed(0)
+    gt = 0.5 + 4 * torch.rand(2, 13, 11); gt[0, 3:6, 2:9] = 0; gt[1, :, -2:] = 0
+    pred = 0.5 + 4 * torch.rand(2, 13, 11)
+    ft.test_close(P.gradient_loss(pred, gt), _gradient_loss_loop(pred, gt), eps=1e-5)
+    ft.test_close(P.depth_loss(pred, gt, 0.), P.sig_loss(pred, gt))
+    ft.test_close(P.depth_loss(pred, gt, 0.5), P.sig_loss(pred, gt) + 0.5 * P.gradient_loss(pred, gt))
+
+def test_constant_normal_is_the_floor():
+    cfg = P.probe_config('tiny')
+    n = torch.zeros(4, 3, 8, 8); n[:, 2] = -1; n[:2, :, :2] = 0                 # all facing the camera, some unlabelled
+    split = P.ProbeSplit(rgb=torch.rand(4, 3, 8, 8), depth=torch.ones(4, 8, 8), normals=n, semantic=torch.zeros(4, 8, 8, dtype=torch.long),
+                         K=torch.eye(3).repeat(4, 1, 1), c2w=torch.eye(4).repeat(4, 1, 1), scene=torch.zeros(4), view=torch.arange(4))
+    ft.test_close(P.constant_normal(split), torch.tensor([0., 0., -1.]))
+    ft.test_close(P.evaluate_constant_normal(P.constant_normal(split), split)['rmse'], 0., eps=1e-3)
+    ft.test_close(P.evaluate_constant_normal(torch.tensor([1., 0., 0.]), split)['rmse'], 90., eps=1e-3)
+
+def test_probe_heads_are_seeded():
+    "Two trainings of a probe from the same features give the same head (initial weights and batch order are seeded)."
+    cfg = P.probe_config('tiny', epochs=2, normals_epochs=2)
+    torch.manual_seed(1)
+    feats = dict(tokens=torch.randn(6, 5, 4, 4), cls=None)
+    split = P.ProbeSplit(rgb=torch.rand(6, 3, 16, 16), depth=1 + torch.rand(6, 16, 16), normals=F.normalize(torch.randn(6, 3, 16, 16), dim=1),
+                         semantic=torch.randint(0, 3, (6, 16, 16)), K=torch.eye(3).repeat(6, 1, 1), c2w=torch.eye(4).repeat(6, 1, 1),
+                         scene=torch.zeros(6), view=torch.arange(6))
+    for train in (lambda: P.train_depth_probe(feats, split, cfg), lambda: P.train_normals_probe(feats, split, cfg),
+                  lambda: P.train_seg_probe(feats, split, 3, cfg)):
+        torch.manual_seed(123); a = train().state_dict()
+        torch.manual_seed(456); b = train().state_dict()
+        for k in a: ft.test_eq(torch.equal(a[k], b[k]), True)
