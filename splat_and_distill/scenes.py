@@ -24,8 +24,9 @@ __all__ = ['CLASS_NAMES', 'NUM_CLASSES', 'GENERATOR_VERSION', 'ROOM_INSTANCES', 
            'opengl_to_opencv', 'cast_rays', 'value_noise', 'solid_texture', 'trajectory', 'make_spec', 'render_views',
            'Scene', 'make_scene', 'scene_montage', 'surface_clearance', 'plot_topdown', 'depth_reprojection',
            'reprojection_benchmark', 'default_cache_dir', 'scene_cache_path', 'load_or_make_scene', 'scene_seeds',
-           'TripletDataset', 'ViewDataset', 'PairDataset', 'opencv_to_opengl', 'write_scene', 'read_scene',
-           'resize_scene', 'make_fit3d_style_folder', 'cli_entry', 'snd_scenes']
+           'triplet_views', 'TripletDataset', 'ViewDataset', 'PairDataset', 'opencv_to_opengl', 'write_scene',
+           'frame_number', 'frame_records', 'read_frame', 'read_scene', 'resize_scene', 'make_fit3d_style_folder',
+           'scene_folders', 'FolderTripletDataset', 'make_snd_scannetpp_folder', 'cli_entry', 'snd_scenes']
 
 # %% ../nbs/02_scenes.ipynb #104f5f80
 CLASS_NAMES = ['floor', 'wall', 'ceiling', 'table', 'cabinet', 'box', 'ball', 'pillar', 'barrel']
@@ -551,6 +552,12 @@ def _as_scene_list(scenes) -> list:
 def _view_dict(scene: Scene, i: int, prefix: str = '') -> dict:
     return {prefix + k: v for k, v in scene.view(i).items()}
 
+def triplet_views(i: int, gap: int, target: str, seed: int, idx: int) -> tuple[int, int, int]:
+    "(context 0, context 1, target) frame indices of the triplet starting at frame `i`: target in the middle, or drawn strictly between (fixed by `seed` and item `idx`)."
+    if target == 'middle': t = i + gap // 2
+    else: t = i + 1 + int(torch.randint(gap - 1, (1,), generator=torch.Generator().manual_seed(seed * 1_000_003 + idx)))
+    return i, i + gap, t
+
 class TripletDataset(Dataset):
     "(2 context views `gap` frames apart, 1 target strictly between) samples from a list of scenes."
     def __init__(self, scenes, gap: int = 8, target: str = 'random', stride: int = 1, seed: int = 0):
@@ -564,9 +571,7 @@ class TripletDataset(Dataset):
     def view_indices(self, idx: int) -> tuple[int, tuple[int, int, int]]:
         "Scene index and (context 0, context 1, target) frame indices of item `idx`."
         si, i = self.items[idx]
-        if self.target == 'middle': t = i + self.gap // 2
-        else: t = i + 1 + int(torch.randint(self.gap - 1, (1,), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + idx)))
-        return si, (i, i + self.gap, t)
+        return si, triplet_views(i, self.gap, self.target, self.seed, idx)
     def __getitem__(self, idx: int) -> dict:
         si, (i, j, t) = self.view_indices(idx)
         s = self.scenes[si]
@@ -681,21 +686,23 @@ def _read_u16(path: Path) -> np.ndarray:
     if a.ndim != 2: raise ValueError(f'{path}: expected a single-channel (16-bit) PNG, got shape {a.shape}')
     return a.astype(np.int64)
 
-def read_scene(folder: str | Path, size: int | tuple[int, int] | None = None, split: str = 'train', normals: bool = True) -> Scene:
-    "Read a posed image folder in the nerfstudio `transforms.json` layout (ours, or a real capture such as FiT3D's ScanNet++) as a `Scene`."
+def frame_number(name: str, default: int) -> int:
+    "The frame number in a file name (the last run of digits of its stem: `DSC01234.JPG` -> 1234), else `default`."
+    import re
+    digits = re.findall(r'\d+', Path(name).stem)
+    return int(digits[-1]) if digits else default
+
+def frame_records(folder: str | Path, split: str = 'train', normals: bool = True) -> list[dict]:
+    "Every usable frame of a capture folder as a small record (file paths, `K`, `c2w`, size): no pixels are read."
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f'{folder}: no such folder; expected a scene folder containing transforms.json')
     if split not in ('train', 'test', 'all'): raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    rgbs, depths, norms, sems, insts, Ks, c2ws, names, sizes = [], [], [], [], [], [], [], [], []
-    head = None
+    records = []
     for tf, key in _transform_files(folder, split):
         js = _load_json(tf)
-        head = head or js
         if key == 'test_frames' and key not in js: continue
         if key not in js or not isinstance(js[key], list):
             raise ValueError(f'{tf}: missing the "{key}" list; expected {{"fl_x": ..., "frames": [{{"file_path": ..., "transform_matrix": [[4x4]]}}, ...]}}')
-        scale = float(js.get('depth_unit_scale_factor', 0.001))
-        unknown = int(js.get('label_unknown', _UNKNOWN16))
         for i, fr in enumerate(js[key]):
             where = f'{tf}: {key}[{i}]'
             if not isinstance(fr, dict): raise ValueError(f'{where}: expected an object with file_path and transform_matrix')
@@ -704,17 +711,13 @@ def read_scene(folder: str | Path, size: int | tuple[int, int] | None = None, sp
                 if k not in fr: raise ValueError(f'{where} lacks "{k}"; every frame needs "file_path" (image) and "transform_matrix" (4x4 camera-to-world, OpenGL axes)')
             img_path = _find_file(folder, fr['file_path'], ('', 'images'))
             if img_path is None: raise FileNotFoundError(f'{where}: image "{fr["file_path"]}" not found under {folder} (also tried images/ and the usual extensions); fix file_path or add the file')
-            try: img = Image.open(img_path).convert('RGB')
-            except (OSError, ValueError) as e: raise ValueError(f'{img_path}: not a readable image ({e}); expected PNG or JPEG') from None
-            W, Hh = img.size
             get = lambda k, d=None: fr.get(k, js.get(k, d))
             w_decl, h_decl = get('w'), get('h')
-            if (w_decl is not None and int(w_decl) != W) or (h_decl is not None and int(h_decl) != Hh):
-                raise ValueError(f'{img_path}: image is {W}x{Hh} (w x h) but {tf.name} declares w={w_decl}, h={h_decl}; '
-                                 'resize the image or fix w/h (intrinsics are in pixels of the declared size)')
-            if sizes and (W, Hh) != sizes[0]:
-                raise ValueError(f'{img_path}: image is {W}x{Hh} but {names[0]} is {sizes[0][0]}x{sizes[0][1]}; '
-                                 'all frames of a scene must have the same size (declare per-frame w/h or resize the images)')
+            if w_decl is None or h_decl is None:               # only the header is read
+                try:
+                    with Image.open(img_path) as im: W, Hh = im.size
+                except (OSError, ValueError) as e: raise ValueError(f'{img_path}: not a readable image ({e}); expected PNG or JPEG') from None
+            else: W, Hh = int(w_decl), int(h_decl)
             if get('fl_x') is not None: fx = float(get('fl_x')); fy = float(get('fl_y', fx))
             elif get('camera_angle_x') is not None: fx = 0.5 * W / math.tan(0.5 * float(get('camera_angle_x'))); fy = fx
             else: raise ValueError(f'{where}: no focal length; expected "fl_x" (and "fl_y") in pixels, or "camera_angle_x" in radians, at the top level or in the frame')
@@ -725,40 +728,69 @@ def read_scene(folder: str | Path, size: int | tuple[int, int] | None = None, sp
             except (TypeError, ValueError): raise ValueError(f'{where}: transform_matrix must be a 4x4 list of numbers') from None
             if T.shape == (3, 4): T = torch.cat([T, torch.tensor([[0, 0, 0, 1.]], dtype=T.dtype)])
             check_pose(T, f'{where}.transform_matrix')
-            c2w = opengl_to_opencv(T).float()
-            rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
             stem = img_path.stem
-            def optional(key, sub, exts):
+            def optional(key, sub, names):
                 rel = fr.get(key)
                 if rel is not None:
                     p = folder / rel
                     if not p.is_file(): raise FileNotFoundError(f'{where}: {key} "{rel}" not found under {folder}')
-                    return p
-                for e in exts:
-                    p = folder / sub / (stem + e)
-                    if sub and p.is_file(): return p
+                    return str(p)
+                for n in names:
+                    p = folder / sub / n
+                    if sub and p.is_file(): return str(p)
                 return None
-            dp = optional('depth_file_path', '', [])
-            depth = torch.from_numpy(_read_u16(dp) * scale).float() if dp else torch.zeros(Hh, W)
-            sp = optional('semantic_file_path', '', [])
-            sem = torch.from_numpy(_read_u16(sp)) if sp else torch.full((Hh, W), -1)
-            ip = optional('instance_file_path', 'instance_segmentation', ['.png', '.PNG'])
-            inst = torch.from_numpy(_read_u16(ip)) if ip else torch.full((Hh, W), -1)
-            sem = torch.where(sem == unknown, -1, sem); inst = torch.where(inst == unknown, -1, inst)
-            npth = optional('normals_file_path', '', []) if normals else None
-            nrm = torch.from_numpy(np.load(npth)).float() if npth else torch.zeros(3, Hh, W)
-            for nm, arr in [('depth', depth), ('semantic', sem), ('instance', inst), ('normals', nrm)]:
-                if arr.shape[-2:] != (Hh, W): raise ValueError(f'{where}: {nm} map is {arr.shape[-1]}x{arr.shape[-2]} but the image {img_path.name} is {W}x{Hh}; they must match')
-            if size is not None:                      # resize frame by frame: a real capture at full size may not fit in memory
-                one = resize_scene(Scene(rgb[None], depth[None], nrm[None], sem.long()[None], inst.long()[None], K[None], c2w[None]), size)
-                rgb, depth, nrm, sem, inst, K = one.rgb[0], one.depth[0], one.normals[0], one.semantic[0], one.instance[0], one.K[0]
-            rgbs.append(rgb); depths.append(depth); norms.append(nrm); sems.append(sem.long()); insts.append(inst.long()); Ks.append(K); c2ws.append(c2w)
-            names.append(str(img_path.relative_to(folder))); sizes.append((W, Hh))
-    if not rgbs: raise ValueError(f'{folder}: the transforms file lists no usable frames')
-    scene = Scene(rgb=torch.stack(rgbs), depth=torch.stack(depths), normals=torch.stack(norms), semantic=torch.stack(sems),
-                  instance=torch.stack(insts), K=torch.stack(Ks), c2w=torch.stack(c2ws),
-                  meta={**head.get('snd_meta', {}), 'source': str(folder), 'files': names, 'class_names': head.get('class_names')})
-    return scene
+            # masks: the Splat-and-Distill authors name them <file_path>.png (DSC01234.JPG.png); FiT3D-style <stem>.png also works
+            records.append(dict(
+                where=where, image=str(img_path), name=str(img_path.relative_to(folder)), w=W, h=Hh, declared=(w_decl, h_decl),
+                transforms=tf.name, K=K.numpy(), c2w=opengl_to_opencv(T).float().numpy(), frame=frame_number(fr['file_path'], len(records)),
+                depth_scale=float(js.get('depth_unit_scale_factor', 0.001)), unknown=int(js.get('label_unknown', _UNKNOWN16)),
+                depth=optional('depth_file_path', '', []), semantic=optional('semantic_file_path', '', []),
+                instance=optional('instance_file_path', 'instance_segmentation', [fr['file_path'] + '.png', Path(fr['file_path']).name + '.png', stem + '.png', stem + '.PNG']),
+                normals=optional('normals_file_path', '', []) if normals else None))
+    if not records: raise ValueError(f'{folder}: the transforms file lists no usable frames')
+    return records
+
+def read_frame(rec: dict, size: int | tuple[int, int] | None = None) -> dict:
+    "Pixels of one frame record (`rgb`, `depth`, `normals`, `semantic`, `instance`, `K`, `c2w`), resized to `size` if given."
+    img_path = Path(rec['image'])
+    try: img = Image.open(img_path).convert('RGB')
+    except (OSError, ValueError) as e: raise ValueError(f'{img_path}: not a readable image ({e}); expected PNG or JPEG') from None
+    W, Hh = img.size
+    w_decl, h_decl = rec['declared']
+    if (w_decl is not None and int(w_decl) != W) or (h_decl is not None and int(h_decl) != Hh):
+        raise ValueError(f'{img_path}: image is {W}x{Hh} (w x h) but {rec["transforms"]} declares w={w_decl}, h={h_decl}; '
+                         'resize the image or fix w/h (intrinsics are in pixels of the declared size)')
+    if (W, Hh) != (rec['w'], rec['h']):
+        raise ValueError(f'{img_path}: image is {W}x{Hh} but other frames of its scene are {rec["w"]}x{rec["h"]}; '
+                         'all frames of a scene must have the same size (declare per-frame w/h or resize the images)')
+    rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+    depth = torch.from_numpy(_read_u16(Path(rec['depth'])) * rec['depth_scale']).float() if rec['depth'] else torch.zeros(Hh, W)
+    sem = torch.from_numpy(_read_u16(Path(rec['semantic']))) if rec['semantic'] else torch.full((Hh, W), -1)
+    inst = torch.from_numpy(_read_u16(Path(rec['instance']))) if rec['instance'] else torch.full((Hh, W), -1)
+    sem = torch.where(sem == rec['unknown'], -1, sem); inst = torch.where(inst == rec['unknown'], -1, inst)
+    nrm = torch.from_numpy(np.load(rec['normals'])).float() if rec.get('normals') else torch.zeros(3, Hh, W)
+    for nm, arr in [('depth', depth), ('semantic', sem), ('instance', inst), ('normals', nrm)]:
+        if arr.shape[-2:] != (Hh, W): raise ValueError(f'{rec["where"]}: {nm} map is {arr.shape[-1]}x{arr.shape[-2]} but the image {img_path.name} is {W}x{Hh}; they must match')
+    K, c2w = torch.from_numpy(rec['K']).clone(), torch.from_numpy(rec['c2w']).clone()
+    if size is not None:                      # resize frame by frame: a real capture at full size may not fit in memory
+        one = resize_scene(Scene(rgb[None], depth[None], nrm[None], sem.long()[None], inst.long()[None], K[None], c2w[None]), size)
+        rgb, depth, nrm, sem, inst, K = one.rgb[0], one.depth[0], one.normals[0], one.semantic[0], one.instance[0], one.K[0]
+    return dict(rgb=rgb, depth=depth, normals=nrm, semantic=sem.long(), instance=inst.long(), K=K, c2w=c2w)
+
+def read_scene(folder: str | Path, size: int | tuple[int, int] | None = None, split: str = 'train', normals: bool = True) -> Scene:
+    "Read a posed image folder in the nerfstudio `transforms.json` layout (ours, or a real capture such as FiT3D's ScanNet++) as a `Scene`."
+    folder = Path(folder)
+    recs = frame_records(folder, split, normals)
+    for r in recs[1:]:
+        if (r['w'], r['h']) != (recs[0]['w'], recs[0]['h']):
+            raise ValueError(f'{r["image"]}: image is {r["w"]}x{r["h"]} but {recs[0]["name"]} is {recs[0]["w"]}x{recs[0]["h"]}; '
+                             'all frames of a scene must have the same size (declare per-frame w/h or resize the images)')
+    frames = [read_frame(r, size) for r in recs]
+    head = _load_json(_transform_files(folder, split)[0][0])
+    stack = lambda k: torch.stack([f[k] for f in frames])
+    return Scene(rgb=stack('rgb'), depth=stack('depth'), normals=stack('normals'), semantic=stack('semantic'), instance=stack('instance'),
+                 K=stack('K'), c2w=stack('c2w'),
+                 meta={**head.get('snd_meta', {}), 'source': str(folder), 'files': [r['name'] for r in recs], 'class_names': head.get('class_names')})
 
 def resize_scene(scene: Scene, size: int | tuple[int, int]) -> Scene:
     "Every view resized to `size` (RGB bilinear with antialiasing; depth, normals and labels nearest) with `K` scaled to match."
@@ -787,6 +819,89 @@ def make_fit3d_style_folder(folder: str | Path, scene: Scene, n_test: int = 1) -
     atomic_write_json(folder / 'transforms_train.json', {**head, 'frames': train})
     atomic_write_json(folder / 'transforms_test.json', {**head, 'frames': test})
     return folder
+
+# %% ../nbs/02_scenes.ipynb #8d916a4f
+def scene_folders(root: str | Path) -> list[Path]:
+    "Scene folders under `root`, sorted: `root/scenes/*` with an `instance_segmentation/` folder (the authors' layout), else sub-folders with a transforms file, else `root`."
+    root = Path(root).expanduser()
+    if not root.is_dir(): raise FileNotFoundError(f'{root}: no such folder; expected a folder of scene folders (or ROOT with scenes/)')
+    has = lambda p: (p / 'transforms.json').is_file() or (p / 'transforms_train.json').is_file()
+    if (root / 'scenes').is_dir():                                   # the authors' ScanNet++ layout
+        cands = sorted(p for p in (root / 'scenes').iterdir() if p.is_dir() and has(p))
+        keep = [p for p in cands if (p / 'instance_segmentation').is_dir()]
+        if len(keep) < len(cands):
+            import warnings
+            skipped = [p.name for p in cands if p not in keep]
+            warnings.warn(f'{root / "scenes"}: {len(skipped)} scene(s) without an instance_segmentation/ folder are not used '
+                          f'(as in the authors\' loader): {skipped[:5]}{" ..." if len(skipped) > 5 else ""}')
+        return keep
+    if has(root): return [root]
+    return sorted(p for p in root.iterdir() if p.is_dir() and has(p))
+
+def _mask_report(folder: Path, recs: list[dict], require: bool):
+    "Warn (or raise, with `require`) when frames of a scene have no instance mask, saying what that changes."
+    missing = [r['name'] for r in recs if r['instance'] is None]
+    if not missing: return
+    msg = (f'{folder}: {len(missing)} of {len(recs)} frames have no instance mask (looked for instance_segmentation/<file_path>.png, '
+           f'e.g. instance_segmentation/{Path(missing[0]).name}.png, or instance_file_path in the transforms file); for those frames '
+           'mask-aware upsampling falls back to plain bilinear and semantic blending is off')
+    if require: raise FileNotFoundError(msg + ' (require_masks is set: add the masks or drop --require_masks)')
+    import warnings; warnings.warn(msg)
+
+# %% ../nbs/02_scenes.ipynb #62221e03
+class FolderTripletDataset(Dataset):
+    "Triplets like `TripletDataset`, from capture folders on disk: an index of frames, and only each item's 3 frames read, at `size`."
+    def __init__(self, folders, gap: int = 8, size: int | tuple[int, int] | None = None, target: str = 'random', seed: int = 0,
+                 split: str = 'train', require_masks: bool = False, normals: bool = False):
+        if gap < 2: raise ValueError(f'gap must be >= 2 so that a target fits strictly between the context views, got {gap}')
+        if target not in ('random', 'middle'): raise ValueError(f"target must be 'random' or 'middle', got {target!r}")
+        self.folders, self.gap, self.target, self.seed = [Path(f) for f in folders], gap, target, seed
+        self.size = None if size is None else _hw(size)
+        if not self.folders: raise ValueError('FolderTripletDataset: no scene folders given')
+        self.records = [frame_records(f, split, normals) for f in self.folders]          # small per-frame dicts, no pixels
+        for f, recs in zip(self.folders, self.records): _mask_report(f, recs, require_masks)
+        # a context pair only where the frame numbers are as far apart as the list positions (no frame missing between)
+        self.items = [(si, i) for si, recs in enumerate(self.records) for i in range(len(recs) - gap)
+                      if recs[i + gap]['frame'] - recs[i]['frame'] == gap]
+        if not self.items:
+            raise ValueError(f'no scene has {gap + 1} frames in a row with consecutive frame numbers (gap={gap}); '
+                             f'frames per scene: {[len(r) for r in self.records][:8]}')
+    def __len__(self): return len(self.items)
+    def view_indices(self, idx: int) -> tuple[int, tuple[int, int, int]]:
+        "Scene index and (context 0, context 1, target) frame indices of item `idx`."
+        si, i = self.items[idx]
+        return si, triplet_views(i, self.gap, self.target, self.seed, idx)
+    def __getitem__(self, idx: int) -> dict:
+        si, views = self.view_indices(idx)
+        fr = [read_frame(self.records[si][k], self.size) for k in views]                 # the only pixels read
+        out = {f'context_{k}': torch.stack([fr[0][k], fr[1][k]]) for k in Scene._TENSORS}  # (2, ...)
+        out.update({f'target_{k}': fr[2][k] for k in Scene._TENSORS})
+        out.update(scene_index=si, view_indices=torch.tensor(views))
+        return out
+    def has_depth(self) -> bool:
+        "Whether every frame has a depth map."
+        return all(r['depth'] is not None for recs in self.records for r in recs)
+
+# %% ../nbs/02_scenes.ipynb #040533f5
+def make_snd_scannetpp_folder(root: str | Path, scenes: list, skip_frames: tuple = (5,), masks: bool = True) -> Path:
+    "Write `scenes` in the Splat-and-Distill authors' ScanNet++ layout under `root/scenes/`: frame numbers skip `skip_frames`; one extra `is_bad` frame."
+    root = Path(root)
+    for si, scene in enumerate(scenes):
+        folder = root / 'scenes' / f'{si:02d}snd{si:04d}'
+        (folder / 'images').mkdir(parents=True, exist_ok=True)
+        if masks: (folder / 'instance_segmentation').mkdir(exist_ok=True)
+        numbers = [n for n in range(10_000) if n not in skip_frames][:scene.n_views]
+        frames = []
+        for i, n in enumerate(numbers):
+            name = f'DSC{1000 + n:05d}.JPG'
+            Image.fromarray((scene.rgb[i].permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / 'images' / name, quality=95)
+            if masks: _save_png(folder / 'instance_segmentation' / f'{name}.png', scene.instance[i].numpy().astype(np.uint16))
+            frames.append(dict(file_path=name, transform_matrix=opencv_to_opengl(scene.c2w[i].double()).tolist(), is_bad=False))
+        frames.insert(2, dict(file_path='DSC09999.JPG', transform_matrix=np.eye(4).tolist(), is_bad=True))   # skipped, never opened
+        K = scene.K[0]
+        atomic_write_json(folder / 'transforms_train.json', dict(camera_model='PINHOLE', fl_x=float(K[0, 0]), fl_y=float(K[1, 1]),
+                          cx=float(K[0, 2]), cy=float(K[1, 2]), w=scene.width, h=scene.height, frames=frames))
+    return root
 
 # %% ../nbs/02_scenes.ipynb #4837a7f3
 from functools import wraps
