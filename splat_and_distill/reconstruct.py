@@ -542,7 +542,7 @@ def plot_recon_history(records: list, path=None, title: str = ''):
     st = [r['step'] for r in records]
     axs[0].plot(st, [r['loss'] for r in records], label='loss'); axs[0].plot(st, [r['mse'] for r in records], label='MSE')
     axs[0].set_yscale('log'); axs[0].set_title('training loss')
-    axs[1].plot(st, [r['train_delta1'] for r in records], label='train (context views)', alpha=0.6)
+    axs[1].plot(st, [r.get('train_delta1', float('nan')) for r in records], label='train (context views)', alpha=0.6)   # absent without depth labels
     v = [r for r in records if 'val_delta1' in r]
     axs[1].plot([r['step'] for r in v], [r['val_delta1'] for r in v], 'o-', label='validation')
     axs[1].axhline(0.85, ls=':', c='k', lw=0.8); axs[1].set_ylim(0, 1); axs[1].set_title('depth delta<1.25')
