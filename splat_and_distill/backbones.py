@@ -123,7 +123,7 @@ def load_state_dict_file(path: str | Path) -> dict:
         raise ValueError(f'{path}: expected a state dict of tensors, found {type(sd).__name__}')
     return dict(sd)
 
-_HEAD_PREFIXES = ('head.', 'dino_head.', 'ibot_head.', 'heads.')
+_HEAD_PREFIXES = ('dino_head.', 'ibot_head.', 'head.mlp.', 'head.last_layer.')   # DINO-style projection heads (a classifier 'head.weight' is not dropped)
 
 def merge_lora_state_dict(sd: dict, scale: float = 1.0) -> dict:
     "Fold unmerged LoRA pairs into their base weights: `W + scale * B @ A` (ours: `X.lora_A`/`X.lora_B`; peft: `X.lora_A.weight`, base `X.base_layer.weight`)."
