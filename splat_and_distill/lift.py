@@ -96,10 +96,11 @@ def semantic_blend(
     return out.view(b, h, w, d).permute(0, 3, 1, 2)                           # (b, d, h, w)
 
 # %% ../nbs/07_lift.ipynb #353a1a2f
-def downsample_to_tokens(features: Float[Tensor, "b d h w"], covered: Bool[Tensor, "b h w"], hp: int, wp: int) -> Float[Tensor, "b d hp wp"]:
-    "Bilinear (antialiased) average of the covered pixels around each token centre."
+def downsample_to_tokens(features: Float[Tensor, "b d h w"], covered: Bool[Tensor, "b h w"], hp: int, wp: int,
+                         antialias: bool = False) -> Float[Tensor, "b d hp wp"]:
+    "Bilinear sample of the covered pixels at each token centre (`antialias=True`: a triangle filter over its footprint)."
     m = covered[:, None].to(features.dtype)                                    # (b, 1, h, w)
-    down = lambda x: F.interpolate(x, size=(hp, wp), mode='bilinear', align_corners=False, antialias=True)
+    down = lambda x: F.interpolate(x, size=(hp, wp), mode='bilinear', align_corners=False, antialias=antialias)
     return down(features * m) / down(m).clamp(min=1e-6)
 
 def hole_mask(alpha: Float[Tensor, "b h w"], hp: int, wp: int, threshold: float = 0.5) -> Bool[Tensor, "b hp wp"]:

@@ -28,12 +28,12 @@ __all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'DATASET_MAX_
            'sample_features', 'ratio_test_matches', 'correspondence_errors', 'correspondence_recall', 'ConcatBackbone',
            'load_probe_backbone', 'spec_label', 'extract_features', 'select_features', 'ProbeConfig', 'probe_config',
            'ProbeSplit', 'split_from_scenes', 'probe_splits', 'view_pairs', 'feature_stats', 'standardize_features',
-           'fit_probe', 'depth_input', 'depth_loss', 'train_depth_probe', 'evaluate_depth_probe', 'train_normals_probe',
-           'constant_normal', 'evaluate_constant_normal', 'evaluate_normals_probe', 'train_seg_probe',
-           'evaluate_seg_probe', 'grid_depth', 'evaluate_correspondence', 'feature_consistency', 'motorcycle_pair',
-           'resize_to_stride', 'match_scale_shift', 'real_image_check', 'cached_features', 'probe_backbone',
-           'multiview_consistency_score', 'flatten_metrics', 'results_table', 'compare_models', 'write_results',
-           'probe_models', 'make_probe_split', 'read_nyu', 'read_scannetpp_probe', 'read_scannet1500',
+           'fit_probe', 'training_labels', 'depth_input', 'depth_loss', 'train_depth_probe', 'evaluate_depth_probe',
+           'train_normals_probe', 'constant_normal', 'evaluate_constant_normal', 'evaluate_normals_probe',
+           'train_seg_probe', 'evaluate_seg_probe', 'grid_depth', 'evaluate_correspondence', 'feature_consistency',
+           'motorcycle_pair', 'resize_to_stride', 'match_scale_shift', 'real_image_check', 'cached_features',
+           'probe_backbone', 'multiview_consistency_score', 'flatten_metrics', 'results_table', 'compare_models',
+           'write_results', 'probe_models', 'make_probe_split', 'read_nyu', 'read_scannetpp_probe', 'read_scannet1500',
            'read_probe_data', 'probe_real', 'snd_probe']
 
 # %% ../nbs/10_probes.ipynb #85b23c0f
@@ -331,6 +331,7 @@ class ProbeConfig:
     depth_grad_weight: float = 0.5  # depth loss = SigLoss + this x gradient loss (FiT3D / DINOv2 depth: 0.5)
     standardize: bool = True        # trained probes read tokens standardised per channel (train-split statistics)
     epochs: int = 20                # depth and segmentation probes
+    train_label_scale: float = 0.25 # probes train against labels at this fraction of the image size (nearest); evaluation at full size
     normals_epochs: int = 60        # the normals probe converges slower (20 epochs stayed worse than a constant normal)
     batch_size: int = 16
     lr: float = 1e-2                # AdamW, cosine decay to 0 (inputs standardised: the bias needs a large step)
@@ -456,6 +457,14 @@ def fit_probe(head: nn.Module, x: Tensor, loss_fn, cfg: ProbeConfig, desc: str |
 # %% ../nbs/10_probes.ipynb #99e7397f
 def _batches(n: int, bs: int): return [torch.arange(s, min(s + bs, n)) for s in range(0, n, bs)]
 
+def training_labels(labels: Tensor, scale: float) -> Tensor:
+    "Labels `[n, h, w]` or `[n, c, h, w]` at `scale` of their size for probe training (nearest: only values the labels contain)."
+    if scale == 1: return labels
+    h, w = labels.shape[-2:]
+    x = labels[:, None] if labels.ndim == 3 else labels                    # (n, c, h, w)
+    y = F.interpolate(x.float(), size=(max(1, round(h * scale)), max(1, round(w * scale))), mode='nearest-exact')
+    return (y[:, 0] if labels.ndim == 3 else y).to(labels.dtype)
+
 def depth_input(feats: dict, cfg: ProbeConfig) -> Tensor:
     "The depth probe's input: tokens plus broadcast CLS (when the model has one and `cfg.use_cls`)."
     return probe_input(feats['tokens'], feats['cls'] if cfg.use_cls else None)
@@ -469,8 +478,8 @@ def train_depth_probe(feats: dict, split: ProbeSplit, cfg: ProbeConfig, desc: st
     x = depth_input(feats, cfg)
     set_seed(cfg.seed)                                                   # the head's initial weights are part of the run
     head = DepthProbe(x.shape[1], cfg.n_bins, cfg.min_depth, cfg.max_depth, cfg.upsample)
-    size = split.depth.shape[-2:]
-    fit_probe(head, x, lambda m, xb, i: depth_loss(m(xb, size), split.depth[i], cfg.depth_grad_weight), cfg, desc)
+    gt = training_labels(split.depth, cfg.train_label_scale)
+    fit_probe(head, x, lambda m, xb, i: depth_loss(m(xb, gt.shape[-2:]), gt[i], cfg.depth_grad_weight), cfg, desc)
     return head
 
 @torch.no_grad()
@@ -483,8 +492,8 @@ def evaluate_depth_probe(head: DepthProbe, feats: dict, split: ProbeSplit, cfg: 
 def train_normals_probe(feats: dict, split: ProbeSplit, cfg: ProbeConfig, desc: str | None = None) -> NormalsProbe:
     "Fit the linear normals probe with the uncertainty-aware angular loss (`cfg.normals_epochs` epochs)."
     set_seed(cfg.seed)
-    head, size = NormalsProbe(feats['tokens'].shape[1]), split.normals.shape[-2:]
-    fit_probe(head, feats['tokens'], lambda m, xb, i: angular_loss(m(xb, size), split.normals[i]), cfg, desc, epochs=cfg.normals_epochs)
+    head, gt = NormalsProbe(feats['tokens'].shape[1]), training_labels(split.normals, cfg.train_label_scale)
+    fit_probe(head, feats['tokens'], lambda m, xb, i: angular_loss(m(xb, gt.shape[-2:]), gt[i]), cfg, desc, epochs=cfg.normals_epochs)
     return head
 
 def constant_normal(split: ProbeSplit) -> Float[Tensor, "3"]:
@@ -512,8 +521,8 @@ def evaluate_normals_probe(head: NormalsProbe, feats: dict, split: ProbeSplit, c
 def train_seg_probe(feats: dict, split: ProbeSplit, n_classes: int, cfg: ProbeConfig, desc: str | None = None) -> SegProbe:
     "Fit the BatchNorm + linear segmentation probe with cross-entropy (ignore -1)."
     set_seed(cfg.seed)
-    head, size = SegProbe(feats['tokens'].shape[1], n_classes), split.semantic.shape[-2:]
-    fit_probe(head, feats['tokens'], lambda m, xb, i: seg_loss(m(xb, size), split.semantic[i]), cfg, desc)
+    head, gt = SegProbe(feats['tokens'].shape[1], n_classes), training_labels(split.semantic, cfg.train_label_scale)
+    fit_probe(head, feats['tokens'], lambda m, xb, i: seg_loss(m(xb, gt.shape[-2:]), gt[i]), cfg, desc)
     return head
 
 @torch.no_grad()

@@ -79,6 +79,7 @@ class TrainConfig:
     steps: int = 300 # optimiser steps
     batch_size: int = 4 # triplets per step (per process under DDP)
     lr: float = 1e-4 # peak learning rate (Adam)
+    head_lr_mult: float = 1.0 # the DINO head's peak learning rate, as a multiple of lr
     warmup: float = 0.01 # one-cycle warm-up fraction
     weight_decay: float = 0.0 # Adam weight decay
     grad_clip: float | None = None # clip the gradient norm (None: off)
@@ -301,13 +302,15 @@ def make_criterion(cfg: TrainConfig) -> DistillLoss:
                        warmup_teacher_temp=cfg.warmup_teacher_temp, center_momentum=cfg.center_momentum)
 
 def make_optimizer(cfg: TrainConfig, student: nn.Module):
-    "Adam over the trainable parameters and the one-cycle cosine schedule (warm-up `cfg.warmup` of the steps)."
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    "Adam over the trainable parameters (the head at `head_lr_mult` x lr) and the one-cycle cosine schedule (warm-up `cfg.warmup` of the steps)."
+    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    groups = [dict(params=[p for n, p in named if not n.startswith('head.')], lr=cfg.lr),
+              dict(params=[p for n, p in named if n.startswith('head.')], lr=cfg.lr * cfg.head_lr_mult)]
+    opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.steps < 4:  # too short for two phases (smoke tests): constant learning rate
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     pct = max(cfg.warmup, min(0.5, 2.0 / cfg.steps))  # OneCycleLR needs >= 2 warm-up steps
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=pct,
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g['lr'] for g in groups], total_steps=cfg.steps, pct_start=pct,
                                                 anneal_strategy='cos', cycle_momentum=False)
     return opt, sched
 

@@ -240,3 +240,13 @@ def test_probe_heads_are_seeded():
         torch.manual_seed(123); a = train().state_dict()
         torch.manual_seed(456); b = train().state_dict()
         for k in a: ft.test_eq(torch.equal(a[k], b[k]), True)
+
+def test_training_labels_keep_label_values():
+    lab = torch.randint(-1, 5, (3, 16, 12))
+    small = P.training_labels(lab, 0.25)
+    ft.test_eq(small.shape, (3, 4, 3)); ft.test_eq(small.dtype, lab.dtype)
+    assert set(small.unique().tolist()) <= set(lab.unique().tolist())
+    ft.test_eq(small, lab[:, 2::4, 2::4])                                    # nearest-exact: the pixel at each block centre
+    n = F.normalize(torch.randn(2, 3, 8, 8), dim=1)
+    ft.test_close(P.training_labels(n, 0.5).norm(dim=1), torch.ones(2, 4, 4))  # still unit normals
+    assert P.training_labels(lab, 1) is lab
