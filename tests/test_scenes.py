@@ -185,3 +185,19 @@ def test_cli(tmp_path, monkeypatch):
     assert snd_scenes() is None                                          # run as a console script: exit code 0
     assert (tmp_path / 'scene_000001_preview.png').is_file()
     assert read_scene(tmp_path / 'scene_000000').rgb.shape == (3, 3, 32, 32)
+
+# issue 11 item 3: depth in the wrong format is refused, naming the file and saying what was expected
+def test_depth_wrong_format_refused(scene, tmp_path):
+    from PIL import Image
+    f = write_scene(scene.select([0, 1]), tmp_path / 's8', normals=False)
+    d = np.array(Image.open(f / 'depth' / 'frame_00001.png')).astype(np.float64)
+    Image.fromarray((d / d.max() * 255).astype(np.uint8)).save(f / 'depth' / 'frame_00001.png')   # an 8-bit visualisation
+    with pytest.raises(ValueError, match=r'frame_00001.png.*16-bit'): read_scene(f)
+
+def test_depth_float_tiff_refused(scene, tmp_path):
+    from PIL import Image
+    g = write_scene(scene.select([0, 1]), tmp_path / 'sf', normals=False)
+    Image.fromarray(scene.depth[0].numpy().astype(np.float32)).save(g / 'depth' / 'frame_00000.tiff')   # float metres
+    js = json.loads((g / 'transforms.json').read_text()); js['frames'][0]['depth_file_path'] = 'depth/frame_00000.tiff'
+    (g / 'transforms.json').write_text(json.dumps(js))
+    with pytest.raises(ValueError, match=r'frame_00000.tiff.*float'): read_scene(g)

@@ -96,3 +96,15 @@ def test_reconstructor_geometry_runs(tmp_path):
     res = train(tiny(tmp_path / 'run', geometry='reconstructor', reconstructor=str(tmp_path / 'recon'), render_scale=1.0,
                      steps=2, ckpt_every=0))
     assert res['results']['geometry'] == 'reconstructor' and res['results']['time_per_step']['reconstructor'] > 0
+
+def test_no_depth_with_gt_geometry_stops_with_an_error(tmp_path):
+    "Issue 11 item 3: scenes without depth used to train with loss 0 and valid fraction 0, exit code 0."
+    from splat_and_distill.scenes import make_scene, write_scene
+    for i in range(2):
+        f = write_scene(make_scene(i, n_views=12, size=32), tmp_path / 'data' / f'scene_{i}', normals=False)
+        js = json.loads((f / 'transforms.json').read_text())
+        for fr in js['frames']: fr.pop('depth_file_path')
+        (f / 'transforms.json').write_text(json.dumps(js))
+        import shutil; shutil.rmtree(f / 'depth')
+    with pytest.raises(ValueError, match='depth'):
+        train(tiny(tmp_path / 'run', data=str(tmp_path / 'data'), train_scenes=1, val_scenes=1, steps=2))
