@@ -203,6 +203,7 @@ def parse_value(text: str, tp, key: str | None = None):
         return d
     fail(f'a value of type {tp}')
 
+# %% ../nbs/00_core.ipynb #edfd03b6
 def unknown_keys(keys, known, what: str = 'config key') -> ValueError:
     "An error naming unknown `keys` with the closest known one for each."
     import difflib
@@ -357,6 +358,7 @@ def finish_checkpoint(folder: Path, step: int, run_id: str, keep: int = 2) -> Pa
     rotate_checkpoints(folder.parent.parent, keep, run_id)
     return folder
 
+# %% ../nbs/00_core.ipynb #e78e0d47
 def verify_checkpoint(folder: str | Path) -> dict | None:
     "The manifest of a complete checkpoint; None if incomplete (no manifest); `ValueError` naming a missing, truncated or corrupt file."
     folder = Path(folder)
@@ -440,6 +442,7 @@ def check_resume_config(saved: dict, new: dict, allowed, source: str):
                              f'. A resumed run must train as it started (only {", ".join(sorted(allowed))} may change); '
                              'drop those options, or start a new run in another folder')
 
+# %% ../nbs/00_core.ipynb #4b625ae7
 def read_jsonl(path: str | Path) -> list[dict]:
     "Rows of a JSONL file; a torn last line (killed mid-write, disk full) is dropped with a warning; a bad line elsewhere raises, naming it."
     path = Path(path)

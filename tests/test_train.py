@@ -108,3 +108,10 @@ def test_no_depth_with_gt_geometry_stops_with_an_error(tmp_path):
         import shutil; shutil.rmtree(f / 'depth')
     with pytest.raises(ValueError, match='depth'):
         train(tiny(tmp_path / 'run', data=str(tmp_path / 'data'), train_scenes=1, val_scenes=1, steps=2))
+
+def test_holes_everywhere_stop_the_run(tmp_path, monkeypatch):
+    "Issue 11 item 3: a logging window in which (almost) no target token received a splatted feature stops training."
+    import splat_and_distill.train as T
+    side = T.teacher_side
+    monkeypatch.setattr(T, 'teacher_side', lambda *a, **k: (lambda t, v: (t, torch.zeros_like(v)))(*side(*a, **k)))
+    with pytest.raises(ValueError, match=r'steps 1-2: only 0.00% of the target tokens'): train(tiny(tmp_path / 'run'))
