@@ -449,7 +449,7 @@ def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
     return model.to(default_device(device)).eval()
 
 # %% ../nbs/08_reconstruct.ipynb #d5295140
-RECON_RANGES = dict(size='>= 8', near='> 0', far='> 0', n_depths='>= 2', feat_ch='>= 4', attn_layers='>= 1', attn_heads='>= 1',
+RECON_RANGES = dict(size='>= 8', width='>= 8', near='> 0', far='> 0', n_depths='>= 2', feat_ch='>= 4', attn_layers='>= 1', attn_heads='>= 1',
                     unet_ch='>= 1', refine_ch='>= 1', scale_min='> 0', scale_max='> 0', n_views='>= 3', n_train_scenes='>= 1',
                     n_val_scenes='>= 0', gap='>= 2', steps='>= 1', batch_size='>= 1', lr='(0, 1)', warmup='>= 0', weight_decay='>= 0',
                     grad_clip='> 0', ssim_weight='>= 0', depth_weight='>= 0', seed='>= 0', log_every='>= 1', eval_every='>= 1',
@@ -458,10 +458,12 @@ RECON_RUN_FILES = ['run.json', 'config.json', 'metrics.jsonl', 'checkpoints', 'm
                    'reconstruction.png', 'learning_curve.png']
 RECON_RESUME_MUTABLE = ('log_every', 'eval_every', 'ckpt_every', 'backend', 'n_val_triplets')   # how it logs and runs, not what it learns
 
-def validate_recon_config(c: ReconConfig) -> ReconConfig:
+def validate_recon_config(c: ReconConfig, procedural: bool = True) -> ReconConfig:
     "Raise `ValueError` naming the field unless `c` describes a reconstructor that can be built and trained; touches no data."
     check_ranges(c, RECON_RANGES, 'reconstructor config')
-    if c.size % 4: raise ValueError(f'reconstructor config size={c.size}: must be divisible by 4 (features live at 1/4 resolution)')
+    for k in ('size', 'width'):
+        if getattr(c, k) is not None and getattr(c, k) % 4:
+            raise ValueError(f'reconstructor config {k}={getattr(c, k)}: must be divisible by 4 (features live at 1/4 resolution)')
     if c.far <= c.near: raise ValueError(f'reconstructor config: far={c.far} must exceed near={c.near}')
     if c.scale_max < c.scale_min: raise ValueError(f'reconstructor config: scale_max={c.scale_max} must be >= scale_min={c.scale_min}')
     if c.n_views <= c.gap: raise ValueError(f'reconstructor config: n_views={c.n_views} must exceed gap={c.gap}')
@@ -469,7 +471,7 @@ def validate_recon_config(c: ReconConfig) -> ReconConfig:
     if c.cross_attention and c.feat_ch % c.attn_heads:
         raise ValueError(f'reconstructor config: feat_ch={c.feat_ch} must be divisible by attn_heads={c.attn_heads}')
     n = c.n_train_scenes + c.n_val_scenes
-    check_memory(n * scene_nbytes(c.n_views, c.size), f'{n} procedural scenes of {c.n_views} views at {c.size}x{c.size} (held in memory)',
+    if procedural: check_memory(n * scene_nbytes(c.n_views, c.size), f'{n} procedural scenes of {c.n_views} views at {c.size}x{c.size} (held in memory)',
                  'use fewer scenes or views, or a smaller size')
     return c
 
@@ -519,7 +521,7 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
     "Train a reconstructor; returns the model and the logged records (also in `out/metrics.jsonl`). `stop_after`: pause at that step (resume later)."
     config = config or cpu_default()
     if steps is not None: config = dataclasses.replace(config, steps=steps)
-    validate_recon_config(config)
+    validate_recon_config(config, procedural=scenes is None)          # scenes given (or streamed from disk): none are made here
     device = default_device(device)
     out = Path(out) if out is not None else None
     plan = plan_recon_run(out, config, resume, overwrite) if out is not None else dict(checkpoint=None, run_id=None)
@@ -666,7 +668,7 @@ def run_recon(preset: str | None = None, out: str = 'runs/recon', sets: list[str
             config = config_from_dict(read_json(outp / 'config.json', 'run config'), str(outp / 'config.json'))
             config = dataclasses.replace(config, **typed_overrides(ReconConfig, over))
         else: config = make_config(preset or 'cpu_default', over)
-        validate_recon_config(config)
+        validate_recon_config(config, procedural=data is None)
         plan_recon_run(outp, config, resume, overwrite)             # fail fast, before threads, scenes or models
         set_threads(threads or None)
     real = real_recon_data(config, data) if data else None               # real captures: RGB rendering loss only where no depth
