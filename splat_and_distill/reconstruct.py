@@ -467,7 +467,7 @@ def validate_recon_config(c: ReconConfig, procedural: bool = True) -> ReconConfi
     if c.far <= c.near: raise ValueError(f'reconstructor config: far={c.far} must exceed near={c.near}')
     if c.scale_max < c.scale_min: raise ValueError(f'reconstructor config: scale_max={c.scale_max} must be >= scale_min={c.scale_min}')
     if c.n_views <= c.gap: raise ValueError(f'reconstructor config: n_views={c.n_views} must exceed gap={c.gap}')
-    if c.backend not in ('auto', 'torch', 'gsplat'): raise ValueError(f"reconstructor config backend={c.backend!r}: choose auto, torch or gsplat")
+    if c.backend not in ('auto', 'torch', 'gsplat', 'triton'): raise ValueError(f"reconstructor config backend={c.backend!r}: choose auto, torch, gsplat or triton")
     if c.cross_attention and c.feat_ch % c.attn_heads:
         raise ValueError(f'reconstructor config: feat_ch={c.feat_ch} must be divisible by attn_heads={c.attn_heads}')
     n = c.n_train_scenes + c.n_val_scenes

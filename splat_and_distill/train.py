@@ -176,7 +176,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.recipe not in RECIPES: bad('recipe', f'choose one of {list(RECIPES)}')
     if cfg.policy not in ('auto', 'lora', 'last_stages', 'full'): bad('policy', "choose auto, lora, last_stages or full")
     if cfg.policy == 'lora' and name == 'efficientnet_lite0': bad('policy', 'LoRA needs attention layers; use last_stages for the CNN')
-    if cfg.splat_backend not in ('auto', 'torch', 'gsplat'): bad('splat_backend', 'choose auto, torch or gsplat')
+    if cfg.splat_backend not in ('auto', 'torch', 'gsplat', 'triton'): bad('splat_backend', 'choose auto, torch, gsplat or triton')
     if cfg.device not in ('auto', 'cpu', 'cuda') and not cfg.device.startswith('cuda:'): bad('device', 'choose auto, cpu or cuda')
     if cfg.device.startswith('cuda') and not torch.cuda.is_available(): bad('device', 'CUDA is not available on this machine')
     if cfg.data == 'procedural':
