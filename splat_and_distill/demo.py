@@ -14,19 +14,21 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from torch import Tensor
 from tqdm.auto import tqdm
-from fastcore.script import call_parse, Param, store_true
-from .core import set_seed, set_threads, atomic_write_json, atomic_write_text, pca_rgb, show_images, colorize_depth
+from .core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, pca_rgb, show_images,
+    colorize_depth, read_json, read_jsonl, check_ranges, parse_sets, cli_parser, add_option, add_run_options, option_type, run_cli,
+    check_run_folder, start_run_folder, check_resume_config)
 from .scenes import make_scene, scene_seeds, TripletDataset
 from .backbones import make_backbone
 from .lift import lift_and_splat_details
 from . import reconstruct, train as T, probes as P
 
 # %% auto #0
-__all__ = ['DEMO_PRESETS', 'STUDY_COLUMNS', 'STUDY_VARIANTS', 'DemoConfig', 'demo_default', 'demo_quick', 'demo_geometry',
+__all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE', 'STUDY_COLUMNS', 'STUDY_VARIANTS',
+           'DemoConfig', 'demo_default', 'demo_quick', 'validate_demo', 'demo_recon_config', 'demo_geometry',
            'reconstructor_eval', 'demo_train_config', 'study_run_dir', 'probe_seeded', 'teacher_probes', 'student_run',
            'mean_std', 'paired_summary', 'summary_table', 'feature_figure', 'splat_figure', 'consistency_map',
-           'effect_figure', 'machine_summary', 'check_demo', 'demo_runs', 'demo_summary', 'demo_table', 'demo_figures',
-           'run_demo', 'study_variants', 'study_table', 'run_study', 'snd_demo', 'snd_study']
+           'effect_figure', 'machine_summary', 'demo_runs', 'demo_summary', 'demo_table', 'demo_figures', 'run_demo',
+           'study_variants', 'study_table', 'run_study', 'publish_results', 'snd_demo', 'snd_study']
 
 # %% ../nbs/15_demo.ipynb #48d3aebf
 @dataclass
@@ -46,7 +48,7 @@ class DemoConfig:
     out_dim: int = 4096                  # DINO head prototypes K
     blend_alpha: float = 0.5             # semantic blending a (1 = off)
     train_overrides: dict = dataclasses.field(default_factory=dict)  # any other TrainConfig fields of the distillation
-    seeds: tuple = (0, 1, 2)             # distillation seeds; seed k is probed with probe seed k, and so is the teacher
+    seeds: tuple[int, ...] = (0, 1, 2)   # distillation seeds; seed k is probed with probe seed k, and so is the teacher
     concat: bool = True                  # also probe student+teacher (FiT3D's concatenation)
     probe_preset: str = 'cpu_default'    # probe preset of chapter 10
     probe_overrides: dict = dataclasses.field(default_factory=dict)  # fields of the probe preset to change
@@ -67,7 +69,41 @@ def demo_quick(**kw) -> DemoConfig:
 DEMO_PRESETS = dict(default=demo_default, quick=demo_quick)
 
 # %% ../nbs/15_demo.ipynb #9c9e99de
-def demo_geometry(cfg: DemoConfig) -> str | None:
+DEMO_RANGES = dict(size='>= 16', n_views='>= 9', recon_steps='>= 1', recon_scenes='>= 1', train_steps='>= 1', train_scenes='>= 1',
+                   batch_size='>= 1', lr='(0, 1)', out_dim='>= 1', blend_alpha='[0, 1]', seed='>= 0', threads='>= 1')
+DEMO_RUN_FILES = ['run.json', 'config.json', 'results.json', 'results.md', 'study.json', 'study.md', 'features_teacher_vs_student.png',
+                  'splatted_target.png', 'consistency_teacher_vs_student.png', 'recon', 'teacher', 'runs']
+DEMO_RESUME_MUTABLE = ('out', 'threads', 'cache_dir', 'progress')
+
+def validate_demo(cfg: DemoConfig, variants: dict | None = None) -> DemoConfig:
+    "Every check of the demo's options and of each stage's config (and each study variant's), before any work (a given reconstructor is loaded to check it)."
+    check_ranges(cfg, DEMO_RANGES, 'demo config')
+    if not cfg.seeds or any(not isinstance(s, int) or s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) < len(cfg.seeds):
+        raise ValueError(f'demo config seeds={cfg.seeds!r}: give distinct seeds >= 0, at least one (three or more for error bars)')
+    if cfg.geometry not in ('reconstructor', 'gt'): raise ValueError(f"geometry={cfg.geometry!r}: expected 'reconstructor' or 'gt'")
+    if cfg.size % 4: raise ValueError(f'demo config size={cfg.size}: must be divisible by 4 (the reconstructor works at 1/4 resolution)')
+    if cfg.reconstructor is not None:
+        if cfg.geometry != 'reconstructor':
+            raise ValueError("--reconstructor is only used with geometry 'reconstructor', but geometry is 'gt'; drop one of them")
+        if not Path(cfg.reconstructor).exists():
+            raise FileNotFoundError(f'reconstructor checkpoint {cfg.reconstructor!r} not found; train one with snd_recon or drop --reconstructor')
+        reconstruct.load_reconstructor(cfg.reconstructor, 'cpu')     # a readable checkpoint whose config and weights agree
+    elif cfg.geometry == 'reconstructor': reconstruct.validate_recon_config(demo_recon_config(cfg))
+    for ov in (variants or {'default': {}}).values():
+        T.validate_config(demo_train_config(cfg, None, **{**ov, 'geometry': 'gt'}))   # every other field of every run
+    P.validate_probe_config(P.probe_config(cfg.probe_preset, **cfg.probe_overrides))
+    return cfg
+
+def demo_recon_config(cfg: DemoConfig) -> reconstruct.ReconConfig:
+    "The reconstructor the demo trains when none is given: chapter 08's `cpu_default` at the demo's size."
+    return reconstruct.cpu_default(size=cfg.size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed, steps=cfg.recon_steps)
+
+def _stage(folder: Path, resume: bool) -> dict:
+    "How a stage of a demo run starts: resumed if the demo is resumed and the stage had begun, else new (replacing a stage that never got going)."
+    begun = resume and (folder / 'config.json').is_file()
+    return dict(resume=begun, overwrite=not begun and resume)
+
+def demo_geometry(cfg: DemoConfig, resume: bool = False) -> str | None:
     "Path of the reconstructor checkpoint to use (trained here unless given), or None for ground-truth geometry."
     if cfg.geometry == 'gt': return None
     if cfg.geometry != 'reconstructor': raise ValueError(f"geometry={cfg.geometry!r}: expected 'reconstructor' or 'gt'")
@@ -76,17 +112,14 @@ def demo_geometry(cfg: DemoConfig) -> str | None:
             raise FileNotFoundError(f'reconstructor checkpoint {cfg.reconstructor!r} not found; train one with snd_recon or drop --reconstructor')
         return cfg.reconstructor
     out = Path(cfg.out)/'recon'
-    rc = reconstruct.cpu_default(size=cfg.size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed)
-    # a rerun continues (or simply reuses) the checkpoint already in `out`
-    reconstruct.train_reconstructor(rc, steps=cfg.recon_steps, out=out, resume=(out/'model.safetensors').exists(), progress=cfg.progress)
+    reconstruct.train_reconstructor(demo_recon_config(cfg), out=out, progress=cfg.progress, **_stage(out, resume))
     return str(out)
 
 def reconstructor_eval(recon_path: str | None) -> dict:
     "The last validation numbers (depth AbsRel, delta<1.25, target PSNR) logged by the reconstructor's training run, if any."
     log = Path(recon_path or '')/'metrics.jsonl'
     if recon_path is None or not log.is_file(): return {}
-    rows = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
-    val = [r for r in rows if 'val_delta1' in r]
+    val = [r for r in read_jsonl(log) if 'val_delta1' in r]
     return {k: v for k, v in val[-1].items() if k == 'step' or k.startswith('val_')} if val else {}
 
 def demo_train_config(cfg: DemoConfig, recon_path: str | None, out: str | Path | None = None, **overrides) -> T.TrainConfig:
@@ -99,7 +132,7 @@ def demo_train_config(cfg: DemoConfig, recon_path: str | None, out: str | Path |
     kw['reconstructor'] = recon_path if kw['geometry'] == 'reconstructor' else None
     return T.make_config('cpu_demo', kw)
 
-# %% ../nbs/15_demo.ipynb #8422d1b9
+# %% ../nbs/15_demo.ipynb #c6c0a374
 def study_run_dir(out: str | Path, variant: str, seed: int) -> Path:
     "Folder of one (variant, seed) distillation run."
     return Path(out)/'runs'/variant/f'seed{seed}'
@@ -111,21 +144,21 @@ def probe_seeded(cfg: DemoConfig, seed: int) -> P.ProbeConfig:
 def teacher_probes(cfg: DemoConfig, seed: int, data: dict) -> dict:
     "Every probe on the original teacher with probe seed `seed` (kept in `out/teacher/seed<k>/probes.json`)."
     path = Path(cfg.out)/'teacher'/f'seed{seed}'/'probes.json'
-    if path.is_file(): return json.loads(path.read_text())
+    if path.is_file(): return read_json(path, 'teacher probe results')
     res = P.probe_backbone(make_backbone('efficientnet_lite0'), data, probe_seeded(cfg, seed), 'teacher',
                            cache_key=dict(spec='efficientnet_lite0'), cache_dir=cfg.cache_dir, progress=cfg.progress)
     atomic_write_json(path, res)
     return res
 
 def student_run(cfg: DemoConfig, seed: int, recon_path: str | None, data: dict, variant: str = 'default',
-                overrides: dict | None = None, concat: bool = False) -> dict:
-    "Distil (or resume) the student of (`variant`, `seed`), then run every probe on it (and on student+teacher if `concat`)."
+                overrides: dict | None = None, concat: bool = False, resume: bool = False) -> dict:
+    "Distil (or, resuming, continue) the student of (`variant`, `seed`), then run every probe on it (and on student+teacher if `concat`)."
     run = study_run_dir(cfg.out, variant, seed)
     path = run/'probes.json'
-    if path.is_file(): return json.loads(path.read_text())
+    if path.is_file(): return read_json(path, 'run results')               # finished earlier: kept as it is
     tc = demo_train_config(dataclasses.replace(cfg, seed=seed), recon_path, out=run/'train', **(overrides or {}))
     t = time.time()
-    r = T.train(tc, resume=(run/'train'/'checkpoints'/'latest.json').exists())
+    r = T.train(tc, **_stage(run/'train', resume))
     student = r['paths']['student_timm']
     res = dict(variant=variant, seed=seed, overrides=overrides or {}, student_path=student, train=r['results'],
                train_s=round(time.time() - t, 1), models={})
@@ -136,7 +169,7 @@ def student_run(cfg: DemoConfig, seed: int, recon_path: str | None, data: dict, 
     atomic_write_json(path, res)
     return res
 
-# %% ../nbs/15_demo.ipynb #be6a5143
+# %% ../nbs/15_demo.ipynb #714656b6
 # (flattened metric key, column title, higher is better): the headline metrics of the study tables
 STUDY_COLUMNS = [
     ('depth.abs_rel', 'depth AbsRel ↓', False), ('depth.d1', 'depth δ1 ↑', True),
@@ -209,7 +242,7 @@ def splat_figure(teacher, scene, context, target, blend=0.5, path=None):
                        ['context 0', 'context 1', 'target', 'splatted', f'blended a={blend}', 'teacher on target', 'alpha (holes dark)'],
                        ncols=7, size=2.0, path=path)
 
-# %% ../nbs/15_demo.ipynb #5001ad95
+# %% ../nbs/15_demo.ipynb #8274f5ae
 @torch.no_grad()
 def consistency_map(features_a: Tensor, features_b: Tensor, scene, a: int, b: int) -> Tensor:
     "Per-pixel cosine between view `a`'s feature and its co-visible match's feature in view `b` (`[h, w]`, NaN where not co-visible)."
@@ -249,38 +282,30 @@ def machine_summary() -> dict:
                 cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
-def check_demo(cfg: DemoConfig, variants: dict | None = None) -> DemoConfig:
-    "Raise before any work if `cfg` (or a study variant's overrides) cannot run."
-    if cfg.geometry not in ('reconstructor', 'gt'): raise ValueError(f"geometry={cfg.geometry!r}: expected 'reconstructor' or 'gt'")
-    if not cfg.seeds: raise ValueError('seeds: give at least one distillation seed (three or more for error bars)')
-    if cfg.reconstructor is not None and not Path(cfg.reconstructor).exists():
-        raise FileNotFoundError(f'reconstructor checkpoint {cfg.reconstructor!r} not found; train one with snd_recon or drop --reconstructor')
-    for name, ov in (variants or {'default': {}}).items():
-        T.validate_config(demo_train_config(cfg, None, **{**ov, 'geometry': 'gt'}))   # every other field, before any work
-    P.probe_config(cfg.probe_preset, **cfg.probe_overrides)
-    return cfg
-
-def demo_runs(cfg: DemoConfig, variants: dict, progress_desc: str = 'runs') -> dict:
-    "Geometry, probe data, the teacher's probes per seed and every (variant, seed) student; with the time each stage took."
-    check_demo(cfg, variants)
-    set_threads(cfg.threads)
-    out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
+def demo_runs(cfg: DemoConfig, variants: dict, kind: str = 'snd_demo', resume: bool = False, overwrite: bool = False) -> dict:
+    "The work the demo and the study share: geometry, probe data, the teacher's probes per seed, every (variant, seed) student."
+    validate_demo(cfg, variants)                                  # bad options fail here, before any work
+    out = Path(cfg.out)
+    if check_run_folder(out, kind, DEMO_RUN_FILES, resume, overwrite) is not None:
+        check_resume_config(read_json(out/'config.json', f'{kind} config'), asdict(cfg), DEMO_RESUME_MUTABLE, str(out/'config.json'))
+    set_threads(cfg.threads); set_seed(cfg.seed)
+    if not resume or not (out/'run.json').is_file(): start_run_folder(out, kind, DEMO_RUN_FILES, overwrite=overwrite or resume)
+    atomic_write_json(out/'config.json', asdict(cfg))
     timing, t = {}, time.time()
     needs_recon = any(demo_train_config(cfg, None, **ov).geometry == 'reconstructor' for ov in variants.values())
-    recon_path = demo_geometry(dataclasses.replace(cfg, geometry='reconstructor')) if needs_recon else None
+    recon_path = demo_geometry(dataclasses.replace(cfg, geometry='reconstructor'), resume) if needs_recon else None
     timing['geometry'] = time.time() - t; t = time.time()
     data = P.probe_splits(probe_seeded(cfg, cfg.seeds[0]), cfg.cache_dir, cfg.progress)
     teacher = {s: teacher_probes(cfg, s, data) for s in cfg.seeds}
     timing['teacher_probes'] = time.time() - t; t = time.time()
-    jobs = [(v, s) for v in variants for s in cfg.seeds]
     runs = {v: {} for v in variants}
-    for v, s in tqdm(jobs, desc=progress_desc, disable=not cfg.progress):
-        runs[v][s] = student_run(cfg, s, recon_path, data, v, variants[v], concat=cfg.concat and v == 'default')
+    for v, s in tqdm([(v, s) for v in variants for s in cfg.seeds], desc=f'{kind} runs', disable=not cfg.progress):
+        runs[v][s] = student_run(cfg, s, recon_path, data, v, variants[v], concat=cfg.concat and v == 'default', resume=resume)
     timing['students'] = time.time() - t
     return dict(recon_path=recon_path, teacher=teacher, runs=runs, timing=timing)
 
 def demo_summary(teacher: dict, runs: dict, concat: bool) -> dict:
-    "Paired summaries (model - teacher, same seed) of the student and, if probed, of student+teacher."
+    "Paired summaries (model - teacher, same seed) of the student and, where probed, of student+teacher."
     out = {'student': paired_summary(teacher, runs, 'student')}
     if concat and all('student+teacher' in r['models'] for r in runs.values()):
         out['student+teacher'] = paired_summary(teacher, runs, 'student+teacher')
@@ -299,26 +324,26 @@ def demo_table(results: dict) -> str:
              f"seeds {list(c['seeds'])}. Probes: preset `{c['probe_preset']}`; seed k of the student is probed with probe seed k, "
              f"and so is the teacher, so each difference is paired.", '',
              summary_table(results['summary']), '',
-             'mean ± std over seeds (sample std); teacher ± is the probe-only noise (same features, one probe seed per row). '
-             'Bold: the paired difference is beyond 2 std of the differences.']
+             'mean ± std over seeds (sample std); the teacher row\'s ± is the probe-only noise (same features, one probe seed per '
+             'seed). Bold: the paired difference is beyond 2 std of the differences.']
     return '\n'.join(lines) + '\n'
+
 def demo_figures(cfg: DemoConfig, student_path: str, out: Path) -> None:
     "The demo's figures on an unseen test scene: features, the splatted target, and the effect figure at 256 px."
     teacher = make_backbone('efficientnet_lite0').eval()
     student = P.load_probe_backbone(f'efficientnet_lite0:{student_path}').eval()
     scene = make_scene(scene_seeds('test', 1)[0], n_views=cfg.n_views, size=cfg.size)
-    blend = demo_train_config(cfg, None).blend_alpha
     feature_figure(teacher, student, scene, [0, cfg.n_views // 2], path=out/'features_teacher_vs_student.png')
-    splat_figure(teacher, scene, (0, 8), 4, blend, path=out/'splatted_target.png')
-    big = make_scene(scene_seeds('test', 1)[0], n_views=cfg.n_views, size=256)      # 16 x 16 tokens: structure is visible
+    splat_figure(teacher, scene, (0, 8), 4, demo_train_config(cfg, None).blend_alpha, path=out/'splatted_target.png')
+    big = make_scene(scene_seeds('test', 1)[0], n_views=cfg.n_views, size=256)      # a 16 x 16 token grid: structure is visible
     effect_figure(teacher, student, big, 4, 10, path=out/'consistency_teacher_vs_student.png')
     plt.close('all')
 
-def run_demo(cfg: DemoConfig | None = None, command: str | None = None) -> dict:
+def run_demo(cfg: DemoConfig | None = None, resume: bool = False, overwrite: bool = False, command: str | None = None) -> dict:
     "Geometry, distillation over `cfg.seeds`, every probe on teacher and students, figures; returns the results (also in `cfg.out`)."
     cfg = cfg or demo_default()
     t0 = time.time()
-    r = demo_runs(cfg, {'default': {}}, 'seeds')
+    r = demo_runs(cfg, {'default': {}}, 'snd_demo', resume, overwrite)
     runs = r['runs']['default']
     t = time.time()
     demo_figures(cfg, runs[cfg.seeds[0]]['student_path'], Path(cfg.out))
@@ -332,7 +357,7 @@ def run_demo(cfg: DemoConfig | None = None, command: str | None = None) -> dict:
     atomic_write_text(Path(cfg.out)/'results.md', demo_table(res))
     return res
 
-# %% ../nbs/15_demo.ipynb #c430dad3
+# %% ../nbs/15_demo.ipynb #567e99f8
 # Each ablation is a set of TrainConfig overrides on top of the demo's distillation settings.
 STUDY_VARIANTS = {
     'default': {},                                   # the demo itself
@@ -368,12 +393,13 @@ def study_table(results: dict) -> str:
         lines.append(f'| {name} | ' + ' | '.join(cell(k) for k, _, _ in cols) + ' |')
     return '\n'.join(lines) + '\n'
 
-def run_study(cfg: DemoConfig | None = None, variants: list[str] | None = None, command: str | None = None) -> dict:
+def run_study(cfg: DemoConfig | None = None, variants: list[str] | None = None, resume: bool = False, overwrite: bool = False,
+              command: str | None = None) -> dict:
     "The ablations: every variant distilled over `cfg.seeds` and probed, paired with the teacher; writes `study.json` and `study.md`."
     cfg = cfg or demo_default(out='outputs/study')
     t0 = time.time()
     vs = study_variants(cfg, variants)
-    r = demo_runs(cfg, vs, 'study runs')
+    r = demo_runs(cfg, vs, 'snd_study', resume, overwrite)
     summary = {v: paired_summary(r['teacher'], r['runs'][v]) for v in vs}
     if cfg.concat and 'default' in vs: summary['default, student+teacher'] = paired_summary(r['teacher'], r['runs']['default'], 'student+teacher')
     res = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), command=command or 'run_study(...)',
@@ -384,45 +410,66 @@ def run_study(cfg: DemoConfig | None = None, variants: list[str] | None = None, 
     atomic_write_text(Path(cfg.out)/'study.md', study_table(res))
     return res
 
+def publish_results(out: str | Path, dest: str | Path) -> list[Path]:
+    "Copy the small files of a finished demo or study in `out` (results JSON and markdown, figures, each run's metrics.jsonl) to `dest`, for committing."
+    out, dest = Path(out), Path(dest)
+    names = [p for p in ('results.json', 'results.md', 'study.json', 'study.md') if (out/p).is_file()]
+    if not names: raise FileNotFoundError(f'{out} holds no results.json or study.json: run snd_demo or snd_study to the end first')
+    files = [(out/n, dest/n) for n in names] + [(p, dest/p.name) for p in sorted(out.glob('*.png'))]
+    files += [(p, dest/p.relative_to(out).parent.parent/'metrics.jsonl') for p in sorted(out.glob('runs/*/seed*/train/metrics.jsonl'))]
+    for src, dst in files:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst) as tmp: shutil.copyfile(src, tmp)
+    return [d for _, d in files]
+
 # %% ../nbs/15_demo.ipynb #1976de8c
-def _seeds(text: str | None) -> tuple | None:
-    "'0,1,2' -> (0, 1, 2)."
-    if text is None: return None
-    try: return tuple(int(s) for s in str(text).split(',') if s.strip())
-    except ValueError: raise ValueError(f'--seeds expects comma-separated integers such as 0,1,2; got {text!r}') from None
+def _demo_options(p, quick_help: str):
+    add_option(p, 'quick', action='store_true', help=quick_help)
+    add_option(p, 'seeds', type=option_type(tuple[int, ...]), default=None, help='distillation seeds, e.g. 0,1,2 (default: 0,1,2)')
+    add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads')
+    add_option(p, 'no_progress', action='store_true', help='hide progress bars')
 
-def _demo_config(quick: bool, out=None, **given) -> DemoConfig:
-    return (demo_quick if quick else demo_default)(**({'out': out} if out else {}), **{k: v for k, v in given.items() if v is not None})
+def _demo_config(a, given: dict) -> DemoConfig:
+    given = {**parse_sets(DemoConfig, a.set), **{k: v for k, v in given.items() if v is not None}}
+    if given.get('reconstructor') and 'geometry' not in given: given['geometry'] = 'reconstructor'
+    return (demo_quick if a.quick else demo_default)(**given, **({} if 'progress' in given else dict(progress=not a.no_progress)))
 
-@call_parse
-def snd_demo(quick: store_true = False,     # tiny preset: every stage in a few minutes
-             out: str = None,               # output folder (default outputs/demo or outputs/demo_quick)
-             geometry: str = None,          # 'reconstructor' (default) or 'gt' (ground-truth depth)
-             reconstructor: str = None,     # reuse this reconstructor checkpoint
-             train_steps: int = None,       # distillation steps
-             recon_steps: int = None,       # reconstructor steps
-             size: int = None,              # image size
-             seeds: str = None,             # distillation seeds, comma-separated (default 0,1,2)
-             threads: int = None,           # CPU threads
-             no_progress: store_true = False):  # hide progress bars
-    "Splat and Distill end to end on procedural scenes: geometry, distillation over seeds, probes, and the paired teacher-vs-student table."
-    cfg = _demo_config(quick, out, geometry=geometry, reconstructor=reconstructor, train_steps=train_steps, recon_steps=recon_steps,
-                       size=size, seeds=_seeds(seeds), threads=threads, progress=not no_progress)
-    res = run_demo(cfg, command='snd_demo ' + ' '.join(sys.argv[1:]))
-    print(demo_table(res))
-    print(f"\nwrote {Path(cfg.out)/'results.json'}, {Path(cfg.out)/'results.md'} and figures in {cfg.out}")
-    # nothing returned: console scripts pass a return value to sys.exit (use `run_demo` from Python)
+def snd_demo(argv: list[str] | None = None) -> dict | None:
+    "Command line: Splat and Distill end to end on procedural scenes (geometry, distillation over seeds, probes, the paired table)."
+    p = cli_parser('snd_demo', 'Splat and Distill end to end on procedural scenes: geometry, distillation over seeds, probes, and the paired teacher-vs-student table.',
+                   'Example: snd_demo --quick --out outputs/demo_quick --set probe_overrides=\'{"epochs": 3}\'\n'
+                   'Output folder, --resume and --overwrite: chapter 11 ("Run folders"); --set syntax (any DemoConfig field): chapter 00.')
+    _demo_options(p, 'tiny preset: every stage in a few minutes')
+    add_option(p, 'out', default=None, help='output folder (default outputs/demo or outputs/demo_quick)')
+    add_option(p, 'geometry', default=None, help="'reconstructor' (default) or 'gt' (ground-truth depth)")
+    add_option(p, 'reconstructor', default=None, help='reuse this reconstructor checkpoint (implies --geometry reconstructor)')
+    for name, what in [('train_steps', 'distillation steps'), ('recon_steps', 'reconstructor steps'), ('size', 'image size'),
+                       ('seed', 'seed of the reconstructor and the figures')]:
+        add_option(p, name, type=option_type(int), default=None, help=what)
+    add_run_options(p, 'demo (each stage continues where it stopped; finished stages are kept)')
+    def main(a):
+        cfg = _demo_config(a, dict(out=a.out, geometry=a.geometry, reconstructor=a.reconstructor, train_steps=a.train_steps,
+                                   recon_steps=a.recon_steps, size=a.size, seed=a.seed, seeds=a.seeds, threads=a.threads))
+        res = run_demo(cfg, resume=a.resume, overwrite=a.overwrite, command='snd_demo ' + ' '.join(sys.argv[1:] if argv is None else map(str, argv)))
+        print(demo_table(res))
+        print(f"\nwrote {Path(cfg.out)/'results.json'}, {Path(cfg.out)/'results.md'} and figures in {cfg.out}")
+        return res
+    return run_cli(p, argv, main)
 
-@call_parse
-def snd_study(quick: store_true = False,    # tiny preset (a smoke check of the whole study)
-              out: str = None,              # output folder (default outputs/study or outputs/study_quick)
-              variants: str = None,         # comma-separated subset of the study's variants (default: all)
-              seeds: str = None,            # distillation seeds, comma-separated (default 0,1,2)
-              threads: int = None,          # CPU threads
-              no_progress: store_true = False):  # hide progress bars
-    "The ablations of Splat and Distill at classroom scale, each over seeds and paired with the teacher; resumable run by run."
-    cfg = _demo_config(quick, out or ('outputs/study_quick' if quick else 'outputs/study'), seeds=_seeds(seeds), threads=threads,
-                       progress=not no_progress)
-    res = run_study(cfg, [v.strip() for v in variants.split(',')] if variants else None, command='snd_study ' + ' '.join(sys.argv[1:]))
-    print(study_table(res))
-    print(f"\nwrote {Path(cfg.out)/'study.json'} and {Path(cfg.out)/'study.md'}")
+def snd_study(argv: list[str] | None = None) -> dict | None:
+    "Command line: the ablations of Splat and Distill at classroom scale, each over seeds and paired with the teacher."
+    p = cli_parser('snd_study', 'The ablations of Splat and Distill at classroom scale (blending, geometry, recipe, EMA teacher, '
+                   'upsampling), each over seeds and paired with the teacher; resumable run by run.',
+                   f'Variants: {", ".join(STUDY_VARIANTS)}.\nExample: snd_study --variants default,no_blending --seeds 0,1,2 --out outputs/study')
+    _demo_options(p, 'tiny preset: a smoke check of the whole study')
+    add_option(p, 'out', default=None, help='output folder (default outputs/study or outputs/study_quick)')
+    add_option(p, 'variants', type=option_type(list[str]), default=None, help='comma-separated subset of the variants (default: all)')
+    add_run_options(p, 'study (finished runs are kept)')
+    def main(a):
+        cfg = _demo_config(a, dict(out=a.out or ('outputs/study_quick' if a.quick else 'outputs/study'), seeds=a.seeds, threads=a.threads))
+        res = run_study(cfg, a.variants, resume=a.resume, overwrite=a.overwrite,
+                        command='snd_study ' + ' '.join(sys.argv[1:] if argv is None else map(str, argv)))
+        print(study_table(res))
+        print(f"\nwrote {Path(cfg.out)/'study.json'} and {Path(cfg.out)/'study.md'}")
+        return res
+    return run_cli(p, argv, main)
