@@ -37,7 +37,8 @@ class DemoConfig:
     out: str = 'outputs/demo'            # output folder: results.json, results.md, figures, runs
     geometry: str = 'reconstructor'      # 'reconstructor' (train one, or load --reconstructor) or 'gt' (ground-truth depth)
     reconstructor: str | None = None     # checkpoint of a trained reconstructor to reuse (skips its training)
-    size: int = 64                       # image size of distillation and reconstruction (pixels, square)
+    size: int = 128                      # image size of distillation (pixels, square): 8 x 8 student tokens, as the probes see
+    recon_size: int = 64                 # the reconstructor's image size, and the resolution of lifting and splatting
     n_views: int = 24                    # views per procedural scene
     recon_steps: int = 400               # reconstructor training steps (chapter 08's cpu_default)
     recon_scenes: int = 96               # reconstructor training scenes (24 overfit: validation depth stalls)
@@ -46,7 +47,7 @@ class DemoConfig:
     batch_size: int = 4                  # distillation triplets per step
     lr: float = 1e-4                     # distillation peak learning rate
     out_dim: int = 4096                  # DINO head prototypes K
-    blend_alpha: float = 0.5             # semantic blending a (1 = off)
+    blend_alpha: float = 1.0             # semantic blending a (1 = off; the paper's 0.5 is a study variant)
     train_overrides: dict = dataclasses.field(default_factory=dict)  # any other TrainConfig fields of the distillation
     seeds: tuple[int, ...] = (0, 1, 2)   # distillation seeds; seed k is probed with probe seed k, and so is the teacher
     concat: bool = True                  # also probe student+teacher (FiT3D's concatenation)
@@ -63,13 +64,13 @@ def demo_default(**kw) -> DemoConfig:
 
 def demo_quick(**kw) -> DemoConfig:
     "Every stage on tiny data: a smoke check in a few minutes on 2 CPU cores."
-    return DemoConfig(**{**dict(out='outputs/demo_quick', geometry='gt', size=64, n_views=16, recon_steps=20, recon_scenes=2,
+    return DemoConfig(**{**dict(out='outputs/demo_quick', geometry='gt', size=64, recon_size=64, n_views=16, recon_steps=20, recon_scenes=2,
                                 train_steps=20, train_scenes=2, batch_size=2, out_dim=1024, seeds=(0, 1), probe_preset='tiny'), **kw})
 
 DEMO_PRESETS = dict(default=demo_default, quick=demo_quick)
 
 # %% ../nbs/15_demo.ipynb #9c9e99de
-DEMO_RANGES = dict(size='>= 16', n_views='>= 9', recon_steps='>= 1', recon_scenes='>= 1', train_steps='>= 1', train_scenes='>= 1',
+DEMO_RANGES = dict(size='>= 16', recon_size='>= 16', n_views='>= 9', recon_steps='>= 1', recon_scenes='>= 1', train_steps='>= 1', train_scenes='>= 1',
                    batch_size='>= 1', lr='(0, 1)', out_dim='>= 1', blend_alpha='[0, 1]', seed='>= 0', threads='>= 1')
 DEMO_RUN_FILES = ['run.json', 'config.json', 'results.json', 'results.md', 'study.json', 'study.md', 'features_teacher_vs_student.png',
                   'splatted_target.png', 'consistency_teacher_vs_student.png', 'recon', 'teacher', 'runs']
@@ -81,7 +82,8 @@ def validate_demo(cfg: DemoConfig, variants: dict | None = None) -> DemoConfig:
     if not cfg.seeds or any(not isinstance(s, int) or s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) < len(cfg.seeds):
         raise ValueError(f'demo config seeds={cfg.seeds!r}: give distinct seeds >= 0, at least one (three or more for error bars)')
     if cfg.geometry not in ('reconstructor', 'gt'): raise ValueError(f"geometry={cfg.geometry!r}: expected 'reconstructor' or 'gt'")
-    if cfg.size % 4: raise ValueError(f'demo config size={cfg.size}: must be divisible by 4 (the reconstructor works at 1/4 resolution)')
+    if cfg.recon_size % 4: raise ValueError(f'demo config recon_size={cfg.recon_size}: must be divisible by 4 (the reconstructor works at 1/4 resolution)')
+    if cfg.recon_size > cfg.size: raise ValueError(f'demo config recon_size={cfg.recon_size} exceeds size={cfg.size}: lifting runs at recon_size')
     if cfg.reconstructor is not None:
         if cfg.geometry != 'reconstructor':
             raise ValueError("--reconstructor is only used with geometry 'reconstructor', but geometry is 'gt'; drop one of them")
@@ -96,7 +98,7 @@ def validate_demo(cfg: DemoConfig, variants: dict | None = None) -> DemoConfig:
 
 def demo_recon_config(cfg: DemoConfig) -> reconstruct.ReconConfig:
     "The reconstructor the demo trains when none is given: chapter 08's `cpu_default` at the demo's size."
-    return reconstruct.cpu_default(size=cfg.size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed, steps=cfg.recon_steps)
+    return reconstruct.cpu_default(size=cfg.recon_size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed, steps=cfg.recon_steps)
 
 def _stage(folder: Path, resume: bool) -> dict:
     "How a stage of a demo run starts: resumed if the demo is resumed and the stage had begun, else new (replacing a stage that never got going)."
@@ -127,6 +129,7 @@ def demo_train_config(cfg: DemoConfig, recon_path: str | None, out: str | Path |
     kw = dict(height=cfg.size, width=cfg.size, n_views=cfg.n_views, train_scenes=cfg.train_scenes, steps=cfg.train_steps,
               batch_size=cfg.batch_size, lr=cfg.lr, out_dim=cfg.out_dim, blend_alpha=cfg.blend_alpha, seed=cfg.seed,
               geometry=cfg.geometry, out=str(out or Path(cfg.out)/'train'), cache_dir=cfg.cache_dir, progress=cfg.progress,
+              render_scale=cfg.recon_size / cfg.size,    # lift and splat at the reconstructor's size, whatever the geometry
               val_every=0, ckpt_every=max(cfg.train_steps // 2, 1))
     kw = {**kw, **cfg.train_overrides, **overrides}
     kw['reconstructor'] = recon_path if kw['geometry'] == 'reconstructor' else None
@@ -369,6 +372,9 @@ STUDY_VARIANTS = {
     'authors_recipe': dict(recipe='authors'),        # temperatures 1, no centering
     'frozen_teacher': dict(ema_every=0),             # the teacher never follows the student
     'bilinear_upsampling': dict(mask_aware=False),   # context tokens upsampled without the instance masks
+    'trainable_head': dict(head_lr_mult=1.0),        # the DINO head learns too (the paper's setting)
+    'cosine_objective': dict(objective='cosine'),    # no heads: 1 - cos to the splatted features (ablation)
+    'size_64': dict(height=64, width=64, render_scale=1.0),   # 64 px images: a 4 x 4 token grid, lifting at 64 px
 }
 
 def study_variants(cfg: DemoConfig, names: list[str] | None = None) -> dict:

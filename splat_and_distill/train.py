@@ -64,7 +64,7 @@ class TrainConfig:
     # teacher side
     geometry: str = 'gt' # where Gaussians come from: gt (procedural ground truth), depth (per-frame depth maps of real scenes) or reconstructor
     reconstructor: str | None = None # checkpoint folder or .safetensors of a trained reconstructor (geometry=reconstructor)
-    blend_alpha: float = 0.5 # semantic blending a (1 = no blending)
+    blend_alpha: float = 1.0 # semantic blending a (1 = no blending; the paper's 0.5 smooths the targets, see chapter 17)
     mask_aware: bool = True # mask-aware upsampling of the context tokens (False: plain bilinear)
     render_scale: float | None = None # lift and splat at this fraction of the image size (None: auto, see lift_scale)
     splat_backend: str = 'auto' # auto, torch or gsplat
@@ -84,7 +84,7 @@ class TrainConfig:
     steps: int = 300 # optimiser steps
     batch_size: int = 4 # triplets per step (per process under DDP)
     lr: float = 1e-4 # peak learning rate (Adam)
-    head_lr_mult: float = 1.0 # the DINO head's peak learning rate, as a multiple of lr (0: a fixed random head)
+    head_lr_mult: float = 0.0 # the DINO head's peak learning rate, as a multiple of lr (0: a fixed random head, see chapter 17; the paper trains it: 1)
     warmup: float = 0.01 # one-cycle warm-up fraction
     weight_decay: float = 0.0 # Adam weight decay
     grad_clip: float | None = None # clip the gradient norm (None: off)
@@ -109,6 +109,7 @@ def cpu_demo(**kw) -> TrainConfig:
 def _paper(name: str, default_backbone: str, **kw) -> TrainConfig:
     return TrainConfig(**{**dict(preset=name, data='', train_scenes=0, val_scenes=10, backbone=default_backbone, policy='lora',
                                  lora_rank=8, out_dim=65536, height=576, width=880, geometry='reconstructor', render_scale=1.0, steps=300_000,
+                                 blend_alpha=0.5, head_lr_mult=1.0,
                                  batch_size=1, channel_chunk=64, lr=2e-5, warmup=0.01, teacher_temp_warmup=0.1, log_every=50,
                                  val_every=5000, ckpt_every=5000, val_pairs=64, out=f'runs/{name}'), **kw})
 
