@@ -13,12 +13,12 @@ import matplotlib.pyplot as plt
 # %% auto #0
 __all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'set_seed', 'rng_state', 'set_rng_state', 'seeded', 'default_device',
            'batch_to', 'set_threads', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'to_numpy_image',
-           'colorize_depth', 'colorize_normals', 'label_palette', 'colorize_labels', 'pca_rgb', 'show_images',
-           'parse_value', 'unknown_keys', 'typed_overrides', 'parse_sets', 'check_ranges', 'total_memory',
-           'check_memory', 'CLIParser', 'cli_parser', 'option_type', 'add_option', 'add_run_options', 'check_device',
-           'run_cli', 'sha256_file', 'read_json', 'fault_point', 'step_folder', 'step_folders', 'begin_checkpoint',
-           'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints', 'check_run_folder',
-           'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl']
+           'colorize_depth', 'colorize_normals', 'label_palette', 'colorize_labels', 'fit_pca', 'pca_rgb',
+           'show_images', 'parse_value', 'unknown_keys', 'typed_overrides', 'parse_sets', 'check_ranges',
+           'total_memory', 'check_memory', 'CLIParser', 'cli_parser', 'option_type', 'add_option', 'add_run_options',
+           'check_device', 'run_cli', 'sha256_file', 'read_json', 'fault_point', 'step_folder', 'step_folders',
+           'begin_checkpoint', 'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints',
+           'check_run_folder', 'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl']
 
 # %% ../nbs/00_core.ipynb #1205d73e
 def set_seed(seed: int = 0):
@@ -122,20 +122,27 @@ def colorize_labels(labels: torch.Tensor, n: int | None = None) -> torch.Tensor:
     return rgb * (lab >= 0)
 
 # %% ../nbs/00_core.ipynb #16618455
-def pca_rgb(*feats: torch.Tensor, valid: list | None = None, q: float = 0.01) -> list[torch.Tensor]:
-    "Project feature maps `[d,h,w]` onto their shared first 3 principal components, as RGB images `[3,h,w]`."
+def _pca_inputs(feats, valid):
     flat = [f.detach().float().cpu().flatten(1).T for f in feats]  # each (h*w, d)
     masks = [torch.ones(len(x), dtype=torch.bool) if valid is None else valid[i].flatten().cpu() for i, x in enumerate(flat)]
+    return flat, masks
+
+def fit_pca(*feats: torch.Tensor, valid: list | None = None, q: float = 0.01) -> dict:
+    "A PCA colour basis fitted on feature maps `[d,h,w]`: mean, 3 principal directions and the colour range (quantiles `q`, `1-q`)."
+    flat, masks = _pca_inputs(feats, valid)
     fit = torch.cat([x[m] for x, m in zip(flat, masks)])
     mean = fit.mean(0)
     _, _, V = torch.linalg.svd(fit - mean, full_matrices=False)
-    basis = V[:3].T  # (d, 3)
-    proj = [(x - mean) @ basis for x in flat]
-    allp = torch.cat([p[m] for p, m in zip(proj, masks)])
-    lo, hi = torch.quantile(allp, q, dim=0), torch.quantile(allp, 1 - q, dim=0)
+    proj = (fit - mean) @ V[:3].T                                   # (n, 3)
+    return dict(mean=mean, basis=V[:3].T, lo=torch.quantile(proj, q, dim=0), hi=torch.quantile(proj, 1 - q, dim=0))
+
+def pca_rgb(*feats: torch.Tensor, valid: list | None = None, q: float = 0.01, basis: dict | None = None) -> list[torch.Tensor]:
+    "Feature maps `[d,h,w]` as RGB images `[3,h,w]` in one shared PCA basis: fitted on these maps, or the given `basis` (from `fit_pca`)."
+    basis = basis or fit_pca(*feats, valid=valid, q=q)
+    flat, masks = _pca_inputs(feats, valid)
     out = []
-    for p, m, f in zip(proj, masks, feats):
-        rgb = ((p - lo) / (hi - lo).clamp(min=1e-8)).clamp(0, 1) * m[:, None]
+    for x, m, f in zip(flat, masks, feats):
+        rgb = (((x - basis['mean']) @ basis['basis'] - basis['lo']) / (basis['hi'] - basis['lo']).clamp(min=1e-8)).clamp(0, 1) * m[:, None]
         out.append(rgb.T.reshape(3, *f.shape[1:]))  # (3, h, w)
     return out
 

@@ -28,7 +28,7 @@ __all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE
            'reconstructor_eval', 'demo_train_config', 'study_run_dir', 'probe_seeded', 'teacher_probes', 'student_run',
            'mean_std', 'paired_summary', 'summary_table', 'feature_figure', 'splat_figure', 'consistency_map',
            'effect_figure', 'machine_summary', 'demo_runs', 'demo_summary', 'demo_table', 'demo_figures', 'run_demo',
-           'study_variants', 'study_table', 'run_study', 'publish_results', 'snd_demo', 'snd_study']
+           'study_variants', 'study_table', 'run_study', 'publish_results', 'demo_student', 'snd_demo', 'snd_study']
 
 # %% ../nbs/15_demo.ipynb #48d3aebf
 @dataclass
@@ -427,6 +427,13 @@ def publish_results(out: str | Path, dest: str | Path) -> list[Path]:
         dst.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dst) as tmp: shutil.copyfile(src, tmp)
     return [d for _, d in files]
+
+def demo_student(*outs: str | Path) -> Path | None:
+    "The distilled student (seed 0, else the lowest seed) of the first demo output folder in `outs` that holds one, or None."
+    for out in outs:
+        found = sorted(Path(out).glob('runs/default/seed*/train/student_timm.safetensors'), key=lambda p: int(p.parts[-3][4:]))
+        if found: return found[0]
+    return None
 
 # %% ../nbs/15_demo.ipynb #1976de8c
 def _demo_options(p, quick_help: str):
