@@ -375,6 +375,7 @@ STUDY_VARIANTS = {
     'trainable_head': dict(head_lr_mult=1.0),        # the DINO head learns too (the paper's setting)
     'cosine_objective': dict(objective='cosine'),    # no heads: 1 - cos to the splatted features (ablation)
     'size_64': dict(height=64, width=64, render_scale=1.0),   # 64 px images: a 4 x 4 token grid, lifting at 64 px
+    'lr_3e-4': dict(lr=3e-4),                        # a 3 x larger step (the exploration's best on correspondence)
 }
 
 def study_variants(cfg: DemoConfig, names: list[str] | None = None) -> dict:

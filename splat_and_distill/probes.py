@@ -336,6 +336,7 @@ class ProbeConfig:
     train_label_scale: float = 0.25 # probes train against labels at this fraction of the image size (nearest); evaluation at full size
     normals_epochs: int = 120       # the normals probe converges slower (at 20 or 60 epochs it stays at a constant normal's RMSE)
     normals_lr: float = 1e-3        # and wants a smaller step: at 1e-2 its RMSE is 1.5 deg worse and twice as seed-dependent
+    normals_init_scale: float = 3.  # the normals head starts as the constant mean normal (bias = this x it; 0: plain init)
     batch_size: int = 16
     lr: float = 1e-2                # AdamW, cosine decay to 0 (inputs standardised: the bias needs a large step)
     weight_decay: float = 1e-4
@@ -374,7 +375,7 @@ def probe_config(preset: str = 'cpu_default', **overrides) -> ProbeConfig:
 # %% ../nbs/10_probes.ipynb #742fe4c1
 PROBE_RANGES = dict(image_size='>= 16', n_views='>= 2', n_train_scenes='>= 1', n_test_scenes='>= 1', min_depth='> 0', max_depth='> 0',
                     n_bins='>= 2', upsample='>= 1', epochs='>= 1', normals_epochs='>= 1', batch_size='>= 2', lr='> 0',
-                    normals_lr='> 0', weight_decay='>= 0', seed='>= 0', pairs_seed='>= 0', train_label_scale='(0, 1]', depth_grad_weight='>= 0',
+                    normals_lr='> 0', normals_init_scale='>= 0', weight_decay='>= 0', seed='>= 0', pairs_seed='>= 0', train_label_scale='(0, 1]', depth_grad_weight='>= 0',
                     corr_pairs_per_gap='>= 1', corr_grid_width='>= 8', corr_num='>= 1', consistency_pairs='>= 1', real_width='>= 16',
                     real_grid_width='>= 8', feature_batch_size='>= 1')
 
@@ -516,6 +517,7 @@ def evaluate_depth_probe(head: DepthProbe, feats: dict, split: ProbeSplit, cfg: 
 def train_normals_probe(feats: dict, split: ProbeSplit, cfg: ProbeConfig, desc: str | None = None) -> NormalsProbe:
     "Fit the linear normals probe with the uncertainty-aware angular loss (`cfg.normals_epochs` epochs)."
     with seeded(cfg.seed): head = NormalsProbe(feats['tokens'].shape[1])
+    with torch.no_grad(): head.conv.bias[:3] = cfg.normals_init_scale * constant_normal(split)   # start as the best constant
     gt = training_labels(split.normals, cfg.train_label_scale)
     fit_probe(head, feats['tokens'], lambda m, xb, i: angular_loss(m(xb, gt.shape[-2:]), gt[i]), dataclasses.replace(cfg, lr=cfg.normals_lr),
               desc, epochs=cfg.normals_epochs)
