@@ -52,7 +52,7 @@ def knn_scales(points: Float[Tensor, "n 3"], k: int = 3, chunk: int = 2048) -> F
     out = []
     for s in range(0, len(points), chunk):
         d2 = torch.cdist(points[s:s + chunk], points).topk(k + 1, largest=False).values[:, 1:] ** 2   # (chunk, k), self excluded
-        out.append(d2.mean(1).clamp(min=1e-14).sqrt())
+        out.append(d2.mean(1).clamp(min=1e-7).sqrt())          # 3DGS clamps the squared distance at 1e-7
     return torch.cat(out)
 
 class FeatureGaussians(nn.Module):
@@ -267,7 +267,7 @@ def like_train(train_cfg, **kw) -> FiT3DConfig:
     return cpu_fit3d(**{**{k: getattr(train_cfg, k) for k in same}, 'ft_steps': train_cfg.steps, 'ft_batch_size': train_cfg.batch_size, **kw})
 
 # %% ../nbs/12_fit3d.ipynb #766685f4
-def stage1_optimizer(fg: FeatureGaussians, cfg, extent: float) -> torch.optim.Optimizer:
+def stage1_optimizer(fg: FeatureGaussians, cfg: FiT3DConfig, extent: float) -> torch.optim.Optimizer:
     "Adam with 3DGS/FiT3D per-parameter groups; `base_lr` remembers each group's starting rate for the schedule."
     groups = [('means', [fg.means], cfg.lr_means * extent), ('colours', [fg.colour_logits], cfg.lr_colour),
               ('opacity', [fg.opacity_logits], cfg.lr_opacity), ('scales', [fg.log_scales], cfg.lr_scales),
@@ -288,7 +288,7 @@ def teacher_tokens(teacher: nn.Module, images: Float[Tensor, "v 3 h w"], batch_s
     "The frozen teacher's token maps of `images`, in batches."
     return torch.cat([teacher(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
 
-def scene_depth(scene, cfg, views: list[int], reconstructor=None) -> Float[Tensor, "v h w"]:
+def scene_depth(scene, cfg: FiT3DConfig, views: list[int], reconstructor=None) -> Float[Tensor, "v h w"]:
     "Depth of `views` for the initial points: the scene's own (ground truth or depth files), or the reconstructor's from view pairs `gap` apart."
     if reconstructor is None: return scene.depth[views]
     n, k = scene.n_views, cfg.gap
@@ -305,7 +305,7 @@ def converged_at(curve: list[dict], key: str = 'token_cos', tol: float = 0.005) 
     best = max(r[key] for r in curve)
     return next(r for r in curve if r[key] >= best - tol)
 
-def fit_scene(scene, teacher: nn.Module, cfg, reconstructor=None, snapshots: tuple = (), progress: bool = True,
+def fit_scene(scene, teacher: nn.Module, cfg: FiT3DConfig, reconstructor=None, snapshots: tuple = (), progress: bool = True,
               desc: str = 'stage 1') -> dict:
     "FiT3D stage 1 on one scene: fit feature Gaussians to the training views; the held-out curve, timings and snapshots."
     train, triplets = split_views(scene.n_views, cfg.gap, cfg.holdout_every)
@@ -327,7 +327,7 @@ def fit_scene(scene, teacher: nn.Module, cfg, reconstructor=None, snapshots: tup
         curve.append(r); window.clear()
     def snapshot(step):
         if step in snapshots and triplets:
-            c0, t, c1 = triplets[0]
+            _, t, _ = triplets[0]
             with torch.no_grad(): snaps[step] = render_feature_gaussians(fg, scene.c2w[[t]], scene.K[[t]], scene.height, scene.width, cfg.splat_backend)['features'][0]
     evaluate(0); snapshot(0)
     bar = tqdm(range(cfg.fit_steps), desc=desc, leave=False, disable=not progress)

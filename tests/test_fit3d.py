@@ -182,3 +182,12 @@ def test_seed_summary_is_paired():
     s = seed_summary(per)
     assert s['x']['m']['diff_mean'] == pytest.approx(0.5 + 0.1 / 3)
     assert s['x']['m']['std'] > s['x']['m']['diff_std'] > 0 and s['teacher']['m']['diff_mean'] == 0
+
+def test_reconstructor_geometry_runs(tmp_path):
+    "geometry='reconstructor': initial points from a (here untrained, tiny) reconstructor's depth, lifting from its Gaussians."
+    from splat_and_distill.reconstruct import Reconstructor, tiny as recon_tiny, save_reconstructor
+    save_reconstructor(tmp_path / 'recon', Reconstructor(recon_tiny(size=32)))
+    res = run_fit3d(fit3d_config('tiny', **{**FAST, 'train_scenes': 1}, backbone='efficientnet_lite0:random', geometry='reconstructor',
+                                 reconstructor=str(tmp_path / 'recon'), out=str(tmp_path / 'run')))
+    s = res['results']['scenes']['scene_0000000']
+    assert s['lift_token_cos'] is not None and s['n_gaussians'] > 0 and res['results']['config']['geometry'] == 'reconstructor'
