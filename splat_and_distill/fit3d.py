@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import set_seed, set_threads, atomic_path, atomic_write_json, pca_rgb, show_images
+from .core import set_seed, set_threads, default_device, atomic_path, atomic_write_json, pca_rgb, show_images
 from .cameras import unproject_depth
 from .gaussians import Gaussians
 from .splat import render, hwc_to_chw
@@ -71,6 +71,7 @@ class FeatureGaussians(nn.Module):
         self.colour_logits = nn.Parameter(torch.logit(colours.float().clamp(0.01, 0.99)))  # (n, 3)
         self.features = nn.Parameter(torch.zeros(n, feat_dim))                             # (n, f): FiT3D starts at 0
         self.decoder = nn.Conv2d(feat_dim, out_dim, 3, padding=1, bias=False)              # per-scene 3x3 conv, f -> D
+        self.to(means.device)
 
     @property
     def n(self) -> int: return self.means.shape[0]
@@ -90,7 +91,7 @@ def init_points(depth: Float[Tensor, "v h w"], K: Float[Tensor, "v 3 3"], c2w: F
     col = rgb.permute(0, 2, 3, 1)[:, ::stride, ::stride][valid]                              # (n, 3)
     if len(pts) == 0: raise ValueError('init_points: no pixel has a valid depth; stage 1 needs depth (ground truth, depth maps or a reconstructor)')
     if max_points is not None and len(pts) > max_points:
-        keep = torch.randperm(len(pts), generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
+        keep = torch.randperm(len(pts), generator=torch.Generator().manual_seed(seed))[:max_points].sort().values.to(pts.device)
         pts, col = pts[keep], col[keep]
     return pts, col
 
@@ -195,7 +196,7 @@ class FiT3DConfig:
     lr_features: float = 3e-2 # per-Gaussian features, cosine to 10% (FiT3D: 6.25e-5 over 30k steps)
     lr_decoder: float = 3e-3 # 3x3 conv decoder, cosine to 10% (FiT3D: 6.25e-5)
     eval_every: int = 25 # held-out metrics every this many steps (the curve)
-    splat_backend: str = 'auto' # auto, torch or gsplat
+    splat_backend: str = 'auto' # auto (gsplat on CUDA, else torch), torch, gsplat or triton
     # stage 2
     ft_steps: int = 300 # fine-tuning steps (0: one epoch over the training views, as FiT3D)
     ft_batch_size: int = 4 # images per step (FiT3D: 2)
@@ -204,6 +205,7 @@ class FiT3DConfig:
     ft_hflip: bool = True # random horizontal flips (FiT3D)
     # run
     seed: int = 0 # seeds the initial subset, view orders, flips: stage 1 and stage 2
+    device: str = 'auto' # auto (CUDA when available), cpu or cuda
     threads: int | None = None # CPU threads (None: $OMP_NUM_THREADS or all cores)
     out: str = 'runs/fit3d' # run folder: config.json, scenes/*.safetensors, student_timm.safetensors, results.json
     progress: bool = True # show progress bars
@@ -410,7 +412,7 @@ def finetune(student: nn.Module, images: Float[Tensor, "n 3 h w"], targets: Floa
             if not order: order = torch.randperm(len(images), generator=gen).tolist()
             idx.append(order.pop())
         x, t, m = images[idx], targets[idx], valid[idx]
-        flip = torch.rand(len(idx), generator=gen) < (0.5 if hflip else 0.)
+        flip = (torch.rand(len(idx), generator=gen) < (0.5 if hflip else 0.)).to(x.device)
         x, t, m = (torch.where(flip.view(-1, *[1] * (a.ndim - 1)), a.flip(-1), a) for a in (x, t, m))
         loss = masked_l1(student(x), t, m)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
@@ -503,7 +505,9 @@ def validate_fit3d_config(cfg: FiT3DConfig) -> FiT3DConfig:
         if not Path(cfg.reconstructor).expanduser().exists(): raise FileNotFoundError(f'config reconstructor: not found: {cfg.reconstructor}')
     if cfg.policy not in ('auto', 'lora', 'last_stages', 'full'): bad('policy', 'choose auto, lora, last_stages or full')
     if cfg.policy == 'lora' and name == 'efficientnet_lite0': bad('policy', 'LoRA needs attention layers; use last_stages for the CNN')
-    if cfg.splat_backend not in ('auto', 'torch', 'gsplat'): bad('splat_backend', 'choose auto, torch or gsplat')
+    if cfg.splat_backend not in ('auto', 'torch', 'gsplat', 'triton'): bad('splat_backend', 'choose auto, torch, gsplat or triton')
+    if cfg.device not in ('auto', 'cpu', 'cuda') and not cfg.device.startswith('cuda:'): bad('device', 'choose auto, cpu or cuda')
+    if cfg.device.startswith('cuda') and not torch.cuda.is_available(): bad('device', 'CUDA is not available on this machine')
     for k in ('n_views', 'height', 'width', 'gap', 'feat_dim', 'init_stride', 'max_gaussians', 'fit_steps', 'eval_every', 'ft_batch_size'):
         if getattr(cfg, k) < 1: bad(k, 'must be >= 1')
     for k in ('ft_steps', 'holdout_every', 'train_scenes'):
@@ -540,7 +544,7 @@ def save_scene_fit(path: str | Path, fg: FeatureGaussians, summary: dict, cfg: F
     with atomic_path(path) as tmp: save_file(sd, str(tmp), metadata=meta)
     return Path(path)
 
-def load_scene_fit(path: str | Path, cfg: FiT3DConfig | None = None) -> tuple[FeatureGaussians, dict]:
+def load_scene_fit(path: str | Path, cfg: FiT3DConfig | None = None, device='cpu') -> tuple[FeatureGaussians, dict]:
     "Load a scene fit; with `cfg`, refuse one made with other stage-1 settings (naming them)."
     path = Path(path)
     try:
@@ -556,7 +560,7 @@ def load_scene_fit(path: str | Path, cfg: FiT3DConfig | None = None) -> tuple[Fe
     fg = FeatureGaussians(sd['means'], torch.full_like(sd['means'], 0.5), out_dim=w.shape[0], feat_dim=w.shape[1],
                           scales=torch.ones(len(sd['means'])))
     fg.load_state_dict(sd)
-    return fg, json.loads(meta['summary'])
+    return fg.to(device), json.loads(meta['summary'])
 
 # %% ../nbs/12_fit3d.ipynb #fc7cbbe4
 def _load_teacher(cfg: FiT3DConfig) -> nn.Module:
@@ -582,14 +586,15 @@ def reconstructor_geometry(recon):
     from splat_and_distill.reconstruct import to_gaussians
     return lambda ctx: to_gaussians(recon(ctx.rgb[None], ctx.K[None], ctx.c2w[None]))
 
-def stage1(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, reconstructor=None) -> tuple[dict, bool]:
-    "Fit (or load) every scene; returns `({name: summary}, stopped)`."
+def stage1(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, reconstructor=None, device='cpu') -> tuple[dict, bool]:
+    "Fit (or load) every scene on `device`; returns `({name: summary}, stopped)`."
     done, fitted = {}, 0
     for name, scene in tqdm(scenes, desc='scenes', disable=not cfg.progress):
         path = out / 'scenes' / f'{name}.safetensors'
         if path.exists():
             done[name] = load_scene_fit(path, cfg)[1]; continue
         if cfg.stop_after_scenes is not None and fitted >= cfg.stop_after_scenes: return done, True
+        scene = scene.to(device)
         fit = fit_scene(scene, teacher, cfg, reconstructor, progress=cfg.progress, desc=name)
         geo = None if reconstructor is None else reconstructor_geometry(reconstructor)
         lift = lift_metrics(teacher, scene, fit['triplets'], 0.5, geo, cfg.splat_backend) if fit['triplets'] else {}
@@ -600,12 +605,13 @@ def stage1(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, recons
     return done, False
 
 # %% ../nbs/12_fit3d.ipynb #2bb99f08
-def stage2(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, summaries: dict) -> tuple[nn.Module, list]:
+def stage2(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, summaries: dict, device='cpu') -> tuple[nn.Module, list]:
     "Render targets at every scene's training views, fine-tune the student (same trainable part as snd_train's) and return it with its log."
     grid = teacher.token_grid(cfg.height, cfg.width)
     images, targets, valid = [], [], []
     for name, scene in scenes:
-        fg, _ = load_scene_fit(out / 'scenes' / f'{name}.safetensors', cfg)
+        fg, _ = load_scene_fit(out / 'scenes' / f'{name}.safetensors', cfg, device)
+        scene = scene.to(device)
         views = summaries[name]['train_views']
         t, v = render_targets(fg, scene, views, grid, cfg.splat_backend)
         images.append(scene.rgb[views]); targets.append(t); valid.append(v)
@@ -626,22 +632,24 @@ def run_fit3d(cfg: FiT3DConfig | None = None, **overrides) -> dict:
     out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
     if (out / 'results.json').exists():
         res = json.loads((out / 'results.json').read_text())
-        if {k: res['config'].get(k) for k in asdict(cfg) if k not in ('progress', 'threads', 'stop_after_scenes', 'out')} != \
-           {k: v for k, v in asdict(cfg).items() if k not in ('progress', 'threads', 'stop_after_scenes', 'out')}:
+        how = ('progress', 'threads', 'stop_after_scenes', 'out', 'device')      # how a run executes, not what it computes
+        same = lambda c: {k: v for k, v in c.items() if k not in how}
+        if same(res['config']) != same(asdict(cfg)):
             raise ValueError(f'{out} holds a finished FiT3D run with another config; use another --out')
         return dict(results=res, paths=dict(run=str(out), results=str(out / 'results.json'), student_timm=str(out / 'student_timm.safetensors')), stopped=False)
     atomic_write_json(out / 'config.json', asdict(cfg))
     t0 = time.time()
-    teacher = _load_teacher(cfg)
+    device = default_device(None if cfg.device == 'auto' else cfg.device)
+    teacher = _load_teacher(cfg).to(device)
     recon = None
     if cfg.geometry == 'reconstructor':
         from splat_and_distill.reconstruct import load_reconstructor
-        recon = load_reconstructor(cfg.reconstructor, device='cpu').eval().requires_grad_(False)
+        recon = load_reconstructor(cfg.reconstructor, device=device).eval().requires_grad_(False)
     scenes = fit3d_scenes(cfg)
-    summaries, stopped = stage1(cfg, teacher, scenes, out, recon)
+    summaries, stopped = stage1(cfg, teacher, scenes, out, recon, device)
     if stopped: return dict(stopped=True, scenes_done=sorted(summaries), paths=dict(run=str(out)))
     t1 = time.time()
-    student, log = stage2(cfg, teacher, scenes, out, summaries)
+    student, log = stage2(cfg, teacher, scenes, out, summaries, device)
     student_path = export_student(types.SimpleNamespace(backbone=student), out / 'student_timm.safetensors', cfg)
     stat = lambda k: float(np.mean([s[k] for s in summaries.values() if s.get(k) is not None])) if any(s.get(k) is not None for s in summaries.values()) else None
     results = dict(config=asdict(cfg), scenes=summaries, stage2=dict(steps=len(log), first_loss=log[0]['loss'], last_loss=log[-1]['loss'],
@@ -650,7 +658,7 @@ def run_fit3d(cfg: FiT3DConfig | None = None, **overrides) -> dict:
                              lift_token_cos=stat('lift_token_cos'), lift_noblend_token_cos=stat('lift_noblend_token_cos'),
                              lift_seconds_per_triplet=stat('lift_seconds_per_triplet'), fit_cpu_seconds=stat('fit_cpu_seconds'),
                              converged_cpu_seconds=stat('converged_cpu_seconds'), lift_cpu_seconds_per_triplet=stat('lift_cpu_seconds_per_triplet')),
-                   wall_s=dict(stage2=time.time() - t1, invocation=time.time() - t0), threads=torch.get_num_threads())
+                   wall_s=dict(stage2=time.time() - t1, invocation=time.time() - t0), threads=torch.get_num_threads(), device=str(device))
     atomic_write_json(out / 'results.json', results)
     return dict(results=results, paths=dict(run=str(out), results=str(out / 'results.json'), student_timm=str(student_path)), stopped=False)
 
