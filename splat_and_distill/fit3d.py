@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import set_seed, set_threads, default_device, atomic_path, atomic_write_json, pca_rgb, show_images
+from .core import set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text, pca_rgb, show_images
 from .cameras import unproject_depth
 from .gaussians import Gaussians
 from .splat import render, hwc_to_chw
@@ -27,14 +27,14 @@ from .reconstruct import ssim, psnr
 from .backbones import make_backbone, make_student, describe_trainable, BACKBONES
 
 # %% auto #0
-__all__ = ['FIT3D_PRESETS', 'FIT_KEYS', 'split_views', 'knn_scales', 'FeatureGaussians', 'init_points', 'scene_extent',
-           'render_feature_gaussians', 'rgb_loss', 'feature_loss', 'token_cosine', 'pixel_cosine', 'holdout_metrics',
-           'lift_metrics', 'FiT3DConfig', 'cpu_fit3d', 'tiny_fit3d', 'paper_fit3d', 'fit3d_config', 'like_train',
-           'stage1_optimizer', 'stage1_schedule', 'teacher_tokens', 'scene_depth', 'converged_at', 'fit_scene',
-           'fit_figure', 'curve_figure', 'render_targets', 'masked_l1', 'finetune', 'fit3d_specs', 'probe_seed',
-           'seed_summary', 'seed_table', 'load_fit3d_results', 'stage1_table', 'validate_fit3d_config', 'fit3d_scenes',
-           'save_scene_fit', 'load_scene_fit', 'reconstructor_geometry', 'stage1', 'stage2', 'run_fit3d', 'fit3d_study',
-           'snd_fit3d']
+__all__ = ['FIT3D_PRESETS', 'HEADLINE', 'FIT_KEYS', 'split_views', 'knn_scales', 'FeatureGaussians', 'init_points',
+           'scene_extent', 'render_feature_gaussians', 'rgb_loss', 'feature_loss', 'token_cosine', 'pixel_cosine',
+           'holdout_metrics', 'lift_metrics', 'FiT3DConfig', 'cpu_fit3d', 'tiny_fit3d', 'paper_fit3d', 'fit3d_config',
+           'like_train', 'stage1_optimizer', 'stage1_schedule', 'teacher_tokens', 'scene_depth', 'converged_at',
+           'fit_scene', 'fit_figure', 'curve_figure', 'render_targets', 'masked_l1', 'finetune', 'fit3d_specs',
+           'probe_seed', 'seed_summary', 'seed_table', 'load_fit3d_results', 'stage1_table', 'validate_fit3d_config',
+           'fit3d_scenes', 'save_scene_fit', 'load_scene_fit', 'reconstructor_geometry', 'stage1', 'stage2',
+           'run_fit3d', 'fit3d_study', 'snd_fit3d']
 
 # %% ../nbs/12_fit3d.ipynb #6ba6ca77
 def split_views(n_views: int, gap: int = 8, holdout_every: int = 6) -> tuple[list[int], list[tuple[int, int, int]]]:
@@ -449,11 +449,16 @@ def seed_summary(per_seed: dict, reference: str = 'teacher', keys: list | None =
             out[r][k] = dict(mean=float(v.mean()), std=sd(v), diff_mean=float(d.mean()), diff_std=sd(d), n=len(seeds))
     return out
 
+HEADLINE = ['depth.abs_rel', 'depth.d1', 'normals.rmse', 'normals.pct_11', 'seg.miou', 'corr.recall_5px', 'corr.recall_10px',
+            'corr.recall_20px', 'consistency.gap', 'consistency.cos_match', 'real.corr.recall_10px', 'real.depth_scale_shift.abs_rel']
+
 def seed_table(summary: dict, columns: list | None = None, reference: str = 'teacher') -> str:
-    "Markdown: one row per model, `mean ± std` per metric; below the reference, the paired difference `Δ mean ± std`."
+    "Markdown: one row per model, `mean ± std` per metric (default: the `HEADLINE` probes); other rows add the paired `Δ mean ± std` to `reference`."
     from splat_and_distill.probes import TABLE_COLUMNS
-    cols = [c for c in (columns or TABLE_COLUMNS) if all(c[0] in m for m in summary.values())]
-    f = lambda x: f'{x:.3f}' if abs(x) < 10 else f'{x:.1f}'
+    columns = columns or [c for k in HEADLINE for c in TABLE_COLUMNS if c[0] == k]
+    ok = lambda k: all(k in m and math.isfinite(m[k]['mean']) for m in summary.values())
+    cols = [c for c in columns if ok(c[0])]
+    f = lambda x: '–' if not math.isfinite(x) else (f'{x:.3f}' if abs(x) < 10 else f'{x:.1f}')
     lines = ['| model | ' + ' | '.join(c[1] for c in cols) + ' |', '|---|' + '---|' * len(cols)]
     for row, m in summary.items():
         cells = [f"{f(m[k]['mean'])} ± {f(m[k]['std'])}" for k, *_ in cols]
@@ -663,30 +668,43 @@ def run_fit3d(cfg: FiT3DConfig | None = None, **overrides) -> dict:
     return dict(results=results, paths=dict(run=str(out), results=str(out / 'results.json'), student_timm=str(student_path)), stopped=False)
 
 # %% ../nbs/12_fit3d.ipynb #8745165b
-def _compact_stage1(results: dict, curve_every: int = 1) -> dict:
-    keep = ('fit_seconds', 'converged_seconds', 'converged_step', 'fit_cpu_seconds', 'converged_cpu_seconds', 'lift_cpu_seconds_per_triplet', 'n_gaussians', 'token_cos', 'pixel_cos', 'psnr', 'lift_token_cos',
-            'lift_pixel_cos', 'lift_noblend_token_cos', 'lift_seconds_per_triplet')
-    return dict(scenes=[dict({k: s[k] for k in keep}, name=n, curve=[{k: r[k] for k in ('step', 'seconds', 'cpu_seconds', 'token_cos')} for r in s['curve'][::curve_every]])
+def _compact_stage1(results: dict) -> dict:
+    "A run's stage-1 summary without what the study tables do not read (curves keep step, CPU seconds and cosine)."
+    keep = ('fit_seconds', 'converged_seconds', 'converged_step', 'fit_cpu_seconds', 'converged_cpu_seconds', 'lift_cpu_seconds_per_triplet',
+            'n_gaussians', 'token_cos', 'pixel_cos', 'psnr', 'lift_token_cos', 'lift_pixel_cos', 'lift_noblend_token_cos', 'lift_seconds_per_triplet')
+    return dict(scenes=[dict({k: s[k] for k in keep}, name=n, curve=[{k: r[k] for k in ('step', 'cpu_seconds', 'token_cos')} for r in s['curve']])
                         for n, s in results['scenes'].items()], mean=results['mean'], stage2={k: v for k, v in results['stage2'].items()})
 
+def _rounded(x, digits: int = 5):
+    "Floats rounded to `digits` significant digits, recursively (small committed JSON)."
+    if isinstance(x, float): return float(f'{x:.{digits}g}') if math.isfinite(x) else x
+    if isinstance(x, dict): return {k: _rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [_rounded(v, digits) for v in x]
+    return x
+
 def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = 'cpu_default', probe_overrides: dict | None = None,
-                out: str | Path | None = None, extra_rows: dict | None = None) -> dict:
+                out: str | Path | None = None, extra_rows: dict | None = None, reprobe: bool = False) -> dict:
     "The study protocol: for each seed a full FiT3D run and (if `probe_preset`) every probe with that probe seed; writes `study.json`."
+    from splat_and_distill.probes import TABLE_COLUMNS
     out = Path(out or cfg.out)
     path = out / 'study.json'
-    study = json.loads(path.read_text()) if path.exists() else dict(config=asdict(cfg), probe_preset=probe_preset,
-                                                                     probe_overrides=probe_overrides or {}, seeds={})
+    study = json.loads(path.read_text()) if path.exists() else dict(config=asdict(cfg), seeds={})
+    if probe_preset is not None and (reprobe or study.get('probe_preset') not in (None, probe_preset)
+                                     or study.get('probe_overrides', {}) != (probe_overrides or {})):
+        for e in study['seeds'].values(): e.pop('probes', None)                # probe again: stage 1 and 2 are reused
+        study.pop('summary', None)
+    if probe_preset is not None: study.update(probe_preset=probe_preset, probe_overrides=probe_overrides or {})
     for seed in seeds:
-        if str(seed) in study['seeds'] and (probe_preset is None or 'probes' in study['seeds'][str(seed)]): continue
-        run = run_fit3d(dataclasses.replace(cfg, seed=seed, out=str(out / f'seed_{seed}'), stop_after_scenes=None))
-        entry = dict(stage1=_compact_stage1(run['results']))
-        if probe_preset is not None:
+        entry = study['seeds'].get(str(seed), {})
+        run = run_fit3d(dataclasses.replace(cfg, seed=seed, out=str(out / f'seed_{seed}'), stop_after_scenes=None))  # finished: returns at once
+        entry['stage1'] = _compact_stage1(run['results'])
+        if probe_preset is not None and 'probes' not in entry:
             specs = {**fit3d_specs(run['paths']['student_timm'], cfg.backbone.partition(':')[0]), **((extra_rows or {}).get(seed, {}))}
             entry['probes'] = probe_seed(specs, seed, probe_preset, probe_overrides, cfg.cache_dir, cfg.progress)
         study['seeds'][str(seed)] = entry
         probed = {int(s): e['probes'] for s, e in study['seeds'].items() if 'probes' in e}
-        if probed: study['summary'] = seed_summary(probed)
-        atomic_write_json(path, study)
+        if probed: study['summary'] = seed_summary(probed, keys=[k for k, *_ in TABLE_COLUMNS if all(k in r for p in probed.values() for r in p.values())])
+        atomic_write_text(path, json.dumps(_rounded(study), indent=1) + '\n')
     return study
 
 # %% ../nbs/12_fit3d.ipynb #b8dc0bd2
@@ -701,6 +719,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override any config field (repeatable)')
     p.add_argument('--seeds', type=int, nargs='+', default=None, help='run the study protocol over these seeds (OUT/seed_k, OUT/study.json)')
     p.add_argument('--probe_preset', default=None, help="with --seeds: probe every model with chapter 10's preset (e.g. cpu_default, tiny)")
+    p.add_argument('--reprobe', action='store_true', help='with --seeds: probe every seed again (after the probes changed); stage 1 and 2 are reused')
     p.add_argument('--print_config', action='store_true', help='print the resolved config as JSON and exit')
     g = p.add_argument_group('config fields (defaults shown are cpu_fit3d values; see --preset)')
     base = cpu_fit3d()
@@ -733,7 +752,7 @@ def snd_fit3d(argv: list[str] | None = None) -> dict | None:
     if args.print_config:
         print(json.dumps(asdict(cfg), indent=2)); return None if as_script else dict(config=asdict(cfg))
     if args.seeds is not None:
-        study = fit3d_study(cfg, args.seeds, args.probe_preset)
+        study = fit3d_study(cfg, args.seeds, args.probe_preset, reprobe=args.reprobe)
         if study.get('summary'): print(seed_table(study['summary']))
         print(stage1_table(study))
         return None if as_script else dict(study=study)

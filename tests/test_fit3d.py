@@ -191,3 +191,35 @@ def test_reconstructor_geometry_runs(tmp_path):
                                  reconstructor=str(tmp_path / 'recon'), out=str(tmp_path / 'run')))
     s = res['results']['scenes']['scene_0000000']
     assert s['lift_token_cos'] is not None and s['n_gaussians'] > 0 and res['results']['config']['geometry'] == 'reconstructor'
+
+def test_study_protocol_seeds_and_resume(tmp_path, monkeypatch):
+    "For seed k: runs with seed k, every model (teacher included) probed with probe seed k; paired summary; a rerun reuses everything."
+    import splat_and_distill.fit3d as f3
+    calls = []
+    def fake_probe(specs, seed, preset, overrides=None, cache_dir=None, progress=True):
+        calls.append((dict(specs), seed, preset))
+        return {row: {'depth.d1': 0.5 + 0.1 * seed + 0.01 * i} for i, row in enumerate(specs)}
+    monkeypatch.setattr(f3, 'probe_seed', fake_probe)
+    cfg = fit3d_config('tiny', **{**FAST, 'train_scenes': 1, 'fit_steps': 3}, backbone='efficientnet_lite0:random', out=str(tmp_path))
+    study = f3.fit3d_study(cfg, [0, 1], probe_preset='tiny')
+    assert [c[1] for c in calls] == [0, 1] and all(c[2] == 'tiny' for c in calls)
+    assert all(c[0]['teacher'] == 'efficientnet_lite0' and c[0]['FiT3D student'].endswith(f'seed_{s}/student_timm.safetensors')
+               and c[0]['FiT3D student + teacher'].startswith('efficientnet_lite0+efficientnet_lite0:') for c, s in zip(calls, (0, 1)))
+    assert json.loads((tmp_path / 'seed_1' / 'results.json').read_text())['config']['seed'] == 1
+    d = study['summary']['FiT3D student']['depth.d1']
+    assert d['diff_mean'] == pytest.approx(0.01) and d['diff_std'] == pytest.approx(0, abs=1e-12) and d['n'] == 2
+    again = f3.fit3d_study(cfg, [0, 1], probe_preset='tiny')
+    assert len(calls) == 2 and again['summary'] == study['summary']
+    f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', reprobe=True)
+    assert len(calls) == 4
+
+def test_probe_seed_uses_the_probe_seed():
+    from splat_and_distill.fit3d import probe_seed
+    from splat_and_distill.probes import ProbeConfig
+    kw = dict(epochs=2, real_image=False, n_train_scenes=1)
+    if 'normals_epochs' in ProbeConfig.__dataclass_fields__: kw['normals_epochs'] = 2
+    specs = {'teacher': 'efficientnet_lite0:random'}
+    a, b = probe_seed(specs, 0, 'tiny', kw, progress=False), probe_seed(specs, 1, 'tiny', kw, progress=False)
+    assert set(a) == {'teacher'} and 'depth.d1' in a['teacher'] and 'corr.recall_10px' in a['teacher']
+    keys = ('corr.recall_10px', 'consistency.gap', 'consistency.cos_random')
+    assert any(a['teacher'][k] != b['teacher'][k] for k in keys), 'the probe seed must change the probes (pairs, random pairs)'
