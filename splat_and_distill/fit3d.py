@@ -669,10 +669,10 @@ def run_fit3d(cfg: FiT3DConfig | None = None, **overrides) -> dict:
 
 # %% ../nbs/12_fit3d.ipynb #8745165b
 def _compact_stage1(results: dict) -> dict:
-    "A run's stage-1 summary without what the study tables do not read (curves keep step, CPU seconds and cosine)."
+    "A run's stage-1 summary without what the study tables do not read (curves as columns: step, CPU seconds, cosine)."
     keep = ('fit_seconds', 'converged_seconds', 'converged_step', 'fit_cpu_seconds', 'converged_cpu_seconds', 'lift_cpu_seconds_per_triplet',
             'n_gaussians', 'token_cos', 'pixel_cos', 'psnr', 'lift_token_cos', 'lift_pixel_cos', 'lift_noblend_token_cos', 'lift_seconds_per_triplet')
-    return dict(scenes=[dict({k: s[k] for k in keep}, name=n, curve=[{k: r[k] for k in ('step', 'cpu_seconds', 'token_cos')} for r in s['curve']])
+    return dict(scenes=[dict({k: s[k] for k in keep}, name=n, curve={k: [r[k] for r in s['curve']] for k in ('step', 'cpu_seconds', 'token_cos')})
                         for n, s in results['scenes'].items()], mean=results['mean'], stage2={k: v for k, v in results['stage2'].items()})
 
 def _rounded(x, digits: int = 5):
@@ -681,6 +681,12 @@ def _rounded(x, digits: int = 5):
     if isinstance(x, dict): return {k: _rounded(v, digits) for k, v in x.items()}
     if isinstance(x, (list, tuple)): return [_rounded(v, digits) for v in x]
     return x
+
+def _dumps(obj) -> str:
+    "Indented JSON with lists of numbers kept on one line (small, readable diffs)."
+    import re
+    text = json.dumps(_rounded(obj), indent=1)
+    return re.sub(r'\[\s+([-+\d.eE,\s]+?)\s+\]', lambda m: '[' + ' '.join(m.group(1).split()) + ']', text) + '\n'
 
 def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = 'cpu_default', probe_overrides: dict | None = None,
                 out: str | Path | None = None, extra_rows: dict | None = None, reprobe: bool = False) -> dict:
@@ -704,7 +710,7 @@ def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = '
         study['seeds'][str(seed)] = entry
         probed = {int(s): e['probes'] for s, e in study['seeds'].items() if 'probes' in e}
         if probed: study['summary'] = seed_summary(probed, keys=[k for k, *_ in TABLE_COLUMNS if all(k in r for p in probed.values() for r in p.values())])
-        atomic_write_text(path, json.dumps(_rounded(study), indent=1) + '\n')
+        atomic_write_text(path, _dumps(study))
     return study
 
 # %% ../nbs/12_fit3d.ipynb #b8dc0bd2
