@@ -76,7 +76,11 @@ def test_cli_rejects_bad_input_with_exit_code_2(capsys, tmp_path):
         assert err.startswith('snd_reconkd: error:') and msg in err, (argv, err)
     with pytest.raises(SystemExit) as e: snd_reconkd(['--students', 'resnet50', '--out', str(tmp_path / 'run')])   # a real run, not --print_config
     assert e.value.code == 2 and not (tmp_path / 'run').exists(), 'nothing may be written for bad input'
-    cfg = snd_reconkd(['--print_config', '--preset', 'tiny', '--steps', '7', '--set', 'alpha=0.1'])['config']
+    run = tmp_path / 'old'; run.mkdir()                                        # a run folder made with another recipe
+    (run / 'config.json').write_text(json.dumps(dict(vars(tiny()), steps=99))); (run / 'runs.jsonl').write_text('')
+    with pytest.raises(SystemExit) as e: snd_reconkd(['--preset', 'tiny', '--out', str(run)])
+    assert e.value.code == 2 and 'another recipe (steps: 99 there, 20 now)' in capsys.readouterr().err
+    cfg = snd_reconkd(['--print_config', '--preset', 'tiny', '--steps', '7', '--set', 'alpha=0.1', '--out', str(tmp_path / 'x')])['config']
     assert (cfg['steps'], cfg['alpha'], cfg['size']) == (7, 0.1, 32)
 
 def test_committed_results_are_the_chapters_table():
