@@ -125,40 +125,45 @@ def lift_and_splat_details(
     mask_aware: bool = True,                              # False: plain bilinear upsampling
     scale_mult: float | None = None,                      # Gaussian std in pixel footprints (depth geometry only; None: gaussians_from_depth's default, as for RGB)
     backend: str = 'auto',                                # splatter: 'auto' | 'torch' | 'gsplat'
+    channel_chunk: int | None = None,                     # steps 2-6 this many channels at a time (bounded memory at full size; intermediates not kept)
 ) -> dict:
     "Teacher side of one SnD step with all intermediates: context tokens, upsampled features, rendered map, alpha, blended map, target tokens, valid."
     b, v, _, h, w = context_rgb.shape
     # 1. teacher tokens of the context views
     ctx_tokens = teacher(context_rgb.flatten(0, 1))                            # (b*v, d, hpt, wpt)
     d = ctx_tokens.shape[1]
-    # 2. upsample to pixels, respecting the context instance masks
     labels = context_labels.flatten(0, 1)                                      # (b*v, h, w)
-    up = mask_aware_upsample(ctx_tokens, labels) if mask_aware else naive_upsample_tokens(ctx_tokens, h, w)
-    up = up.view(b, v, d, h, w)                                                # (b, v, d, h, w)
-    # 3. one Gaussian per context pixel, carrying its feature
     if (context_depth is None) == (gaussians is None):
         raise ValueError('lift_and_splat: give exactly one of context_depth (ground-truth geometry) or gaussians (reconstructor)')
-    if gaussians is None:
+    if gaussians is None:                                                      # the geometry, shared by every channel
         kw = {} if scale_mult is None else dict(scale_mult=scale_mult)
-        g = gaussians_from_depth(context_depth, context_K, context_c2w, up, **kw)   # [b, v*h*w], same splats as the RGB render
-    else:
-        if tuple(gaussians.means.shape[:-1]) != (b, v * h * w):
-            raise ValueError(f'lift_and_splat: expected pixel-aligned Gaussians [b={b}, n=v*h*w={v * h * w}], got means {list(gaussians.means.shape)}')
-        g = Gaussians(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
-                      up.permute(0, 1, 3, 4, 2).reshape(b, v * h * w, d))     # ordered view, row, column
-    # 4. splat into the target camera
-    out = render(g, target_c2w[:, None], target_K[:, None], w, h, backend=backend)
-    rendered = hwc_to_chw(out['features'][:, 0])                                # (b, d, h, w)
-    alpha = out['alpha'][:, 0]                                                  # (b, h, w)
-    covered = alpha > alpha_threshold
-    # 5. semantic blending with the target segments
-    blended = rendered if target_labels is None or blend == 1 else semantic_blend(rendered, target_labels, blend, covered)
-    # 6. down to the student's token grid, with the hole mask
+        gaussians = gaussians_from_depth(context_depth, context_K, context_c2w, context_rgb[:, :, :1], **kw)  # same splats as the RGB render
+    elif tuple(gaussians.means.shape[:-1]) != (b, v * h * w):
+        raise ValueError(f'lift_and_splat: expected pixel-aligned Gaussians [b={b}, n=v*h*w={v * h * w}], got means {list(gaussians.means.shape)}')
     hp, wp = token_grid if token_grid is not None else tuple(ctx_tokens.shape[-2:])
-    tokens = downsample_to_tokens(blended, covered, hp, wp)                    # (b, d, hp, wp)
-    valid = hole_mask(alpha, hp, wp, alpha_threshold)                          # (b, hp, wp)
-    return dict(tokens=tokens, valid=valid, context_tokens=ctx_tokens.view(b, v, d, *ctx_tokens.shape[-2:]), context_up=up,
-                rendered=rendered, alpha=alpha, covered=covered, blended=blended, depth=out['depth'][:, 0], gaussians=g)
+    def steps_2_to_6(tok):                                                     # tok: (b*v, c, hpt, wpt), any channel slice
+        c = tok.shape[1]
+        # 2. upsample to pixels, respecting the context instance masks
+        up = mask_aware_upsample(tok, labels) if mask_aware else naive_upsample_tokens(tok, h, w)
+        up = up.view(b, v, c, h, w)                                            # (b, v, c, h, w)
+        # 3. one Gaussian per context pixel, carrying its feature (ordered view, row, column)
+        g = Gaussians(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, up.permute(0, 1, 3, 4, 2).reshape(b, v * h * w, c))
+        # 4. splat into the target camera
+        out = render(g, target_c2w[:, None], target_K[:, None], w, h, backend=backend)
+        rendered = hwc_to_chw(out['features'][:, 0])                            # (b, c, h, w)
+        alpha = out['alpha'][:, 0]                                              # (b, h, w)
+        covered = alpha > alpha_threshold
+        # 5. semantic blending with the target segments
+        blended = rendered if target_labels is None or blend == 1 else semantic_blend(rendered, target_labels, blend, covered)
+        # 6. down to the student's token grid
+        return dict(tokens=downsample_to_tokens(blended, covered, hp, wp), alpha=alpha, covered=covered, depth=out['depth'][:, 0],
+                    context_up=up, rendered=rendered, blended=blended, gaussians=g)
+    if channel_chunk is None or channel_chunk >= d: res = steps_2_to_6(ctx_tokens)
+    else:                                   # every step is per channel given the geometry and labels: chunks give the same numbers
+        parts = [steps_2_to_6(ctx_tokens[:, s:s + channel_chunk]) for s in range(0, d, channel_chunk)]
+        res = {**parts[0], 'tokens': torch.cat([p['tokens'] for p in parts], 1), 'context_up': None, 'rendered': None, 'blended': None, 'gaussians': None}
+    valid = hole_mask(res['alpha'], hp, wp, alpha_threshold)                   # (b, hp, wp) the hole mask
+    return dict(res, valid=valid, context_tokens=ctx_tokens.view(b, v, d, *ctx_tokens.shape[-2:]))
 
 def naive_upsample_tokens(tokens: Float[Tensor, "b d hp wp"], h: int, w: int) -> Float[Tensor, "b d h w"]:
     "Plain bilinear upsampling (`align_corners=False`), the baseline of `mask_aware_upsample`."

@@ -20,19 +20,20 @@ from .cameras import (pixel_centers, unproject_depth, project_points, scale_intr
                                        relative_rotation_deg)
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'PROBE_PRESETS', 'MOTORCYCLE_CALIB', 'TABLE_COLUMNS',
-           'probe_input', 'depth_bin_centers', 'depth_bin_weights', 'DepthProbe', 'valid_depth', 'sig_loss',
-           'depth_metrics', 'average_metrics', 'normals_to_camera', 'valid_normals', 'NormalsProbe', 'normals_kappa',
-           'angular_loss', 'angular_error_deg', 'normal_metrics', 'pooled_angular_stats', 'SegProbe', 'seg_loss',
-           'confusion_matrix', 'miou_from_confusion', 'sample_features', 'ratio_test_matches', 'correspondence_errors',
-           'correspondence_recall', 'ConcatBackbone', 'load_probe_backbone', 'spec_label', 'extract_features',
-           'select_features', 'ProbeConfig', 'probe_config', 'ProbeSplit', 'split_from_scenes', 'probe_splits',
-           'view_pairs', 'feature_stats', 'standardize_features', 'fit_probe', 'depth_input', 'train_depth_probe',
-           'evaluate_depth_probe', 'train_normals_probe', 'evaluate_normals_probe', 'train_seg_probe',
-           'evaluate_seg_probe', 'grid_depth', 'evaluate_correspondence', 'feature_consistency', 'motorcycle_pair',
-           'resize_to_stride', 'match_scale_shift', 'real_image_check', 'cached_features', 'probe_backbone',
-           'multiview_consistency_score', 'flatten_metrics', 'results_table', 'compare_models', 'write_results',
-           'probe_models', 'snd_probe']
+__all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'PROBE_PRESETS', 'MOTORCYCLE_CALIB', 'TABLE_COLUMNS', 'NYU_K',
+           'PROBE_DATA', 'probe_input', 'depth_bin_centers', 'depth_bin_weights', 'DepthProbe', 'valid_depth',
+           'sig_loss', 'depth_metrics', 'average_metrics', 'normals_to_camera', 'valid_normals', 'NormalsProbe',
+           'normals_kappa', 'angular_loss', 'angular_error_deg', 'normal_metrics', 'pooled_angular_stats', 'SegProbe',
+           'seg_loss', 'confusion_matrix', 'miou_from_confusion', 'sample_features', 'ratio_test_matches',
+           'correspondence_errors', 'correspondence_recall', 'ConcatBackbone', 'load_probe_backbone', 'spec_label',
+           'extract_features', 'select_features', 'ProbeConfig', 'probe_config', 'ProbeSplit', 'split_from_scenes',
+           'probe_splits', 'view_pairs', 'feature_stats', 'standardize_features', 'fit_probe', 'depth_input',
+           'train_depth_probe', 'evaluate_depth_probe', 'train_normals_probe', 'evaluate_normals_probe',
+           'train_seg_probe', 'evaluate_seg_probe', 'grid_depth', 'evaluate_correspondence', 'feature_consistency',
+           'motorcycle_pair', 'resize_to_stride', 'match_scale_shift', 'real_image_check', 'cached_features',
+           'probe_backbone', 'multiview_consistency_score', 'flatten_metrics', 'results_table', 'compare_models',
+           'write_results', 'probe_models', 'make_probe_split', 'read_nyu', 'read_scannetpp_probe', 'read_scannet1500',
+           'read_probe_data', 'probe_real', 'snd_probe']
 
 # %% ../nbs/10_probes.ipynb #85b23c0f
 def probe_input(tokens: Float[Tensor, "b d hp wp"], cls: Float[Tensor, "b d"] | None = None) -> Float[Tensor, "b dd hp wp"]:
@@ -685,9 +686,10 @@ def write_results(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
 
 def probe_models(specs: list[str], cfg: ProbeConfig, weights: list[str | None] | None = None, out_dir=None, cache_dir=None,
                  progress: bool = True, data: dict | None = None) -> dict:
-    "Run every probe for each model spec on the same procedural data; write results.json/results.md to `out_dir` if given."
+    "Run every probe for each model spec on the same data (procedural, or a real benchmark from `read_probe_data`); write results.json/results.md to `out_dir` if given."
     weights = list(weights) if weights else [None] * len(specs)
     if len(weights) != len(specs): raise ValueError(f'{len(specs)} backbone specs but {len(weights)} weights entries; give one per backbone (empty for none)')
+    if data is not None and 'tasks' in data: return _probe_models_real(specs, cfg, weights, data, out_dir)
     t0 = time.perf_counter()
     data = data or probe_splits(cfg, cache_dir, progress)
     t_data = time.perf_counter() - t0
@@ -706,6 +708,187 @@ def probe_models(specs: list[str], cfg: ProbeConfig, weights: list[str | None] |
     if out_dir is not None: write_results(results, out_dir)
     return results
 
+# %% ../nbs/10_probes.ipynb #744d8cb4
+NYU_K = (518.8579, 519.4696, 325.5824, 253.7362)   # fx, fy, cx, cy of the NYUv2 colour camera at 640x480 (FiT3D's NYU config)
+
+def _need(path: Path, what: str) -> Path:
+    "`path` if it is a file, else an error naming it and what it should be."
+    if not path.is_file(): raise FileNotFoundError(f'{path}: not found; expected {what}')
+    return path
+
+def _aspect_size(image_size: int, h: int, w: int) -> tuple[int, int]:
+    "Height `image_size`, width in proportion."
+    return image_size, max(1, round(image_size * w / h))
+
+def make_probe_split(rgb: Tensor, depth: Tensor | None = None, normals: Tensor | None = None, semantic: Tensor | None = None,
+                     K: Tensor | None = None, c2w: Tensor | None = None, scene: Tensor | None = None, size: tuple[int, int] | None = None) -> ProbeSplit:
+    "A `ProbeSplit` from views at their original size (missing labels: unknown), resized to `size` (RGB antialiased, labels nearest, K scaled)."
+    n, _, h, w = rgb.shape
+    depth = torch.zeros(n, h, w) if depth is None else depth.float()
+    normals = torch.zeros(n, 3, h, w) if normals is None else normals.float()
+    semantic = torch.full((n, h, w), -1, dtype=torch.long) if semantic is None else semantic.long()
+    K = make_intrinsics(w, w, w / 2, h / 2).expand(n, 3, 3).clone() if K is None else K.float()
+    if size is not None and tuple(size) != (h, w):
+        near = lambda x: F.interpolate(x.float(), size=tuple(size), mode='nearest-exact')
+        rgb = F.interpolate(rgb, size=tuple(size), mode='bilinear', antialias=True, align_corners=False).clamp(0, 1)
+        depth, normals, semantic = near(depth[:, None])[:, 0], near(normals), near(semantic[:, None])[:, 0].long()
+        K = scale_intrinsics(K, size[1] / w, size[0] / h)
+    depth = torch.where(valid_depth(depth), depth, torch.zeros_like(depth))
+    return ProbeSplit(rgb=rgb.float(), depth=depth, normals=normals, semantic=semantic, K=K,
+                      c2w=torch.eye(4).expand(n, 4, 4).clone() if c2w is None else c2w.float(),
+                      scene=torch.arange(n) if scene is None else scene, view=torch.zeros(n, dtype=torch.long))
+
+# %% ../nbs/10_probes.ipynb #2c197310
+def read_nyu(path: str | Path, image_size: int = 240, max_depth: float = 10., limit: int | None = None) -> dict:
+    "The NYUv2 labelled set (depth, normals, 40-class segmentation; official train/test split) at height `image_size`."
+    import gzip, pickle, h5py
+    from scipy.io import loadmat
+    path = Path(path)
+    mat = _need(path / 'nyu_depth_v2_labeled.mat', "the NYUv2 labelled set (MATLAB v7.3 / HDF5 with 'images', 'depths', 'labels')")
+    sp = loadmat(str(_need(path / 'splits.mat', "the official split (MATLAB file with 'trainNdxs' and 'testNdxs', 1-based)")))
+    cm = loadmat(str(_need(path / 'classMapping40.mat', "the 40-class mapping (MATLAB file with 'mapClass', 894 raw ids -> 1..40, and 'className')")))
+    for f, keys in ((path / 'splits.mat', ('trainNdxs', 'testNdxs')), (path / 'classMapping40.mat', ('mapClass',))):
+        for k in keys:
+            if k not in (sp if f.name == 'splits.mat' else cm): raise ValueError(f'{f}: no variable {k!r}; expected {keys}')
+    lut = np.concatenate([[0], np.asarray(cm['mapClass']).ravel().astype(np.int64)]) - 1      # raw id -> 0..39, unlabelled (0) -> -1
+    names = [str(np.asarray(c).ravel()[0]) for c in np.asarray(cm['className']).ravel()] if 'className' in cm else [str(i) for i in range(40)]
+    normals_all = None
+    if (path / 'all_normals.pklz').is_file():
+        with gzip.open(path / 'all_normals.pklz', 'rb') as fh: nd = pickle.load(fh)
+        if not isinstance(nd, dict) or 'all_normals' not in nd: raise ValueError(f"{path / 'all_normals.pklz'}: expected a dict with 'all_normals' [n, h, w, 3]")
+        normals_all = np.asarray(nd['all_normals'])
+    try: f = h5py.File(mat, 'r')
+    except OSError as e: raise ValueError(f'{mat}: not an HDF5 (MATLAB v7.3) file ({e}); expected the NYUv2 labelled set') from None
+    with f:
+        dkey = 'rawDepths' if 'rawDepths' in f else 'depths'
+        for k in ('images', dkey, 'labels'):
+            if k not in f: raise ValueError(f"{mat}: no dataset {k!r}; expected 'images' [n,3,w,h], 'depths' or 'rawDepths' [n,w,h], 'labels' [n,w,h] (as MATLAB stores them)")
+        n = f['images'].shape[0]
+        if normals_all is not None and len(normals_all) != n: raise ValueError(f"{path / 'all_normals.pklz'}: {len(normals_all)} normal maps for {n} images")
+        def split(ndx_key):
+            idx = (np.asarray(sp[ndx_key]).ravel().astype(np.int64) - 1)[:limit]
+            if idx.min() < 0 or idx.max() >= n: raise ValueError(f"{path / 'splits.mat'}: {ndx_key} holds indices outside 1..{n}")
+            rgb = torch.from_numpy(np.stack([f['images'][i] for i in idx])).permute(0, 1, 3, 2).float() / 255   # MATLAB [w, h] -> [h, w]
+            depth = torch.from_numpy(np.stack([f[dkey][i] for i in idx])).permute(0, 2, 1).float()
+            depth = torch.where(depth > max_depth, torch.zeros_like(depth), depth)
+            sem = torch.from_numpy(lut[np.stack([f['labels'][i] for i in idx]).astype(np.int64)]).permute(0, 2, 1)
+            nrm = None if normals_all is None else torch.from_numpy(normals_all[idx]).permute(0, 3, 1, 2)
+            h, w = rgb.shape[-2:]
+            K = scale_intrinsics(make_intrinsics(*NYU_K), w / 640, h / 480).expand(len(idx), 3, 3).clone()
+            return make_probe_split(rgb, depth, nrm, sem, K, size=_aspect_size(image_size, h, w))
+        tr, te = split('trainNdxs'), split('testNdxs')
+    tasks = {'depth': (tr, te), 'seg': (tr, te)}
+    if normals_all is not None: tasks['normals'] = (tr, te)
+    return dict(tasks=tasks, n_classes=40, class_names=names, max_depth=max_depth, kind='nyu',
+                summary=f'NYUv2 labelled set ({len(tr)} train / {len(te)} test images at {tuple(tr.rgb.shape[-2:])}'
+                        + ('' if normals_all is not None else '; no all_normals.pklz: normals not probed') + ')')
+
+# %% ../nbs/10_probes.ipynb #1b938123
+def read_scannetpp_probe(path: str | Path, image_size: int = 240, max_depth: float = 20., limit: int | None = None) -> dict:
+    "ScanNet++ probe splits as FiT3D evaluates them: depth from `scannetpp_{train,val}.txt`, segmentation from `images/` + `annotations/`."
+    from PIL import Image
+    path, tasks = Path(path), {}
+    def read_rgb(p: Path) -> Tensor:
+        try: return torch.from_numpy(np.array(Image.open(p).convert('RGB'))).permute(2, 0, 1).float() / 255
+        except OSError as e: raise ValueError(f'{p}: not a readable image ({e})') from None
+    def depth_split(name):
+        lst = _need(path / name, 'lines "IMAGE DEPTH [FOCAL]" with paths relative to the folder (FiT3D ScanNet++ depth split)')
+        rows = [l.split() for l in lst.read_text().splitlines() if l.strip()]
+        rows = [r for r in rows if len(r) >= 2 and r[1] != 'None'][:limit]
+        if not rows: raise ValueError(f'{lst}: no line "IMAGE DEPTH" with a depth file')
+        rgbs, deps = [], []
+        for r in rows:
+            rgb = read_rgb(_need(path / r[0].lstrip('/\\'), f'the image named in {lst.name}'))
+            d = np.array(Image.open(_need(path / r[1].lstrip('/\\'), f'the 16-bit depth PNG (mm) named in {lst.name}')))
+            if d.ndim != 2 or d.shape != tuple(rgb.shape[-2:]): raise ValueError(f'{path / r[1]}: expected a single-channel depth map of the image size {tuple(rgb.shape[-2:])}, got {d.shape}')
+            dep = torch.from_numpy(d.astype(np.float32) / 1000)
+            rgbs.append(rgb); deps.append(torch.where(dep < max_depth, dep, torch.zeros_like(dep)))
+        h, w = rgbs[0].shape[-2:]
+        return make_probe_split(torch.stack(rgbs), torch.stack(deps), size=_aspect_size(image_size, h, w))
+    def seg_split(sub):
+        imgs = sorted((path / 'images' / sub).glob('*.JPG'))[:limit]
+        if not imgs: raise FileNotFoundError(f"{path / 'images' / sub}: no .JPG images; expected FiT3D's ScanNet++ segmentation layout")
+        rgbs, sems = [], []
+        for p in imgs:
+            a = np.array(Image.open(_need(path / 'annotations' / sub / (p.stem + '.png'), f'the 8-bit label PNG of {p.name} (0 = ignore, 1..100)')))
+            rgbs.append(read_rgb(p)); sems.append(torch.from_numpy(a.astype(np.int64)) - 1)   # 0 -> -1 (ignored), k -> k - 1
+        h, w = rgbs[0].shape[-2:]
+        return make_probe_split(torch.stack(rgbs), semantic=torch.stack(sems), size=_aspect_size(image_size, h, w))
+    if (path / 'scannetpp_train.txt').is_file() or (path / 'scannetpp_val.txt').is_file():
+        tasks['depth'] = (depth_split('scannetpp_train.txt'), depth_split('scannetpp_val.txt'))
+    if (path / 'images').is_dir(): tasks['seg'] = (seg_split('training'), seg_split('validation'))
+    if not tasks: raise FileNotFoundError(f'{path}: neither scannetpp_train.txt / scannetpp_val.txt (depth) nor images/ + annotations/ (segmentation); '
+                                          "expected FiT3D's ScanNet++ evaluation folder")
+    return dict(tasks=tasks, n_classes=100, class_names=[str(i) for i in range(100)], max_depth=max_depth, kind='scannetpp',
+                summary='ScanNet++ probe splits (FiT3D): ' + ', '.join(f'{t} {len(a)} train / {len(b)} test' for t, (a, b) in tasks.items()))
+
+def read_scannet1500(path: str | Path, image_size: int = 240, limit: int | None = None) -> dict:
+    "ScanNet-1500-style pairs (LoFTR/SuperGlue test split as Probe3D reads it) for correspondence: RGB, depth, intrinsics, camera-to-world poses."
+    from PIL import Image
+    path = Path(path)
+    names = np.load(_need(path / 'test.npz', "an npz with 'name': rows (room, sequence, frame0, frame1)"))
+    intr = dict(np.load(_need(path / 'intrinsics.npz', "an npz mapping 'sceneRRRR_SS' to its 3x3 intrinsics (640x480)")))
+    if 'name' not in names: raise ValueError(f"{path / 'test.npz'}: no array 'name'; expected rows (room, sequence, frame0, frame1)")
+    rgbs, deps, Ks, poses = [], [], [], []
+    for room, seq, f0, f1 in np.asarray(names['name'])[:limit].tolist():
+        sid = f'scene{int(room):04d}_{int(seq):02d}'
+        if sid not in intr: raise ValueError(f"{path / 'intrinsics.npz'}: no intrinsics for {sid}")
+        for fr in (f0, f1):
+            d = np.array(Image.open(_need(path / sid / 'depth' / f'{fr}.png', '16-bit depth PNG in millimetres'))).astype(np.float32) / 1000
+            h, w = d.shape
+            rgb = torch.from_numpy(np.array(Image.open(_need(path / sid / 'color' / f'{fr}.jpg', 'the colour image')).convert('RGB'))).permute(2, 0, 1).float() / 255
+            rgbs.append(F.interpolate(rgb[None], size=(h, w), mode='bilinear', antialias=True, align_corners=False)[0])   # as Probe3D: RGB at the depth size
+            pose = np.loadtxt(_need(path / sid / 'pose' / f'{fr}.txt', 'a 4x4 camera-to-world matrix (text)'))
+            if pose.shape != (4, 4) or not np.isfinite(pose).all(): raise ValueError(f'{path / sid / "pose" / f"{fr}.txt"}: expected a finite 4x4 camera-to-world matrix, got shape {pose.shape}')
+            deps.append(torch.from_numpy(d)); poses.append(torch.from_numpy(pose).float())
+            Ks.append(scale_intrinsics(torch.tensor(intr[sid], dtype=torch.float32)[:3, :3], w / 640, h / 480))
+    n = len(rgbs)
+    if n == 0: raise ValueError(f"{path / 'test.npz'}: lists no pairs")
+    h, w = deps[0].shape
+    split = make_probe_split(torch.stack(rgbs), torch.stack(deps), K=torch.stack(Ks), c2w=torch.stack(poses),
+                             scene=torch.arange(n) // 2, size=_aspect_size(image_size, h, w))
+    split.view = torch.arange(n) % 2
+    return dict(tasks={'corr': (None, split)}, pairs=torch.arange(n).reshape(-1, 2), n_classes=0, class_names=[], kind='scannet1500',
+                summary=f'ScanNet-1500-style pairs: {n // 2} pairs at {tuple(split.rgb.shape[-2:])}')
+
+# %% ../nbs/10_probes.ipynb #845276dd
+PROBE_DATA = {'nyu': read_nyu, 'scannetpp': read_scannetpp_probe, 'scannet1500': read_scannet1500}
+
+def read_probe_data(spec: str, cfg: ProbeConfig, limit: int | None = None) -> dict:
+    "The tasks and splits of `KIND:PATH` (see `PROBE_DATA`), images at height `cfg.image_size`."
+    kind, _, path = spec.partition(':')
+    if kind not in PROBE_DATA or not path:
+        raise ValueError(f'--data {spec!r}: expected procedural or KIND:PATH with KIND one of {list(PROBE_DATA)}, e.g. nyu:/data/nyuv2')
+    if not Path(path).expanduser().is_dir(): raise FileNotFoundError(f'--data {spec!r}: folder not found: {path}')
+    return PROBE_DATA[kind](Path(path).expanduser(), image_size=cfg.image_size, limit=limit)
+
+def probe_real(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = 'model', progress: bool = True) -> dict:
+    "Every probe a real benchmark supports (`data['tasks']`), on frozen features of `backbone`; depth bins up to the benchmark's max depth."
+    device = default_device(cfg.device)
+    backbone = backbone.to(device).eval()
+    cfg = dataclasses.replace(cfg, max_depth=data.get('max_depth', cfg.max_depth))
+    cache, out, times, t0 = {}, {}, {}, time.perf_counter()
+    def feats(split):                                                        # splits are shared between tasks: extract once
+        if id(split) not in cache: cache[id(split)] = extract_features(backbone, split.rgb, cfg.feature_batch_size, device=device)
+        return cache[id(split)]
+    for task, (tr, te) in data['tasks'].items():
+        t = time.perf_counter()
+        if task == 'corr':
+            f = feats(te)
+            out['corr'] = evaluate_correspondence(f, te, data['pairs'], cfg)
+            out['consistency'] = feature_consistency(f, te, data['pairs'], cfg, seed=cfg.seed)
+        else:
+            stats = feature_stats(feats(tr)) if cfg.standardize else None
+            ptr, pte = standardize_features(feats(tr), stats), standardize_features(feats(te), stats)
+            if task == 'depth': out['depth'] = evaluate_depth_probe(train_depth_probe(ptr, tr, cfg), pte, te, cfg)
+            elif task == 'normals': out['normals'] = evaluate_normals_probe(train_normals_probe(ptr, tr, cfg), pte, te, cfg)
+            elif task == 'seg':
+                seg = evaluate_seg_probe(train_seg_probe(ptr, tr, data['n_classes'], cfg), pte, te, data['n_classes'])
+                out['seg'] = {**seg, 'iou': dict(zip(data['class_names'], seg['iou']))}
+        times[task] = time.perf_counter() - t
+    times['total'] = time.perf_counter() - t0
+    return dict(out, timing_s={k: round(v, 2) for k, v in times.items()})
+
 # %% ../nbs/10_probes.ipynb #55919f19
 def _parse_overrides(text: str) -> dict:
     "'a=1,b=x,c=[1,2]' -> {'a': 1, 'b': 'x', 'c': (1, 2)} (JSON values where they parse; ';' also separates)."
@@ -718,6 +901,18 @@ def _parse_overrides(text: str) -> dict:
         out[k] = tuple(v) if isinstance(v, list) else v
     return out
 
+def _probe_models_real(specs: list[str], cfg: ProbeConfig, weights: list, data: dict, out_dir=None) -> dict:
+    "`probe_models` on a real benchmark (`read_probe_data`): the tasks it supports, one row per model."
+    t0 = time.perf_counter()
+    results = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), config=asdict(cfg),
+                   data=dict(kind=data['kind'], tasks=list(data['tasks']), summary=data['summary']), threads=torch.get_num_threads(), models={}, timing_s={})
+    for spec, w in zip(specs, weights):
+        results['models'][spec_label(spec, w)] = probe_real(load_probe_backbone(spec, w or None), data, cfg)
+        if out_dir is not None: write_results(results, out_dir)
+    results['timing_s']['total'] = round(time.perf_counter() - t0, 2)
+    if out_dir is not None: write_results(results, out_dir)
+    return results
+
 @call_parse
 def snd_probe(backbone: str = 'efficientnet_lite0,efficientnet_lite0:random',  # comma-separated specs: name, name:random, name:WEIGHTS, a+b (concat)
               weights: str = '',                 # comma-separated weights files, one per spec (empty entries: none)
@@ -726,13 +921,15 @@ def snd_probe(backbone: str = 'efficientnet_lite0,efficientnet_lite0:random',  #
               cache_dir: str = None,             # optional folder caching scenes and features
               set: str = '',                     # ProbeConfig overrides, e.g. "epochs=10,real_image=false"
               threads: int = None,               # CPU threads (default: $OMP_NUM_THREADS or all cores)
-              quiet: bool = False):              # no progress bars
+              quiet: bool = False,               # no progress bars
+              data: str = 'procedural'):         # procedural, or a real benchmark KIND:PATH with KIND nyu, scannetpp or scannet1500
     "Probe frozen features of one or more backbones/checkpoints; write results.json and a markdown table."
     set_threads(threads)
     specs = [s.strip() for s in backbone.split(',') if s.strip()]
     ws = [w.strip() or None for w in weights.split(',')] if weights else None
     cfg = probe_config(preset, **_parse_overrides(set))
-    res = probe_models(specs, cfg, ws, out_dir=out, cache_dir=cache_dir, progress=not quiet)
+    real = None if data == 'procedural' else read_probe_data(data, cfg)
+    res = probe_models(specs, cfg, ws, out_dir=out, cache_dir=cache_dir, progress=not quiet, data=real)
     print(results_table(res).split('\n\n')[0])
     print(f'wrote {Path(out)/"results.json"} and {Path(out)/"results.md"} in {res["timing_s"]["total"]:.0f} s')
     # returns None: a console script exits with the return value (from Python, use `probe_models` for the dict)

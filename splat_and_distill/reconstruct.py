@@ -27,9 +27,9 @@ __all__ = ['HEAD_CHANNELS', 'PRESETS', 'depth_candidates', 'warp_to_depths', 'co
            'sincos_2d', 'CrossViewAttention', 'UNet2d', 'depth_from_scores', 'quat_multiply', 'gaussian_params',
            'ReconConfig', 'cpu_default', 'cpu_rgb', 'gpu_256', 'tiny', 'Reconstructor', 'n_parameters', 'to_gaussians',
            'ssim', 'psnr', 'depth_metrics', 'depth_loss', 'make_recon_scenes', 'render_targets', 'recon_loss',
-           'fixed_triplets', 'evaluate_reconstructor', 'config_from_dict', 'save_reconstructor', 'load_reconstructor',
-           'train_reconstructor', 'show_reconstruction', 'plot_recon_history', 'parse_overrides', 'make_config',
-           'run_recon', 'snd_recon']
+           'fixed_triplets', 'fixed_items', 'evaluate_reconstructor', 'config_from_dict', 'save_reconstructor',
+           'load_reconstructor', 'train_reconstructor', 'show_reconstruction', 'plot_recon_history', 'parse_overrides',
+           'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
 
 # %% ../nbs/08_reconstruct.ipynb #30a9db96
 def depth_candidates(near: float, far: float, n: int, device=None) -> Float[Tensor, "n"]:
@@ -163,7 +163,8 @@ def gaussian_params(head: Float[Tensor, "b v 14 h w"], rgb: Float[Tensor, "b v 3
 class ReconConfig:
     "Architecture and training recipe of the reconstructor."
     # architecture
-    size: int = 64              # training image side (square images)
+    size: int = 64              # training image side (procedural: square images); real captures: the height
+    width: int | None = None    # real captures: training image width (None: `size`); keep the capture's aspect, a multiple of 4
     near: float = 0.4           # nearest depth candidate (scene units)
     far: float = 8.0            # farthest depth candidate
     n_depths: int = 32          # depth candidates D
@@ -289,20 +290,22 @@ def psnr(x: Float[Tensor, "b c h w"], y: Float[Tensor, "b c h w"]) -> Float[Tens
     return -10 * torch.log10(((x - y) ** 2).flatten(1).mean(1).clamp(min=1e-10))
 
 def depth_metrics(pred: Float[Tensor, "b h w"], gt: Float[Tensor, "b h w"]) -> dict:
-    "AbsRel and delta<1.25 per image over valid (`gt > 0`) pixels, averaged over images."
+    "AbsRel and delta<1.25 per image over valid (`gt > 0`) pixels, averaged over the `n_images` that have any (NaN when none has: real captures without depth)."
     rel, d1 = [], []
     for p, g in zip(pred.detach().flatten(1), gt.flatten(1)):
         m = (g > 0) & torch.isfinite(g)
         if not m.any(): continue
         p, g = p[m].clamp(min=1e-6), g[m]
         rel.append(((p - g).abs() / g).mean()); d1.append((torch.maximum(p / g, g / p) < 1.25).float().mean())
-    return dict(abs_rel=float(torch.stack(rel).mean()), delta1=float(torch.stack(d1).mean()))
+    if not rel: return dict(abs_rel=float('nan'), delta1=float('nan'), n_images=0)
+    return dict(abs_rel=float(torch.stack(rel).mean()), delta1=float(torch.stack(d1).mean()), n_images=len(rel))
 
 def depth_loss(pred: Float[Tensor, "*b h w"], gt: Float[Tensor, "*b h w"]) -> Tensor:
     "L1 of log depth over valid pixels (gt resized to pred's size by nearest neighbour)."
     if pred.shape[-2:] != gt.shape[-2:]:
         gt = F.interpolate(gt.flatten(0, -3)[:, None], size=pred.shape[-2:], mode='nearest')[:, 0].reshape(*gt.shape[:-2], *pred.shape[-2:])
     m = gt > 0
+    if not m.any(): return pred.sum() * 0                                      # no depth label in this batch: no signal
     return (pred.clamp(min=1e-6).log() - gt.clamp(min=1e-6).log()).abs()[m].mean()
 
 # %% ../nbs/08_reconstruct.ipynb #ad4b84f5
@@ -329,15 +332,18 @@ def recon_loss(model: Reconstructor, batch: dict, config: ReconConfig) -> tuple[
     gt_depth = batch['context_depth']                                                          # (b, v, h, w)
     if config.depth_weight > 0:
         loss = loss + config.depth_weight * (depth_loss(out['depth'], gt_depth) + depth_loss(out['depth_coarse'], gt_depth))
+    logs = dict(loss=float(loss.detach()), mse=float(mse.detach()), ssim=float(s.detach()), psnr=float(psnr(pred.detach(), target).mean()))
     dm = depth_metrics(out['depth'].flatten(0, 1), gt_depth.flatten(0, 1))
-    logs = dict(loss=float(loss.detach()), mse=float(mse.detach()), ssim=float(s.detach()), psnr=float(psnr(pred.detach(), target).mean()),
-                train_abs_rel=dm['abs_rel'], train_delta1=dm['delta1'])
+    if dm['n_images']: logs.update(train_abs_rel=dm['abs_rel'], train_delta1=dm['delta1'])   # real captures may have no depth
     return loss, logs
 
 # %% ../nbs/08_reconstruct.ipynb #9cde29cb
 def fixed_triplets(scenes: list, gap: int, n: int, seed: int = 0, target: str = 'random') -> dict:
     "`n` evenly spread triplets of `scenes` (`target` as in `TripletDataset`), collated into one batch, the same every call (for validation)."
-    ds = TripletDataset(scenes, gap=gap, target=target)
+    return fixed_items(TripletDataset(scenes, gap=gap, target=target), n, seed)
+
+def fixed_items(ds, n: int, seed: int = 0) -> dict:
+    "`n` evenly spread items of a triplet dataset (in memory or streamed from folders), collated into one batch."
     idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).round().long().tolist()
     with seeded(seed): items = [ds[i] for i in idx]
     return torch.utils.data.default_collate(items)
@@ -356,16 +362,17 @@ def evaluate_reconstructor(model: Reconstructor, batch: dict, backend: str = 'au
         preds.append(render_targets(to_gaussians(out), bt['target_K'], bt['target_c2w'], h, w, backend)['features'].clamp(0, 1).cpu())
         deps.append(out['depth'].cpu())
         coarse.append(F.interpolate(out['depth_coarse'], size=(h, w), mode='bilinear', align_corners=False).cpu())  # compare at full resolution
-        if oracle:
+        if oracle and bool((bt['context_depth'] > 0).any()):
             g = gaussians_from_depth(bt['context_depth'], bt['context_K'], bt['context_c2w'], bt['context_rgb'])
             orcs.append(render_targets(g, bt['target_K'], bt['target_c2w'], h, w, backend)['features'].clamp(0, 1).cpu())
     model.train(was_training)
     pred, target, gt = torch.cat(preds), batch['target_rgb'], batch['context_depth']
+    res = dict(psnr=float(psnr(pred, target).mean()), ssim=float(ssim(pred, target)), n=n)
     dm = depth_metrics(torch.cat(deps).flatten(0, 1), gt.flatten(0, 1))
-    dc = depth_metrics(torch.cat(coarse).flatten(0, 1), gt.flatten(0, 1))
-    res = dict(abs_rel=dm['abs_rel'], delta1=dm['delta1'], coarse_abs_rel=dc['abs_rel'], coarse_delta1=dc['delta1'],
-               psnr=float(psnr(pred, target).mean()), ssim=float(ssim(pred, target)), n=n)
-    if oracle:
+    if dm['n_images']:                                                        # only where ground-truth depth exists
+        dc = depth_metrics(torch.cat(coarse).flatten(0, 1), gt.flatten(0, 1))
+        res.update(abs_rel=dm['abs_rel'], delta1=dm['delta1'], coarse_abs_rel=dc['abs_rel'], coarse_delta1=dc['delta1'])
+    if orcs and len(orcs) == math.ceil(n / chunk):                           # the oracle needs depth in every chunk
         orc = torch.cat(orcs)
         res.update(psnr_oracle=float(psnr(orc, target).mean()), ssim_oracle=float(ssim(orc, target)))
     return res
@@ -442,10 +449,13 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
     set_seed(config.seed)
     scenes = scenes if scenes is not None else make_recon_scenes(config, 'train')
     if evaluate and val_scenes is None: val_scenes = make_recon_scenes(config, 'val')
-    h, w = scenes[0].rgb.shape[-2:]
+    is_ds = lambda x: isinstance(x, torch.utils.data.Dataset)          # a FolderTripletDataset: real captures streamed from disk
+    data = scenes if is_ds(scenes) else TripletDataset(scenes, gap=config.gap)
+    h, w = data[0]['target_rgb'].shape[-2:]
     if h % 4 or w % 4: raise ValueError(f'train_reconstructor: image size {h}x{w} must be divisible by 4 (features live at 1/4 resolution)')
-    data = TripletDataset(scenes, gap=config.gap)
-    val_batch = fixed_triplets(val_scenes, config.gap, config.n_val_triplets) if evaluate and val_scenes else None
+    val_batch = None
+    if evaluate and val_scenes is not None and len(val_scenes):
+        val_batch = fixed_items(val_scenes, config.n_val_triplets) if is_ds(val_scenes) else fixed_triplets(val_scenes, config.gap, config.n_val_triplets)
     model = Reconstructor(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
@@ -487,7 +497,7 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step(); sched.step(); step += 1
-        bar.update(1); bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{logs['psnr']:.1f}", d1=f"{logs['train_delta1']:.2f}")
+        bar.update(1); bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{logs['psnr']:.1f}", **({'d1': f"{logs['train_delta1']:.2f}"} if 'train_delta1' in logs else {}))
         last = step == config.steps
         if step % config.log_every == 0 or last or (val_batch is not None and step % config.eval_every == 0):
             rec = dict(step=step, **logs, grad_norm=float(gnorm), lr=sched.get_last_lr()[0],
@@ -532,7 +542,7 @@ def plot_recon_history(records: list, path=None, title: str = ''):
     st = [r['step'] for r in records]
     axs[0].plot(st, [r['loss'] for r in records], label='loss'); axs[0].plot(st, [r['mse'] for r in records], label='MSE')
     axs[0].set_yscale('log'); axs[0].set_title('training loss')
-    axs[1].plot(st, [r['train_delta1'] for r in records], label='train (context views)', alpha=0.6)
+    axs[1].plot(st, [r.get('train_delta1', float('nan')) for r in records], label='train (context views)', alpha=0.6)   # absent without depth labels
     v = [r for r in records if 'val_delta1' in r]
     axs[1].plot([r['step'] for r in v], [r['val_delta1'] for r in v], 'o-', label='validation')
     axs[1].axhline(0.85, ls=':', c='k', lw=0.8); axs[1].set_ylim(0, 1); axs[1].set_title('depth delta<1.25')
@@ -566,8 +576,17 @@ def make_config(preset: str = 'cpu_default', overrides: str | dict = '') -> Reco
     if preset not in PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
     return PRESETS[preset](**(overrides if isinstance(overrides, dict) else parse_overrides(overrides)))
 
+def real_recon_data(config: ReconConfig, data: str | Path) -> tuple:
+    "Training and validation `FolderTripletDataset`s of a folder of real captures (the last scene validates), at the config's size."
+    from .scenes import scene_folders, FolderTripletDataset
+    folders = scene_folders(data)
+    if len(folders) < 2: raise FileNotFoundError(f'{data}: found {len(folders)} scene folder(s); need at least 2 (training + validation)')
+    hw = (config.size, config.width or config.size)
+    return (FolderTripletDataset(folders[:-1], gap=config.gap, size=hw, seed=config.seed),
+            FolderTripletDataset(folders[-1:], gap=config.gap, size=hw, target='middle'))
+
 def run_recon(preset: str = 'cpu_default', out: str = 'runs/recon', set: str = '', steps: int | None = None, resume: bool = False,
-              device: str | None = None, threads: int = 0, eval_only: bool = False) -> dict:
+              device: str | None = None, threads: int = 0, eval_only: bool = False, data: str | None = None) -> dict:
     "What `snd_recon` does, callable from Python: train (or only evaluate) into `out`; returns the validation metrics."
     set_threads(threads or None)
     outp = Path(out)
@@ -579,13 +598,15 @@ def run_recon(preset: str = 'cpu_default', out: str = 'runs/recon', set: str = '
         if resume and (outp / 'config.json').exists():  # the saved recipe wins; overrides may change `steps` only
             saved = config_from_dict(json.loads((outp / 'config.json').read_text()), str(outp / 'config.json'))
             config = dataclasses.replace(saved, **parse_overrides(set), **({} if steps is None else dict(steps=steps)))
+    real = real_recon_data(config, data) if data else None               # real captures: RGB rendering loss only where no depth
+    if not eval_only:
         print(f'training reconstructor ({config.preset}) into {outp}: {config}')
-        model, _ = train_reconstructor(config, out=outp, resume=resume, device=device)
-    val = make_recon_scenes(config, 'val')
-    batch = fixed_triplets(val, config.gap, max(config.n_val_triplets, 32))
+        model, _ = train_reconstructor(config, *(real or ()), out=outp, resume=resume, device=device)
+    if real: batch = fixed_items(real[1], max(config.n_val_triplets, 32))
+    else: batch = fixed_triplets(make_recon_scenes(config, 'val'), config.gap, max(config.n_val_triplets, 32))
     res = evaluate_reconstructor(model, batch, config.backend)
     atomic_write_json(outp / 'eval.json', res)
-    show_reconstruction(model, batch, 0, config.backend, path=outp / 'reconstruction.png')
+    if bool((batch['context_depth'] > 0).any()): show_reconstruction(model, batch, 0, config.backend, path=outp / 'reconstruction.png')
     if (outp / 'metrics.jsonl').exists():
         plot_recon_history([json.loads(l) for l in open(outp / 'metrics.jsonl') if l.strip()], outp / 'learning_curve.png', config.preset)
     print(json.dumps(res, indent=2))
@@ -601,6 +622,7 @@ def snd_recon(
     device: str = None,            # cpu / cuda (default: cuda when available)
     threads: int = 0,              # CPU threads (0: $OMP_NUM_THREADS or all cores)
     eval_only: bool = False,       # only evaluate the checkpoint in --out
+    data: str = None,              # folder of real captures (ours or the authors' ScanNet++ layout); default procedural
 ):
-    "Train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes."
-    run_recon(preset, out, set, steps, resume, device, threads, eval_only)
+    "Train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone."
+    run_recon(preset, out, set, steps, resume, device, threads, eval_only, data)

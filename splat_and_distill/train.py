@@ -18,16 +18,17 @@ from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
 from .core import set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, batch_to, seeded, rng_state, set_rng_state
-from .reconstruct import fixed_triplets
+from .reconstruct import fixed_triplets, fixed_items
 from .backbones import make_backbone, make_student, merge_lora, BACKBONES
 from .distill import DINOHead, DistillLoss, DistillModel, make_ema_teacher, ema_update, ema_due, distill_stats, distill_step, RECIPES
 
 # %% auto #0
 __all__ = ['PRESETS', 'TIMM_NAMES', 'TrainConfig', 'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'parse_sets',
-           'find_scene_folders', 'validate_config', 'step_seed', 'step_indices', 'step_batch', 'load_scenes',
-           'build_models', 'make_criterion', 'make_optimizer', 'StepTimer', 'lift_scale', 'downscale_batch',
-           'teacher_side', 'val_pairs', 'consistency', 'validate', 'save_checkpoint', 'latest_checkpoint',
-           'load_checkpoint', 'export_student', 'init_distributed', 'MetricsLog', 'train', 'snd_train']
+           'find_scene_folders', 'backbone_name', 'validate_config', 'step_seed', 'step_indices', 'StepSampler',
+           'step_batch', 'load_scenes', 'real_scene_folders', 'make_dataset', 'build_models', 'make_criterion',
+           'make_optimizer', 'StepTimer', 'autocast', 'lift_scale', 'downscale_batch', 'teacher_side', 'val_pairs',
+           'geometry_pairs', 'consistency', 'validate', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
+           'export_student', 'init_distributed', 'MetricsLog', 'train', 'snd_train']
 
 # %% ../nbs/11_train.ipynb #47172dec
 @dataclass
@@ -35,7 +36,7 @@ class TrainConfig:
     "Every option of a Splat-and-Distill training run."
     preset: str = 'cpu_demo' # name of the preset these values started from (recorded, not used)
     # data
-    data: str = 'procedural' # 'procedural' or a folder of real scenes (each a sub-folder with transforms.json)
+    data: str = 'procedural' # 'procedural', or a folder of real scenes (sub-folders with transforms.json, or the authors' ROOT with scenes/)
     train_scenes: int = 8 # procedural training scenes (0 = all scenes of a real-data folder)
     val_scenes: int = 2 # procedural validation scenes (real data: the last `val_scenes` scene folders)
     n_views: int = 24 # views per procedural scene
@@ -43,8 +44,10 @@ class TrainConfig:
     width: int = 128 # image width in pixels
     gap: int = 8 # frames between the two context views; the target lies in between
     cache_dir: str | None = None # where procedural scenes are cached (None: no cache)
+    require_masks: bool = False # real data: missing instance masks are an error (default: a warning; blending and mask-aware upsampling then do nothing)
+    workers: int = 0 # real data: DataLoader worker processes reading frames from disk
     # models
-    backbone: str = 'efficientnet_lite0' # teacher/student backbone: efficientnet_lite0, dinov2_vits14, dinov2_vitb14, tiny_vit
+    backbone: str = 'efficientnet_lite0' # teacher/student backbone: efficientnet_lite0, dinov2_vits14, dinov2_vitb14, tiny_vit; NAME:random = random init (timing, tests)
     weights: str | None = None # local weights file of the backbone (required for DINOv2)
     policy: str = 'auto' # student trainable policy: auto (ViT: lora, CNN: last_stages), lora, last_stages, full
     lora_rank: int = 8 # LoRA rank (policy lora)
@@ -53,11 +56,13 @@ class TrainConfig:
     head_hidden: int = 2048 # DINO head hidden width
     head_bottleneck: int = 256 # DINO head bottleneck width
     # teacher side
-    geometry: str = 'gt' # where Gaussians come from: gt (ground-truth depth) or reconstructor
+    geometry: str = 'gt' # where Gaussians come from: gt (procedural ground truth), depth (per-frame depth maps of real scenes) or reconstructor
     reconstructor: str | None = None # checkpoint folder or .safetensors of a trained reconstructor (geometry=reconstructor)
     blend_alpha: float = 0.5 # semantic blending a (1 = no blending)
     render_scale: float | None = None # lift and splat at this fraction of the image size (None: auto, see lift_scale)
     splat_backend: str = 'auto' # auto, torch or gsplat
+    channel_chunk: int | None = None # lift and splat this many feature channels at a time (bounds memory at full size; None: all)
+    amp: str = 'none' # none or bf16 (autocast of teacher, student and loss on the device)
     # loss
     recipe: str = 'dino' # dino (stable: temperatures, centering) or authors (temperatures 1, no centering)
     student_temp: float | None = None # None: the recipe's value
@@ -92,10 +97,10 @@ def cpu_demo(**kw) -> TrainConfig:
     "Procedural scenes, EfficientNet-Lite0 teacher, ground-truth geometry: a few minutes on a CPU."
     return TrainConfig(**{**dict(preset='cpu_demo'), **kw})
 
-def _paper(name: str, backbone: str, **kw) -> TrainConfig:
-    return TrainConfig(**{**dict(preset=name, data='', train_scenes=0, val_scenes=10, backbone=backbone, policy='lora',
+def _paper(name: str, default_backbone: str, **kw) -> TrainConfig:
+    return TrainConfig(**{**dict(preset=name, data='', train_scenes=0, val_scenes=10, backbone=default_backbone, policy='lora',
                                  lora_rank=8, out_dim=65536, height=576, width=880, geometry='reconstructor', render_scale=1.0, steps=300_000,
-                                 batch_size=8, lr=2e-5, warmup=0.01, teacher_temp_warmup=0.1, log_every=50,
+                                 batch_size=1, channel_chunk=64, lr=2e-5, warmup=0.01, teacher_temp_warmup=0.1, log_every=50,
                                  val_every=5000, ckpt_every=5000, val_pairs=64, out=f'runs/{name}'), **kw})
 
 def paper_vits14(**kw) -> TrainConfig:
@@ -153,37 +158,48 @@ def parse_sets(items: list[str] | None) -> dict:
     return out
 
 def find_scene_folders(root: str | Path) -> list[Path]:
-    "Scene folders under `root` (those holding a transforms*.json), sorted; `root` itself if it is one."
-    root = Path(root).expanduser()
-    has = lambda p: any(p.glob('transforms*.json'))
-    if has(root): return [root]
-    return sorted(p for p in root.iterdir() if p.is_dir() and has(p))
+    "Scene folders under `root` (see `scenes.scene_folders`: the authors' `scenes/` layout, sub-folders with a transforms file, or `root`)."
+    from splat_and_distill.scenes import scene_folders
+    return scene_folders(root)
+
+def backbone_name(spec: str) -> tuple[str, bool]:
+    "`'dinov2_vits14:random'` -> `('dinov2_vits14', True)`: the backbone name and whether it is randomly initialised."
+    name, _, arg = spec.partition(':')
+    if arg not in ('', 'random'): raise ValueError(f'config backbone={spec!r}: expected NAME or NAME:random (weights files go in --weights)')
+    return name, arg == 'random'
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     "Raise `ValueError`/`FileNotFoundError` naming the option unless `cfg` can run; touches no model or data."
     def bad(key, msg): raise ValueError(f'config {key}={getattr(cfg, key)!r}: {msg}')
-    if cfg.backbone not in BACKBONES: bad('backbone', f'unknown backbone; choose one of {list(BACKBONES)}')
-    if cfg.backbone.startswith('dinov2'):
+    name, random_init = backbone_name(cfg.backbone)
+    if name not in BACKBONES: bad('backbone', f'unknown backbone; choose one of {list(BACKBONES)} (NAME:random for a random initialisation)')
+    if random_init and cfg.weights: bad('backbone', f'{cfg.backbone} asks for random weights but weights={cfg.weights!r} is given too')
+    if name.startswith('dinov2') and not random_init:
         if not cfg.weights:
             raise FileNotFoundError(f'backbone {cfg.backbone} needs its weights from a local file: pass --weights PATH '
                                     '(nothing is downloaded at run time)')
     if cfg.weights and not Path(cfg.weights).expanduser().is_file():
         raise FileNotFoundError(f'config weights: file not found: {cfg.weights}')
     if cfg.data != 'procedural':
-        if not cfg.data: raise ValueError(f'preset {cfg.preset} trains on real scenes: pass --data FOLDER (a folder of scenes with transforms.json)')
+        if not cfg.data: raise ValueError(f'preset {cfg.preset} trains on real scenes: pass --data FOLDER (a folder of scenes with transforms.json, or the authors\' ROOT with scenes/)')
         root = Path(cfg.data).expanduser()
         if not root.is_dir(): raise FileNotFoundError(f'config data: folder not found: {cfg.data}')
         found = find_scene_folders(root)
         if len(found) < 1 + (cfg.val_scenes > 0):
             raise FileNotFoundError(f'config data: {root} holds {len(found)} scene folder(s) with a transforms.json; '
                                     f'need at least {1 + (cfg.val_scenes > 0)} (training + validation)')
-    if cfg.geometry not in ('gt', 'reconstructor'): bad('geometry', "expected 'gt' or 'reconstructor'")
+        if cfg.geometry == 'gt': bad('geometry', "'gt' is for procedural scenes; real captures use 'depth' (per-frame depth maps) or 'reconstructor'")
+    elif cfg.geometry == 'depth': bad('geometry', "'depth' reads depth maps of real scenes (--data FOLDER); procedural scenes use 'gt'")
+    if cfg.geometry not in ('gt', 'depth', 'reconstructor'): bad('geometry', "expected 'gt', 'depth' or 'reconstructor'")
+    if cfg.amp not in ('none', 'bf16'): bad('amp', "expected 'none' or 'bf16'")
+    if cfg.channel_chunk is not None and cfg.channel_chunk < 1: bad('channel_chunk', 'must be >= 1 or None')
+    if cfg.workers < 0: bad('workers', 'must be >= 0')
     if cfg.geometry == 'reconstructor':
         if not cfg.reconstructor: raise FileNotFoundError("geometry='reconstructor' needs --reconstructor PATH (a trained checkpoint; see snd_recon)")
         if not Path(cfg.reconstructor).expanduser().exists(): raise FileNotFoundError(f'config reconstructor: not found: {cfg.reconstructor}')
     if cfg.recipe not in RECIPES: bad('recipe', f'choose one of {list(RECIPES)}')
     if cfg.policy not in ('auto', 'lora', 'last_stages', 'full'): bad('policy', "choose auto, lora, last_stages or full")
-    if cfg.policy == 'lora' and cfg.backbone == 'efficientnet_lite0': bad('policy', 'LoRA needs attention layers; use last_stages for the CNN')
+    if cfg.policy == 'lora' and name == 'efficientnet_lite0': bad('policy', 'LoRA needs attention layers; use last_stages for the CNN')
     if cfg.splat_backend not in ('auto', 'torch', 'gsplat'): bad('splat_backend', 'choose auto, torch or gsplat')
     if cfg.device not in ('auto', 'cpu', 'cuda') and not cfg.device.startswith('cuda:'): bad('device', 'choose auto, cpu or cuda')
     if cfg.device.startswith('cuda') and not torch.cuda.is_available(): bad('device', 'CUDA is not available on this machine')
@@ -208,6 +224,14 @@ def step_indices(n: int, step: int, batch_size: int, seed: int, rank: int = 0, w
     idx = torch.randint(n, (batch_size * world,), generator=g)  # the global batch, identical on every rank
     return idx[rank * batch_size:(rank + 1) * batch_size].tolist()
 
+class StepSampler(torch.utils.data.Sampler):
+    "The dataset indices of steps `start..steps-1` (as `step_indices`), for a `DataLoader` whose workers read the frames."
+    def __init__(self, n: int, start: int, steps: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.start, self.steps, self.batch_size, self.seed, self.rank, self.world = n, start, steps, batch_size, seed, rank, world
+    def __len__(self): return max(0, self.steps - self.start)
+    def __iter__(self):
+        return (step_indices(self.n, s, self.batch_size, self.seed, self.rank, self.world) for s in range(self.start, self.steps))
+
 def step_batch(dataset, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> dict:
     "The collated batch of `step` for `rank`: a pure function of its arguments."
     idx = step_indices(len(dataset), step, batch_size, seed, rank, world)
@@ -228,11 +252,34 @@ def load_scenes(cfg: TrainConfig, split: str) -> list:
     if split == 'train' and cfg.train_scenes: pick = pick[:cfg.train_scenes]
     return [S.read_scene(f, size=(cfg.height, cfg.width)) for f in pick]
 
+def real_scene_folders(cfg: TrainConfig, split: str) -> list[Path]:
+    "The training or validation scene folders of a real-data `cfg` (the last `val_scenes` validate)."
+    folders = find_scene_folders(cfg.data)
+    nval = min(cfg.val_scenes, len(folders) - 1)
+    pick = folders[len(folders) - nval:] if split == 'val' else folders[:len(folders) - nval]
+    return pick[:cfg.train_scenes] if split == 'train' and cfg.train_scenes else pick
+
+def make_dataset(cfg: TrainConfig, split: str):
+    "Triplets of `split`: procedural scenes in memory, or real scene folders streamed from disk (None: no validation scenes)."
+    from splat_and_distill import scenes as S
+    target = 'random' if split == 'train' else 'middle'
+    if cfg.data == 'procedural':
+        scenes = load_scenes(cfg, split)
+        return S.TripletDataset(scenes, gap=cfg.gap, target=target) if scenes else None
+    folders = real_scene_folders(cfg, split)
+    if not folders: return None
+    ds = S.FolderTripletDataset(folders, gap=cfg.gap, size=(cfg.height, cfg.width), target=target, seed=cfg.seed, require_masks=cfg.require_masks)
+    if cfg.geometry == 'depth' and not ds.has_depth():
+        raise FileNotFoundError(f'geometry=depth needs a depth map for every frame of {cfg.data}: give depth_file_path per frame in the '
+                                'transforms file (16-bit PNG, depth_unit_scale_factor metres per unit); see chapter 14')
+    return ds
+
 # %% ../nbs/11_train.ipynb #d50509ef
 def build_models(cfg: TrainConfig, device: torch.device) -> dict:
     "`dict(original, student, teacher, reconstructor)` for `cfg` on `device` (student: `DistillModel`; teacher: its EMA copy)."
     set_seed(cfg.seed)
-    base = make_backbone(cfg.backbone, weights=cfg.weights).to(device).eval()
+    name, random_init = backbone_name(cfg.backbone)
+    base = (make_backbone(name, pretrained=False) if random_init else make_backbone(name, weights=cfg.weights)).to(device).eval()
     stu_bb = make_student(base, cfg.policy, lora_rank=cfg.lora_rank, last_stages=cfg.last_stages)
     student = DistillModel(stu_bb, DINOHead(base.dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck)).to(device).train()
     teacher = make_ema_teacher(student)
@@ -277,6 +324,11 @@ class StepTimer:
         "Mean seconds per step of each section."
         return {k: v / max(self.count, 1) for k, v in self.total.items()}
 
+def autocast(cfg: TrainConfig, device):
+    "bf16 autocast on `device` when `cfg.amp == 'bf16'`, else a no-op context."
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp == 'bf16')
+
 def lift_scale(cfg: TrainConfig, image_hw: tuple[int, int], token_grid: tuple[int, int], reconstructor=None) -> float:
     "Resolution of lifting and splatting as a fraction of the image: `cfg.render_scale`, else auto (see text)."
     if cfg.render_scale is not None: return cfg.render_scale
@@ -285,11 +337,11 @@ def lift_scale(cfg: TrainConfig, image_hw: tuple[int, int], token_grid: tuple[in
     return min(1.0, 4 * token_grid[0] / image_hw[0])        # 4x4 pixels per student token
 
 def downscale_batch(batch: dict, scale: float) -> dict:
-    "A triplet batch with context and target views resized by `scale` (area for RGB, nearest for depth and labels, K scaled)."
+    "A triplet batch with context and target views resized by about `scale` to multiples of 4 (area for RGB, nearest for depth and labels, K scaled)."
     if scale == 1: return batch
     from splat_and_distill.cameras import scale_intrinsics
     h, w = batch['target_rgb'].shape[-2:]
-    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+    hs, ws = max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4)   # multiples of 4: the reconstructor's features live at 1/4
     out = dict(batch)
     for key, v in batch.items():
         if not isinstance(v, Tensor) or v.ndim < 3 or tuple(v.shape[-2:]) != (h, w): continue
@@ -311,8 +363,8 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
     ctx = batch['context_rgb']
     b, v = ctx.shape[:2]
     hp, wp = teacher.backbone.token_grid(*batch['target_rgb'].shape[-2:])
-    with timer.section('teacher'):
-        ctx_tokens = teacher.tokens(ctx.flatten(0, 1))                        # (b*v, d, hp, wp) at full resolution
+    with timer.section('teacher'), autocast(cfg, ctx.device):
+        ctx_tokens = teacher.tokens(ctx.flatten(0, 1)).float()                # (b*v, d, hp, wp) at full resolution
     small = downscale_batch(batch, lift_scale(cfg, ctx.shape[-2:], (hp, wp), reconstructor))  # lift and splat at render resolution
     geometry = {}
     with timer.section('reconstructor'):
@@ -321,7 +373,7 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
             geometry = dict(gaussians=to_gaussians(reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])))
     with timer.section('lift+splat'):
         tokens, valid = lift_and_splat_batch(lambda images: ctx_tokens, small, blend=cfg.blend_alpha, token_grid=(hp, wp),
-                                             backend=cfg.splat_backend, **geometry)
+                                             backend=cfg.splat_backend, channel_chunk=cfg.channel_chunk, **geometry)
     return tokens, valid
 
 # %% ../nbs/11_train.ipynb #cc0ecea7
@@ -335,6 +387,20 @@ def val_pairs(scenes: list, n: int, gap: int, seed: int = 0) -> list[dict]:
             a, b = s.view(i), s.view(i + k)
             pairs.append({**{f'a_{key}': val for key, val in a.items()}, **{f'b_{key}': val for key, val in b.items()}})
     return pairs[:n]
+
+@torch.no_grad()
+def geometry_pairs(val_batch: dict, cfg: TrainConfig, token_grid: tuple[int, int], reconstructor=None) -> list[dict] | None:
+    "The two context views of each validation triplet as a pair, with the depth of the geometry in use (None: there is none)."
+    ctx = val_batch['context_rgb']
+    if bool((val_batch['context_depth'] > 0).any()): depth, K = val_batch['context_depth'], val_batch['context_K']
+    elif reconstructor is not None:
+        small = downscale_batch(val_batch, lift_scale(cfg, ctx.shape[-2:], token_grid, reconstructor))
+        depth = torch.cat([reconstructor(small['context_rgb'][i:i + 4], small['context_K'][i:i + 4], small['context_c2w'][i:i + 4])['depth']
+                           for i in range(0, len(ctx), 4)]).float()                 # (b, 2, hs, ws)
+        K = small['context_K']
+    else: return None
+    view = lambda p, i, k: {f'{p}_rgb': ctx[i, k], f'{p}_depth': depth[i, k], f'{p}_K': K[i, k], f'{p}_c2w': val_batch['context_c2w'][i, k]}
+    return [{**view('a', i, 0), **view('b', i, 1)} for i in range(len(ctx))]
 
 @torch.no_grad()
 def consistency(backbone: nn.Module, pairs: list[dict], device, chunk: int = 8, rel_tol: float = 0.03) -> dict:
@@ -352,6 +418,7 @@ def consistency(backbone: nn.Module, pairs: list[dict], device, chunk: int = 8, 
             if len(cos) == 0: continue
             match.append(float(cos.mean())); chance.append(float(cos_chance.mean()))
     backbone.train(was)
+    if not match: return {}                                  # no pair has co-visible pixels: nothing to report (never NaN)
     m, c = float(np.mean(match)), float(np.mean(chance))
     return dict(consistency=m, consistency_chance=c, consistency_contrast=m - c)
 
@@ -368,7 +435,7 @@ def validate(student: DistillModel, teacher: DistillModel, criterion: DistillLos
     s_logits, t_logits, v = torch.cat(s_all), torch.cat(t_all), torch.cat(v_all)
     loss, pt = criterion(s_logits, t_logits, v, step=cfg.steps, update_center=False, return_probs=True)
     stats = distill_stats(s_logits, pt, v)
-    mv = consistency(student.backbone, pairs, device)
+    mv = consistency(student.backbone, pairs, device) if pairs else {}
     return dict(val_loss=float(loss), val_agreement=stats['agreement'], val_teacher_mean_entropy=stats['teacher_mean_entropy'],
                 val_teacher_token_entropy=stats['teacher_token_entropy'], **{f'val_{k}': v for k, v in mv.items()})
 
@@ -428,12 +495,17 @@ def load_checkpoint(folder: str | Path, student: DistillModel, teacher: DistillM
     if restore_rng: set_rng_state(state['rng'])
     return state
 
-def export_student(student: DistillModel, path: str | Path, cfg: TrainConfig | None = None) -> Path:
-    "Save the student backbone as a plain timm state dict (LoRA merged) in safetensors; returns `path`."
+def export_student(student: DistillModel, path: str | Path, cfg: TrainConfig | None = None, names: str = 'timm') -> Path:
+    "Save the student backbone (LoRA merged) in safetensors with timm key names, or `names='dinov2'`: the original DINOv2 (torch.hub) names; returns `path`."
+    from splat_and_distill.backbones import timm_to_dinov2_state_dict
+    if names not in ('timm', 'dinov2'): raise ValueError(f"export_student: names must be 'timm' or 'dinov2', got {names!r}")
     bb = merge_lora(copy.deepcopy(getattr(student, 'module', student).backbone))
-    meta = {'timm_model': TIMM_NAMES.get(getattr(bb, 'name', ''), ''), 'format': 'timm state_dict, LoRA merged'}
+    sd = _plain_state(bb.model)
+    if names == 'dinov2': sd = timm_to_dinov2_state_dict(sd)
+    meta = {'timm_model': TIMM_NAMES.get(getattr(bb, 'name', ''), ''),
+            'format': 'timm state_dict, LoRA merged' if names == 'timm' else 'DINOv2 original (torch.hub) state_dict, LoRA merged'}
     if cfg is not None: meta['config'] = json.dumps(asdict(cfg))
-    _save_tensors(Path(path), _plain_state(bb.model), meta)
+    _save_tensors(Path(path), sd, meta)
     return Path(path)
 
 # %% ../nbs/11_train.ipynb #ab1bec63
@@ -483,15 +555,19 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, **overrides) -> 
     main = rank == 0
     run = Path(cfg.out)
     t_start, cpu_start = time.time(), time.process_time()
-    # data
-    train_scenes, val_scenes = load_scenes(cfg, 'train'), load_scenes(cfg, 'val')
-    dataset = TripletDataset(train_scenes, gap=cfg.gap)
-    if main and val_scenes:
-        val_batch = batch_to(fixed_triplets(val_scenes, cfg.gap, cfg.val_pairs, target='middle'), device)
-        pairs = val_pairs(val_scenes, cfg.val_pairs, cfg.gap)
+    # data: procedural scenes in memory, real scene folders streamed from disk
+    dataset, val_ds = make_dataset(cfg, 'train'), make_dataset(cfg, 'val')
+    val_scenes = main and val_ds is not None
+    if val_scenes: val_batch = batch_to(fixed_items(val_ds, cfg.val_pairs), device)
     # models, loss, optimiser
     m = build_models(cfg, device)
     student, teacher, recon = m['student'], m['teacher'], m['reconstructor']
+    if val_scenes:
+        if isinstance(val_ds, TripletDataset): pairs = val_pairs(val_ds.scenes, cfg.val_pairs, cfg.gap)
+        else:
+            pairs = geometry_pairs(val_batch, cfg, teacher.backbone.token_grid(cfg.height, cfg.width), recon)
+            if pairs is None: print('validation: the validation scenes have no depth and geometry is not a reconstructor: '
+                                    'multi-view consistency is not measured (validation loss only)', file=sys.stderr)
     criterion = make_criterion(cfg).to(device)
     opt, sched = make_optimizer(cfg, student)
     start, baseline = 0, {}
@@ -504,10 +580,10 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, **overrides) -> 
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run / 'config.json', asdict(cfg))
     log = MetricsLog(run / 'metrics.jsonl', start if ckpt is not None else None, cfg.tensorboard) if main else None
-    if main and not baseline and val_scenes:
+    if main and not baseline and val_scenes and pairs:
         # where we start: the original, untrained teacher (== the student and the EMA teacher at step 0)
         baseline = {f'original_{k}': v for k, v in consistency(m['original'], pairs, device).items()}
-        log.write(dict(step=start, **baseline))
+        if baseline: log.write(dict(step=start, **baseline))
     del m['original']
     model = student
     if world > 1:
@@ -515,10 +591,12 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, **overrides) -> 
     timer, window, val = StepTimer(), [], {}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (main and cfg.progress), desc='snd_train')
     t_loop, stopped, done = time.time(), False, start
+    loader = None if isinstance(dataset, TripletDataset) else iter(torch.utils.data.DataLoader(
+        dataset, batch_sampler=StepSampler(len(dataset), start, cfg.steps, cfg.batch_size, cfg.seed, rank, world), num_workers=cfg.workers))
     for step in bar:
-        batch = batch_to(step_batch(dataset, step, cfg.batch_size, cfg.seed, rank, world), device)
+        batch = batch_to(next(loader) if loader is not None else step_batch(dataset, step, cfg.batch_size, cfg.seed, rank, world), device)
         tokens, valid = teacher_side(batch, teacher, cfg, recon, timer)
-        with timer.section('student+loss+update'):
+        with timer.section('student+loss+update'), autocast(cfg, device):
             stats = distill_step(model, teacher, criterion, opt, batch['target_rgb'], tokens, valid, step,
                                  cfg.ema_every, cfg.ema_momentum, cfg.grad_clip, sched)
         timer.count += 1
@@ -545,11 +623,13 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, **overrides) -> 
                        steps=out['steps_done'], batch_size=cfg.batch_size, world_size=world, device=str(device),
                        threads=torch.get_num_threads(), wall_s=time.time() - t_start, process_cpu_s=time.process_time() - cpu_start,
                        steps_per_s=n / max(time.time() - t_loop, 1e-9), time_per_step=timer.mean(), **baseline, **val)
-        if val and baseline:
-            results['consistency_gain'] = val.get('val_consistency', float('nan')) - baseline.get('original_consistency', float('nan'))
+        if 'val_consistency' in val and 'original_consistency' in baseline:
+            results['consistency_gain'] = val['val_consistency'] - baseline['original_consistency']
         paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), checkpoint=str(latest_checkpoint(run)))
         if not stopped:
             paths['student_timm'] = str(export_student(student, run / 'student_timm.safetensors', cfg))
+            if backbone_name(cfg.backbone)[0].startswith('dinov2'):     # also with the original DINOv2 (torch.hub) key names
+                paths['student_dinov2'] = str(export_student(student, run / 'student_dinov2.safetensors', cfg, names='dinov2'))
             atomic_write_json(run / 'results.json', results)
             paths['results'] = str(run / 'results.json')
         log.close()
