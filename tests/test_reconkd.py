@@ -91,3 +91,13 @@ def test_committed_results_are_the_chapters_table():
     nb = json.loads((ROOT / 'nbs' / '13_reconkd.ipynb').read_text())
     md = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
     assert results_table(res) in md, 'the chapter shows a stale table: paste results_table(results.json) into its Results section'
+
+def test_runs_on_a_transforms_json_folder(tmp_path):
+    "The CLI on a posed capture folder (ours written with write_scene): same outputs as on procedural scenes."
+    from splat_and_distill.scenes import write_scene
+    write_scene(load_or_make_scene(scene_seeds('test', 1)[0], n_views=20, size=32), tmp_path / 'capture' / 'room')
+    res = snd_reconkd(['--preset', 'tiny', '--data', str(tmp_path / 'capture'), '--out', str(tmp_path / 'run'),
+                       '--students', 'vit_scratch', '--steps', '5'])
+    assert [r['scene'] for r in res['teacher']] == ['room'] and len(res['runs']) == 2
+    assert all(r['n_frames'] == 4 and r['gt_median_cm'] > 0 for r in res['runs'])
+    assert {'results.json', 'table.md', 'figure.png', 'teacher.png'} <= {p.name for p in (tmp_path / 'run').iterdir()}
