@@ -7,7 +7,7 @@ from splat_and_distill.cameras import look_at, intrinsics_from_fov, unproject_de
 from splat_and_distill.scenes import load_or_make_scene, scene_seeds
 from splat_and_distill.reconkd import (conf_regression_loss, confidence_from_raw, localize, pose_errors, holdout_split, pair_partners,
                                        gt_pointmaps, make_pointmap_student, train_student, predict_pointmaps, point_errors,
-                                       snd_reconkd, results_table, tiny, validate_config)
+                                       snd_reconkd, results_table, comparisons_table, tiny, validate_config)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,8 @@ def test_committed_results_are_the_chapters_table():
     assert all(r['gt_median_cm']['n'] >= 9 for r in res['summary'][1:])
     nb = json.loads((ROOT / 'nbs' / '13_reconkd.ipynb').read_text())
     md = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
-    assert results_table(res) in md, 'the chapter shows a stale table: paste results_table(results.json) into its Results section'
+    assert results_table(res) in md and comparisons_table(res) in md, \
+        'the chapter shows stale tables: paste results_table(results.json) and comparisons_table(results.json) into its Results section'
 
 def test_runs_on_a_transforms_json_folder(tmp_path):
     "The CLI on a posed capture folder (ours written with write_scene): same outputs as on procedural scenes."
