@@ -243,10 +243,10 @@ def render(
     c2w: Float[Tensor, "*b c 4 4"],           # camera-to-world (OpenCV); scene k is seen by cameras c2w[k]
     K: Float[Tensor, "*b c 3 3"],             # pixel intrinsics
     width: int, height: int,
-    backend: str = 'auto',                    # 'auto' | 'torch' | 'gsplat'
+    backend: str = 'auto',                    # 'auto' | 'torch' | 'gsplat' | 'triton' (chapter triton_splat)
     background: Tensor | None = None,         # [d] or [*b, c, d]; default 0 (no background)
     near_plane: float = 0.01, far_plane: float = 1e10, eps2d: float = 0.3,
-    tile_size: int | None = None,             # binning tile (pixels): default 16 for gsplat, 8 for torch (faster on CPU)
+    tile_size: int | None = None,             # binning tile (pixels): default 16 for gsplat and triton, 8 for torch (faster on CPU)
     check: bool = True,                       # validate inputs (a few cheap reductions)
 ) -> dict:
     "Splat `d`-channel Gaussians into cameras: `dict(features [*b,c,h,w,d], alpha [*b,c,h,w], depth [*b,c,h,w])` (expected z-depth; 0 in holes)."
@@ -273,12 +273,16 @@ def render(
     if backend == 'gsplat':
         if g.means.device.type != 'cuda': raise ValueError(f"render(backend='gsplat') needs CUDA tensors, got {g.means.device}; use backend='torch'")
         feats, alpha, depth = _gsplat_render(g, viewmats, K, width, height, background, near_plane, far_plane, eps2d, tile_size or 16)
-    elif backend == 'torch':
+    elif backend in ('torch', 'triton'):
         radii, means2d, depths, conics = project(g.means, g.covariances(), viewmats, K, width, height, eps2d,
                                                  near_plane, far_plane, opacities=g.opacities)
         bg = None if background is None else background.to(g.dtype)
-        feats, alpha, depth = rasterize(means2d, conics, g.opacities, g.features, depths, radii, width, height, bg, tile_size or 8)
-    else: raise ValueError(f"render: backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
+        if backend == 'torch': rasterize_fn, tile_size = rasterize, tile_size or 8
+        else:
+            from splat_and_distill.triton_splat import rasterize_triton as rasterize_fn   # imported here: only backend='triton' needs Triton
+            tile_size = tile_size or 16
+        feats, alpha, depth = rasterize_fn(means2d, conics, g.opacities, g.features, depths, radii, width, height, bg, tile_size)
+    else: raise ValueError(f"render: backend must be 'auto', 'torch', 'gsplat' or 'triton', got {backend!r}")
     return dict(features=feats, alpha=alpha, depth=depth)
 
 # %% ../nbs/05_splat.ipynb #fd58b89d
