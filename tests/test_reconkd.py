@@ -66,9 +66,9 @@ def test_tiny_student_improves_over_its_initial_error():
 def test_cli_rejects_bad_input_with_exit_code_2(capsys, tmp_path):
     cases = [(['--students', 'resnet50'], "unknown student 'resnet50'"), (['--set', 'stepz=3'], "did you mean 'steps'"),
              (['--data', str(tmp_path / 'nope')], 'folder not found'), (['--data', str(tmp_path)], 'no transforms.json'),
-             (['--steps', 'ten'], "cannot read 'ten' as int"), (['--students', 'dinov2_vits14'], '--dinov2_weights'),
+             (['--steps', 'ten'], 'expected an integer'), (['--students', 'dinov2_vits14'], '--dinov2_weights'),
              (['--reconstructor', str(tmp_path)], 'no model.safetensors'), (['--holdout', 'random'], "'every' or 'segment'"),
-             (['--set', 'steps'], 'key=value')]
+             (['--set', 'steps'], 'KEY=VALUE'), (['--device', 'tpu'], 'choose cpu, cuda')]
     for argv, msg in cases:
         with pytest.raises(SystemExit) as e: snd_reconkd(['--print_config', *argv])
         assert e.value.code == 2, argv
@@ -78,8 +78,10 @@ def test_cli_rejects_bad_input_with_exit_code_2(capsys, tmp_path):
     assert e.value.code == 2 and not (tmp_path / 'run').exists(), 'nothing may be written for bad input'
     run = tmp_path / 'old'; run.mkdir()                                        # a run folder made with another recipe
     (run / 'config.json').write_text(json.dumps(dict(vars(tiny()), steps=99))); (run / 'runs.jsonl').write_text('')
-    with pytest.raises(SystemExit) as e: snd_reconkd(['--preset', 'tiny', '--out', str(run)])
-    assert e.value.code == 2 and 'another recipe (steps: 99 there, 20 now)' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e: snd_reconkd(['--preset', 'tiny', '--out', str(run)])            # not without --resume
+    assert e.value.code == 2 and '--resume to continue it' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e: snd_reconkd(['--preset', 'tiny', '--out', str(run), '--resume'])
+    assert e.value.code == 2 and 'steps: 99 -> 20' in capsys.readouterr().err
     cfg = snd_reconkd(['--print_config', '--preset', 'tiny', '--steps', '7', '--set', 'alpha=0.1', '--out', str(tmp_path / 'x')])['config']
     assert (cfg['steps'], cfg['alpha'], cfg['size']) == (7, 0.1, 32)
 
