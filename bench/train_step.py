@@ -14,9 +14,9 @@ On a machine shared with other jobs, process CPU seconds are the better estimate
 """
 import argparse, sys, tempfile, time
 import torch
-from splat_and_distill.core import set_threads, batch_to
+from splat_and_distill.core import set_threads, batch_to, parse_sets
 from splat_and_distill.train import (make_config, validate_config, load_scenes, build_models, make_criterion, make_optimizer, step_batch,
-                                     lift_scale, teacher_side, autocast, StepTimer, backbone_name)
+                                     lift_scale, teacher_side, autocast, StepTimer, backbone_name, TrainConfig)
 from splat_and_distill.distill import distill_step
 from splat_and_distill.scenes import TripletDataset
 
@@ -37,7 +37,7 @@ def main(argv=None):
     if a.device == 'cuda' and not torch.cuda.is_available(): sys.exit('bench: --device cuda needs a GPU')
     ov = dict(device=a.device, threads=a.threads, data='procedural', train_scenes=2, val_scenes=0, n_views=12, gap=8, cache_dir=None,
               geometry='gt', splat_backend='gsplat' if a.device == 'cuda' else 'torch')
-    ov.update(dict(kv.split('=', 1) for kv in a.set))
+    ov.update(parse_sets(TrainConfig, a.set))                          # the one --set syntax of every command (chapter 00)
     cfg = make_config(a.preset, {k: v for k, v in ov.items() if v is not None})
     if backbone_name(cfg.backbone)[0].startswith('dinov2'):
         if a.weights: cfg.weights = a.weights

@@ -4,16 +4,21 @@
 
 # %% ../nbs/00_core.ipynb #8de6205d
 from __future__ import annotations
-import contextlib, json, os, random, tempfile
+import argparse, contextlib, dataclasses, datetime, hashlib, json, math, os, random, shutil, signal, sys, tempfile, types, typing, uuid, warnings
 from pathlib import Path
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['set_seed', 'rng_state', 'set_rng_state', 'seeded', 'default_device', 'batch_to', 'set_threads', 'atomic_path',
-           'atomic_write_text', 'atomic_write_json', 'to_numpy_image', 'colorize_depth', 'colorize_normals',
-           'label_palette', 'colorize_labels', 'pca_rgb', 'show_images']
+__all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'set_seed', 'rng_state', 'set_rng_state', 'seeded', 'default_device',
+           'batch_to', 'set_threads', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'to_numpy_image',
+           'colorize_depth', 'colorize_normals', 'label_palette', 'colorize_labels', 'pca_rgb', 'show_images',
+           'parse_value', 'unknown_keys', 'typed_overrides', 'parse_sets', 'check_ranges', 'total_memory',
+           'check_memory', 'CLIParser', 'cli_parser', 'option_type', 'add_option', 'add_run_options', 'check_device',
+           'run_cli', 'sha256_file', 'read_json', 'fault_point', 'step_folder', 'step_folders', 'begin_checkpoint',
+           'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints', 'check_run_folder',
+           'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl']
 
 # %% ../nbs/00_core.ipynb #1205d73e
 def set_seed(seed: int = 0):
@@ -150,3 +155,310 @@ def show_images(images: list, titles: list | None = None, ncols: int | None = No
     if path is not None:
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format='png')
     return fig
+
+# %% ../nbs/00_core.ipynb #fd85a1fe
+_TRUE, _FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
+
+def parse_value(text: str, tp, key: str | None = None):
+    "Read the command-line string `text` as type `tp` (a config field's annotation), strictly; `ValueError` naming `key` otherwise."
+    def fail(expected): raise ValueError(f'{key + "=" if key else ""}{text!r}: expected {expected}')
+    t = text.strip()
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):           # e.g. `float | None`
+        args = typing.get_args(tp)
+        if t.lower() in ('none', 'null') and type(None) in args: return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1: return parse_value(text, inner[0], key)
+        fail(' or '.join(getattr(a, '__name__', str(a)) for a in args))
+    if tp is bool:
+        if t.lower() in _TRUE + _FALSE: return t.lower() in _TRUE
+        fail('true or false (or 1/0, yes/no, on/off)')
+    if tp is int:
+        try: return int(t.replace('_', ''))
+        except ValueError: pass
+        try: f = float(t)                                                    # 3e5 is fine, 2.5 is not
+        except ValueError: fail('an integer')
+        if not (math.isfinite(f) and f.is_integer()): fail('an integer')
+        return int(f)
+    if tp is float:
+        try: f = float(t)
+        except ValueError: fail('a number')
+        if math.isnan(f): fail('a number, not nan')
+        return f
+    if tp is str: return text
+    if tp in (tuple, list) or typing.get_origin(tp) in (tuple, list):       # JSON list or comma-separated
+        try: items = json.loads(t) if t.startswith('[') else [s for s in t.split(',') if s.strip()]
+        except json.JSONDecodeError: fail('a list such as 1,2,3 or [1,2,3]')
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        def one(x):
+            if not isinstance(x, str): return x
+            if args: return parse_value(x, args[0], key)
+            try: return json.loads(x)
+            except json.JSONDecodeError: return x.strip()
+        seq = [one(x) for x in items]
+        return tuple(seq) if tuple in (tp, typing.get_origin(tp)) else seq
+    if tp is dict or typing.get_origin(tp) is dict:
+        try: d = json.loads(t)
+        except json.JSONDecodeError: d = None
+        if not isinstance(d, dict): fail('a JSON object such as {"epochs": 3}')
+        return d
+    fail(f'a value of type {tp}')
+
+# %% ../nbs/00_core.ipynb #edfd03b6
+def unknown_keys(keys, known, what: str = 'config key') -> ValueError:
+    "An error naming unknown `keys` with the closest known one for each."
+    import difflib
+    hint = lambda k: (lambda m: f' (did you mean {m[0]!r}?)' if m else '')(difflib.get_close_matches(k, list(known), 1))
+    return ValueError(f'unknown {what}(s) ' + ', '.join(f'{k!r}{hint(k)}' for k in keys) + f'; known: {", ".join(sorted(known))}')
+
+def typed_overrides(cls, overrides: dict | None) -> dict:
+    "Overrides of dataclass `cls` with string values read by `parse_value` (other values kept); unknown keys raise."
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    bad = [k for k in (overrides or {}) if k not in names]
+    if bad: raise unknown_keys(bad, names)
+    return {k: parse_value(v, hints[k], k) if isinstance(v, str) else v for k, v in (overrides or {}).items()}
+
+def parse_sets(cls, items: list[str] | None) -> dict:
+    "Typed overrides of dataclass `cls` from `--set KEY=VALUE` strings (one pair each, repeatable); bad keys or values raise."
+    pairs = {}
+    for it in items or []:
+        key, eq, value = it.partition('=')
+        if not eq or not key.strip(): raise ValueError(f'--set expects KEY=VALUE (one pair per --set), got {it!r}')
+        pairs[key.strip().replace('-', '_')] = value
+    return typed_overrides(cls, pairs)
+
+# %% ../nbs/00_core.ipynb #3b5a3107
+def _range_ok(x, rule: str) -> bool:
+    r = rule.replace(' ', '')
+    if r[0] in '[(':
+        lo, hi = (float(v) for v in r[1:-1].split(','))
+        return (x >= lo if r[0] == '[' else x > lo) and (x <= hi if r[-1] == ']' else x < hi)
+    op = r[:2] if r[:2] in ('>=', '<=') else r[:1]
+    v = float(r[len(op):])
+    return {'>=': x >= v, '<=': x <= v, '>': x > v, '<': x < v}[op]
+
+def check_ranges(cfg, ranges: dict, name: str = 'config'):
+    "Raise `ValueError` for the first field of `cfg` outside its range (`'>= 1'`, `'> 0'`, `'[0, 1)'`, ...); None values pass."
+    for key, rule in ranges.items():
+        x = getattr(cfg, key)
+        if x is None: continue
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not _range_ok(x, rule):
+            raise ValueError(f'{name} {key}={x!r}: must be {"in " if rule.strip()[0] in "[(" else ""}{rule}')
+    return cfg
+
+def total_memory() -> int | None:
+    "Physical memory of this machine in bytes (None where the OS does not say)."
+    try: return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError): return None
+
+def check_memory(nbytes: float, what: str, fix: str, fraction: float = 0.8):
+    "Raise `ValueError` with the estimate when `what` needs more than `fraction` of this machine's memory."
+    total, gib = total_memory(), lambda b: f'{b / 2**30:.1f} GiB'
+    if total and nbytes > fraction * total:
+        raise ValueError(f'{what} need about {gib(nbytes)} of memory, more than {fraction:.0%} of the {gib(total)} here; {fix}')
+    return nbytes
+
+# %% ../nbs/00_core.ipynb #9667d93b
+INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+SET_HELP = 'change a config field, KEY=VALUE (repeatable; e.g. --set lr=3e-4 --set tensorboard=true)'
+
+class CLIParser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose errors are one line (`prog: error: ...`, status 2) instead of usage text."
+    def error(self, message): self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+def cli_parser(prog: str, description: str, epilog: str | None = None) -> CLIParser:
+    "The parser conventions of every `snd_*` command: exact option names only (no abbreviations), raw help text."
+    return CLIParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def option_type(tp):
+    "An argparse `type=` reading values as `--set` does: `--steps 3e5` works, `--steps 2.5` is an error."
+    def read(text: str):
+        try: return parse_value(text, tp)
+        except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    read.__name__ = getattr(tp, '__name__', str(tp))
+    return read
+
+def add_option(parser, name: str, **kwargs):
+    "Add `--name` (and its `--kebab-case` spelling) to `parser`."
+    flags = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if '_' in name else [])
+    return parser.add_argument(*flags, dest=name, **kwargs)
+
+def add_run_options(parser, what: str = 'run'):
+    "The options every command that writes a folder shares: `--set`, `--resume`, `--overwrite`."
+    add_option(parser, 'set', action='append', default=[], metavar='KEY=VALUE', help=SET_HELP)
+    add_option(parser, 'resume', action='store_true', help=f'continue the {what} in the output folder')
+    add_option(parser, 'overwrite', action='store_true', help=f'replace the {what} in the output folder (its files only)')
+
+def check_device(device: str | None) -> str | None:
+    "`device` if it is None (automatic), 'cpu', 'cuda' or 'cuda:N' and available here; else a `ValueError` saying so."
+    if device is None or device == 'cpu': return device
+    if device != 'cuda' and not (device.startswith('cuda:') and device[5:].isdigit()):
+        raise ValueError(f'device={device!r}: choose cpu, cuda or cuda:N')
+    if not torch.cuda.is_available(): raise ValueError(f'device={device!r}: CUDA is not available on this machine')
+    if device[5:] and int(device[5:]) >= torch.cuda.device_count():
+        raise ValueError(f'device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)')
+    return device
+
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None, main):
+    "Parse `argv` (None: the command line) and return `main(args)`; bad input exits with status 2 and one line `prog: error: ...`."
+    args = parser.parse_args(sys.argv[1:] if argv is None else [str(a) for a in argv])
+    try: out = main(args)
+    except INPUT_ERRORS as e:
+        if os.environ.get('SND_TRACEBACK'): raise
+        parser.exit(2, f'{parser.prog}: error: {" ".join(str(e).split())}\n')
+    return None if argv is None else out   # a console script exits with its return value: give back None (status 0)
+
+# %% ../nbs/00_core.ipynb #19410ac5
+MANIFEST = 'complete.json'
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    "SHA-256 of a file's bytes (hex)."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while b := f.read(chunk): h.update(b)
+    return h.hexdigest()
+
+def read_json(path: str | Path, what: str = 'file'):
+    "Parsed JSON of `path`; an unreadable or truncated file is a `ValueError` naming it."
+    try: return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f'{path}: not valid JSON ({e}); the {what} is truncated or corrupt') from None
+
+def fault_point(name: str, step: int | None = None):
+    "Fault injection for tests: when `$SND_FAULT` is `name` or `name:step`, this process kills itself (SIGKILL) right here."
+    spec = os.environ.get('SND_FAULT')
+    if not spec: return
+    want, _, at = spec.partition(':')
+    if want == name and (not at or (step is not None and int(at) == step)): os.kill(os.getpid(), signal.SIGKILL)
+
+def step_folder(run_dir: str | Path, step: int) -> Path:
+    "Where the checkpoint of `step` lives: `run_dir/checkpoints/step_0000123`."
+    return Path(run_dir) / 'checkpoints' / f'step_{step:07d}'
+
+def step_folders(run_dir: str | Path) -> list[tuple[int, Path]]:
+    "`(step, folder)` of every `checkpoints/step_*` folder, newest first."
+    root = Path(run_dir) / 'checkpoints'
+    found = [(int(p.name[5:]), p) for p in root.glob('step_*') if p.is_dir() and p.name[5:].isdigit()] if root.is_dir() else []
+    return sorted(found, reverse=True)
+
+def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
+    "The folder to write checkpoint `step` into, with any old manifest removed first (it is written last)."
+    folder = step_folder(run_dir, step); folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    return folder
+
+def finish_checkpoint(folder: Path, step: int, run_id: str, keep: int = 2) -> Path:
+    "Seal a checkpoint: write its manifest (size and SHA-256 of every file) last, point `latest.json` at it, rotate."
+    files = {p.name: dict(bytes=p.stat().st_size, sha256=sha256_file(p)) for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != MANIFEST and not p.name.startswith('.')}
+    fault_point('checkpoint_seal', step)                        # every file written, manifest not yet: incomplete
+    atomic_write_json(folder / MANIFEST, dict(step=step, run_id=run_id, files=files))
+    atomic_write_json(folder.parent / 'latest.json', dict(step=step, folder=folder.name, run_id=run_id))
+    rotate_checkpoints(folder.parent.parent, keep, run_id)
+    return folder
+
+# %% ../nbs/00_core.ipynb #e78e0d47
+def verify_checkpoint(folder: str | Path) -> dict | None:
+    "The manifest of a complete checkpoint; None if incomplete (no manifest); `ValueError` naming a missing, truncated or corrupt file."
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file(): return None
+    man = read_json(folder / MANIFEST, 'checkpoint manifest')
+    for name, info in man['files'].items():
+        p, fix = folder / name, f'restore it, or delete {folder} to resume from the checkpoint before it'
+        if not p.is_file(): raise ValueError(f'{p}: missing, but {MANIFEST} lists it; {fix}')
+        if p.stat().st_size != info['bytes']: raise ValueError(f'{p}: {p.stat().st_size} bytes, but {info["bytes"]} were written (truncated?); {fix}')
+        if sha256_file(p) != info['sha256']: raise ValueError(f'{p}: contents differ from what was written (corrupt: SHA-256 mismatch); {fix}')
+    return man
+
+def find_checkpoint(run_dir: str | Path, run_id: str | None = None) -> tuple[int, Path] | None:
+    "`(step, folder)` of the newest complete checkpoint of run `run_id` (any run if None); incomplete ones are skipped with a warning."
+    for step, folder in step_folders(run_dir):
+        man = verify_checkpoint(folder) if not run_id or _manifest_run(folder) in (run_id, None) else None
+        if man is None:
+            why = 'another run\'s' if (folder / MANIFEST).is_file() else f'incomplete (no {MANIFEST}: the run stopped while writing it)'
+            warnings.warn(f'{folder}: {why} checkpoint, skipped'); continue
+        return step, folder
+    return None
+
+def _manifest_run(folder: Path) -> str | None:
+    try: return read_json(folder / MANIFEST).get('run_id')
+    except (OSError, ValueError): return None
+
+def rotate_checkpoints(run_dir: str | Path, keep: int, run_id: str):
+    "Delete this run's oldest complete checkpoints beyond the newest `keep`: only the files their manifests list, nothing else."
+    own = [f for _, f in step_folders(run_dir) if (f / MANIFEST).is_file() and _manifest_run(f) == run_id]
+    for folder in own[max(keep, 1):]:
+        listed = read_json(folder / MANIFEST)['files']
+        (folder / MANIFEST).unlink()                               # first: a half-deleted checkpoint is never taken as complete
+        for name in listed: (folder / name).unlink(missing_ok=True)
+        if not any(folder.iterdir()): folder.rmdir()
+
+# %% ../nbs/00_core.ipynb #2af571f4
+def check_run_folder(run_dir: str | Path, kind: str, own: list[str], resume: bool, overwrite: bool) -> dict | None:
+    "Fail fast, touching nothing: refuse a new run where a run lives (unless `overwrite`), or a resume where none does. Returns `run.json` on resume."
+    run = Path(run_dir)
+    if resume and overwrite: raise ValueError('--resume and --overwrite contradict each other: continue the run, or replace it')
+    if run.exists() and not run.is_dir(): raise NotADirectoryError(f'{run}: exists and is not a folder; choose another output folder')
+    found = [n for n in own if (run / n).exists()]
+    info = read_json(run / 'run.json', 'run description') if (run / 'run.json').is_file() else None
+    if info and info.get('kind') != kind:
+        raise FileExistsError(f'{run} holds a {info.get("kind")} run, not a {kind} one; choose another output folder')
+    if resume:
+        if not (run / 'config.json').is_file():
+            raise FileNotFoundError(f'{run}: no {kind} run to resume (no config.json); start one without --resume')
+        return info or {}
+    if found and not overwrite:
+        raise FileExistsError(f'{run} already holds a run ({", ".join(found[:4])}); pass --resume to continue it, '
+                              '--overwrite to replace it, or choose another output folder')
+    return None
+
+def start_run_folder(run_dir: str | Path, kind: str, own: list[str], overwrite: bool = False) -> str:
+    "Create the folder of a new run (removing the files `own` names first when `overwrite`); write `run.json`; return the run id."
+    run = Path(run_dir)
+    if overwrite:
+        for n in own:
+            p = run / n
+            if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+            elif p.exists() or p.is_symlink(): p.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex
+    from splat_and_distill import __version__
+    atomic_write_json(run / 'run.json', dict(kind=kind, run_id=run_id, version=__version__,
+                                             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')))
+    return run_id
+
+def config_changes(saved: dict, new: dict, allowed=()) -> list[str]:
+    "Fields whose values differ between a run's saved config and a new one (JSON-normalised), except `allowed`, as 'key: saved -> new'."
+    norm = lambda d: json.loads(json.dumps(d, default=str))
+    s, n = norm(saved), norm(new)
+    return [f'{k}: {s.get(k, "<absent>")!r} -> {n.get(k, "<absent>")!r}' for k in sorted(set(s) | set(n))
+            if k not in allowed and s.get(k, '<absent>') != n.get(k, '<absent>')]
+
+def check_resume_config(saved: dict, new: dict, allowed, source: str):
+    "Raise `ValueError` listing every change to a resumed run's config outside `allowed`."
+    bad = config_changes(saved, new, allowed)
+    if bad: raise ValueError(f'--resume: these settings differ from the run in {source}: ' + '; '.join(bad) +
+                             f'. A resumed run must train as it started (only {", ".join(sorted(allowed))} may change); '
+                             'drop those options, or start a new run in another folder')
+
+# %% ../nbs/00_core.ipynb #4b625ae7
+def read_jsonl(path: str | Path) -> list[dict]:
+    "Rows of a JSONL file; a torn last line (killed mid-write, disk full) is dropped with a warning; a bad line elsewhere raises, naming it."
+    path = Path(path)
+    if not path.is_file(): return []
+    lines = path.read_bytes().decode('utf-8', errors='replace').split('\n')
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip(): continue
+        try: row = json.loads(line)
+        except json.JSONDecodeError: row = None
+        if isinstance(row, dict): rows.append(row); continue
+        if any(l.strip() for l in lines[i + 1:]):
+            raise ValueError(f'{path}: line {i + 1} is not a JSON object; fix or delete that line')
+        warnings.warn(f'{path}: the last line ({i + 1}) is incomplete (written when the run was killed or the disk was full); dropped')
+    return rows
+
+def write_jsonl(path: str | Path, rows: list[dict]):
+    "Write `rows` as a JSONL file atomically."
+    return atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in rows))

@@ -8,15 +8,17 @@ import dataclasses, datetime, json, os, platform, shutil, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch
-from fastcore.script import call_parse, Param, store_true
-from .core import set_seed, set_threads, atomic_write_json, atomic_write_text, pca_rgb, show_images, colorize_depth
+from .core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, pca_rgb, show_images,
+    colorize_depth, read_json, read_jsonl, check_ranges, parse_sets, cli_parser, add_option, add_run_options, option_type, run_cli,
+    check_run_folder, start_run_folder, check_resume_config)
 from .scenes import make_scene, scene_seeds, TripletDataset
 from .backbones import make_backbone
 from .lift import lift_and_splat_details
 from . import reconstruct, train as T, probes as P
 
 # %% auto #0
-__all__ = ['DEMO_PRESETS', 'DemoConfig', 'demo_default', 'demo_quick', 'demo_geometry', 'reconstructor_eval', 'demo_train_config',
+__all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE', 'DemoConfig', 'demo_default', 'demo_quick',
+           'validate_demo', 'demo_recon_config', 'demo_geometry', 'reconstructor_eval', 'demo_train_config',
            'demo_probes', 'feature_figure', 'splat_figure', 'machine_summary', 'consistency_line', 'demo_table',
            'run_demo', 'snd_demo']
 
@@ -56,7 +58,38 @@ def demo_quick(**kw) -> DemoConfig:
 DEMO_PRESETS = dict(default=demo_default, quick=demo_quick)
 
 # %% ../nbs/15_demo.ipynb #9c9e99de
-def demo_geometry(cfg: DemoConfig) -> str | None:
+DEMO_RANGES = dict(size='>= 16', n_views='>= 9', recon_steps='>= 1', recon_scenes='>= 1', train_steps='>= 1', train_scenes='>= 1',
+                   batch_size='>= 1', lr='(0, 1)', out_dim='>= 1', blend_alpha='[0, 1]', seed='>= 0', threads='>= 1')
+DEMO_RUN_FILES = ['run.json', 'config.json', 'results.json', 'results.md', 'student.safetensors', 'features_teacher_vs_student.png',
+                  'splatted_target.png', 'recon', 'train', 'probes']
+DEMO_RESUME_MUTABLE = ('out', 'threads', 'cache_dir', 'progress')
+
+def validate_demo(cfg: DemoConfig) -> DemoConfig:
+    "Every check of the demo's options and of each stage's config, before any work (the reconstructor checkpoint is loaded to check it)."
+    check_ranges(cfg, DEMO_RANGES, 'demo config')
+    if cfg.geometry not in ('reconstructor', 'gt'): raise ValueError(f"geometry={cfg.geometry!r}: expected 'reconstructor' or 'gt'")
+    if cfg.size % 4: raise ValueError(f'demo config size={cfg.size}: must be divisible by 4 (the reconstructor works at 1/4 resolution)')
+    if cfg.reconstructor is not None:
+        if cfg.geometry != 'reconstructor':
+            raise ValueError("--reconstructor is only used with geometry 'reconstructor', but geometry is 'gt'; drop one of them")
+        if not Path(cfg.reconstructor).exists():
+            raise FileNotFoundError(f'reconstructor checkpoint {cfg.reconstructor!r} not found; train one with snd_recon or drop --reconstructor')
+        reconstruct.load_reconstructor(cfg.reconstructor, 'cpu')     # a readable checkpoint whose config and weights agree
+    elif cfg.geometry == 'reconstructor': reconstruct.validate_recon_config(demo_recon_config(cfg))
+    T.validate_config(demo_train_config(cfg, None))
+    P.validate_probe_config(P.probe_config(cfg.probe_preset, **cfg.probe_overrides))
+    return cfg
+
+def demo_recon_config(cfg: DemoConfig) -> reconstruct.ReconConfig:
+    "The reconstructor the demo trains when none is given: chapter 08's `cpu_default` at the demo's size."
+    return reconstruct.cpu_default(size=cfg.size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed, steps=cfg.recon_steps)
+
+def _stage(folder: Path, resume: bool) -> dict:
+    "How a stage of a demo run starts: resumed if the demo is resumed and the stage had begun, else new (replacing a stage that never got going)."
+    begun = resume and (folder / 'config.json').is_file()
+    return dict(resume=begun, overwrite=not begun and resume)
+
+def demo_geometry(cfg: DemoConfig, resume: bool = False) -> str | None:
     "Path of the reconstructor checkpoint to use (trained here unless given), or None for ground-truth geometry."
     if cfg.geometry == 'gt': return None
     if cfg.geometry != 'reconstructor': raise ValueError(f"geometry={cfg.geometry!r}: expected 'reconstructor' or 'gt'")
@@ -65,17 +98,14 @@ def demo_geometry(cfg: DemoConfig) -> str | None:
             raise FileNotFoundError(f'reconstructor checkpoint {cfg.reconstructor!r} not found; train one with snd_recon or drop --reconstructor')
         return cfg.reconstructor
     out = Path(cfg.out)/'recon'
-    rc = reconstruct.cpu_default(size=cfg.size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed)
-    # a rerun continues (or simply reuses) the checkpoint already in `out`
-    reconstruct.train_reconstructor(rc, steps=cfg.recon_steps, out=out, resume=(out/'model.safetensors').exists(), progress=cfg.progress)
+    reconstruct.train_reconstructor(demo_recon_config(cfg), out=out, progress=cfg.progress, **_stage(out, resume))
     return str(out)
 
 def reconstructor_eval(recon_path: str | None) -> dict:
     "The last validation numbers (depth AbsRel, delta<1.25, target PSNR) logged by the reconstructor's training run, if any."
     log = Path(recon_path or '')/'metrics.jsonl'
     if recon_path is None or not log.is_file(): return {}
-    rows = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
-    val = [r for r in rows if 'val_delta1' in r]
+    val = [r for r in read_jsonl(log) if 'val_delta1' in r]
     return {k: v for k, v in val[-1].items() if k == 'step' or k.startswith('val_')} if val else {}
 
 def demo_train_config(cfg: DemoConfig, recon_path: str | None) -> T.TrainConfig:
@@ -86,11 +116,12 @@ def demo_train_config(cfg: DemoConfig, recon_path: str | None) -> T.TrainConfig:
                       out=str(Path(cfg.out)/'train'), cache_dir=cfg.cache_dir, progress=cfg.progress,
                       val_every=0, ckpt_every=max(cfg.train_steps // 2, 1))
 
-def demo_probes(cfg: DemoConfig, student_path: str) -> dict:
+def demo_probes(cfg: DemoConfig, student_path: str, resume: bool = False) -> dict:
     "Every probe on teacher, student and student+teacher; writes `probes/results.json` and `.md`."
     pc = P.probe_config(cfg.probe_preset, **cfg.probe_overrides)
     specs = ['efficientnet_lite0', f'efficientnet_lite0:{student_path}', f'efficientnet_lite0+efficientnet_lite0:{student_path}']
-    return P.probe_models(specs, pc, out_dir=Path(cfg.out)/'probes', cache_dir=cfg.cache_dir, progress=cfg.progress)
+    out = Path(cfg.out)/'probes'
+    return P.probe_models(specs, pc, out_dir=out, cache_dir=cfg.cache_dir, progress=cfg.progress, **_stage(out, resume))
 
 # %% ../nbs/15_demo.ipynb #594f595a
 @torch.no_grad()
@@ -145,20 +176,24 @@ def demo_table(results: dict) -> str:
              consistency_line(results['train']), '', P.results_table(results['probes'])]
     return '\n'.join(lines)
 
-def run_demo(cfg: DemoConfig | None = None) -> dict:
+def run_demo(cfg: DemoConfig | None = None, resume: bool = False, overwrite: bool = False) -> dict:
     "Scenes, geometry, distillation, probes and figures for `cfg`; returns the results (also written to `cfg.out`)."
     cfg = cfg or demo_default()
+    validate_demo(cfg)                                          # bad options fail here, before any work
+    out = Path(cfg.out)
+    if check_run_folder(out, 'snd_demo', DEMO_RUN_FILES, resume, overwrite) is not None:
+        check_resume_config(read_json(out/'config.json', 'demo config'), asdict(cfg), DEMO_RESUME_MUTABLE, str(out/'config.json'))
     set_threads(cfg.threads); set_seed(cfg.seed)
-    T.validate_config(demo_train_config(cfg, None))              # bad options fail here, before any work
-    P.probe_config(cfg.probe_preset, **cfg.probe_overrides)
-    if cfg.geometry not in ('reconstructor', 'gt'): raise ValueError(f"geometry={cfg.geometry!r}: expected 'reconstructor' or 'gt'")
-    out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
+    if not resume or not (out/'run.json').is_file():
+        start_run_folder(out, 'snd_demo', DEMO_RUN_FILES, overwrite=overwrite or resume)
+    atomic_write_json(out/'config.json', asdict(cfg))
     t0, timing = time.time(), {}
-    t = time.time(); recon_path = demo_geometry(cfg); timing['geometry'] = time.time() - t
-    t = time.time(); run = T.train(demo_train_config(cfg, recon_path)); timing['distill'] = time.time() - t
+    t = time.time(); recon_path = demo_geometry(cfg, resume); timing['geometry'] = time.time() - t
+    tc = demo_train_config(cfg, recon_path)
+    t = time.time(); run = T.train(tc, **_stage(Path(tc.out), resume)); timing['distill'] = time.time() - t
     student_path = out/'student.safetensors'
-    shutil.copyfile(run['paths']['student_timm'], student_path)
-    t = time.time(); pr = demo_probes(cfg, str(student_path)); timing['probes'] = time.time() - t
+    with atomic_path(student_path) as tmp: shutil.copyfile(run['paths']['student_timm'], tmp)
+    t = time.time(); pr = demo_probes(cfg, str(student_path), resume); timing['probes'] = time.time() - t
     names = list(pr['models'])
     # figures on an unseen test scene
     t = time.time()
@@ -179,22 +214,28 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     return res
 
 # %% ../nbs/15_demo.ipynb #1976de8c
-@call_parse
-def snd_demo(quick: store_true = False,     # tiny preset: every stage in about 3 minutes
-             out: str = None,               # output folder (default outputs/demo or outputs/demo_quick)
-             geometry: str = None,          # 'reconstructor' (default) or 'gt' (ground-truth depth)
-             reconstructor: str = None,     # reuse this reconstructor checkpoint
-             train_steps: int = None,       # distillation steps
-             recon_steps: int = None,       # reconstructor steps
-             size: int = None,              # image size
-             seed: int = None,              # random seed
-             threads: int = None,           # CPU threads
-             no_progress: store_true = False):  # hide progress bars
-    "Splat and Distill end to end on procedural scenes: geometry, distillation, probes, and the teacher-vs-student table."
-    given = dict(out=out, geometry=geometry, reconstructor=reconstructor, train_steps=train_steps, recon_steps=recon_steps,
-                 size=size, seed=seed, threads=threads)
-    cfg = (demo_quick if quick else demo_default)(**{k: v for k, v in given.items() if v is not None}, progress=not no_progress)
-    res = run_demo(cfg)
-    print(demo_table(res))
-    print(f"\nwrote {Path(cfg.out)/'results.json'}, {Path(cfg.out)/'results.md'} and figures in {cfg.out}")
-    # nothing returned: console scripts pass a return value to sys.exit (use `run_demo` from Python)
+def snd_demo(argv: list[str] | None = None) -> dict | None:
+    "Command line: Splat and Distill end to end on procedural scenes (geometry, distillation, probes, the teacher-vs-student table)."
+    p = cli_parser('snd_demo', 'Splat and Distill end to end on procedural scenes: geometry, distillation, probes, and the teacher-vs-student table.',
+                   'Example: snd_demo --quick --out outputs/demo_quick --set probe_overrides=\'{"epochs": 3}\'\n'
+                   'Output folder, --resume and --overwrite: chapter 11 ("Run folders"); --set syntax (any DemoConfig field): chapter 00.')
+    add_option(p, 'quick', action='store_true', help='tiny preset: every stage in about 3 minutes')
+    add_option(p, 'out', default=None, help='output folder (default outputs/demo or outputs/demo_quick)')
+    add_option(p, 'geometry', default=None, help="'reconstructor' (default) or 'gt' (ground-truth depth)")
+    add_option(p, 'reconstructor', default=None, help='reuse this reconstructor checkpoint (implies --geometry reconstructor)')
+    for name, what in [('train_steps', 'distillation steps'), ('recon_steps', 'reconstructor steps'), ('size', 'image size'),
+                       ('seed', 'random seed'), ('threads', 'CPU threads')]:
+        add_option(p, name, type=option_type(int), default=None, help=what)
+    add_option(p, 'no_progress', action='store_true', help='hide progress bars')
+    add_run_options(p, 'demo (each stage continues where it stopped; finished stages are kept)')
+    def main(a):
+        given = dict(out=a.out, geometry=a.geometry, reconstructor=a.reconstructor, train_steps=a.train_steps, recon_steps=a.recon_steps,
+                     size=a.size, seed=a.seed, threads=a.threads)
+        given = {**parse_sets(DemoConfig, a.set), **{k: v for k, v in given.items() if v is not None}}
+        if given.get('reconstructor') and 'geometry' not in given: given['geometry'] = 'reconstructor'
+        cfg = (demo_quick if a.quick else demo_default)(**given, **({} if 'progress' in given else dict(progress=not a.no_progress)))
+        res = run_demo(cfg, resume=a.resume, overwrite=a.overwrite)
+        print(demo_table(res))
+        print(f"\nwrote {Path(cfg.out)/'results.json'}, {Path(cfg.out)/'results.md'} and figures in {cfg.out}")
+        return res
+    return run_cli(p, argv, main)

@@ -14,26 +14,28 @@ import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
-from fastcore.script import call_parse, Param
-from .core import set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text
+from .core import (set_seed, seeded, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text,
+    sha256_file, read_json, check_ranges, check_memory, check_device, parse_sets, cli_parser, add_option, add_run_options, option_type,
+    run_cli, check_run_folder, start_run_folder, check_resume_config)
 from .cameras import (pixel_centers, unproject_depth, project_points, scale_intrinsics, make_intrinsics,
                                        relative_rotation_deg)
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'PROBE_PRESETS', 'MOTORCYCLE_CALIB', 'TABLE_COLUMNS', 'NYU_K',
-           'PROBE_DATA', 'probe_input', 'depth_bin_centers', 'depth_bin_weights', 'DepthProbe', 'valid_depth',
-           'sig_loss', 'depth_metrics', 'average_metrics', 'normals_to_camera', 'valid_normals', 'NormalsProbe',
-           'normals_kappa', 'angular_loss', 'angular_error_deg', 'normal_metrics', 'pooled_angular_stats', 'SegProbe',
-           'seg_loss', 'confusion_matrix', 'miou_from_confusion', 'sample_features', 'ratio_test_matches',
-           'correspondence_errors', 'correspondence_recall', 'ConcatBackbone', 'load_probe_backbone', 'spec_label',
-           'extract_features', 'select_features', 'ProbeConfig', 'probe_config', 'ProbeSplit', 'split_from_scenes',
+__all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'PROBE_PRESETS', 'PROBE_RANGES', 'MOTORCYCLE_CALIB',
+           'FEATURES_VERSION', 'TABLE_COLUMNS', 'PROBE_RUN_FILES', 'PROBE_RESUME_MUTABLE', 'NYU_K', 'PROBE_DATA',
+           'probe_input', 'depth_bin_centers', 'depth_bin_weights', 'DepthProbe', 'valid_depth', 'sig_loss',
+           'depth_metrics', 'average_metrics', 'normals_to_camera', 'valid_normals', 'NormalsProbe', 'normals_kappa',
+           'angular_loss', 'angular_error_deg', 'normal_metrics', 'pooled_angular_stats', 'SegProbe', 'seg_loss',
+           'confusion_matrix', 'miou_from_confusion', 'sample_features', 'ratio_test_matches', 'correspondence_errors',
+           'correspondence_recall', 'ConcatBackbone', 'load_probe_backbone', 'spec_label', 'extract_features',
+           'select_features', 'ProbeConfig', 'probe_config', 'validate_probe_config', 'ProbeSplit', 'split_from_scenes',
            'probe_splits', 'view_pairs', 'feature_stats', 'standardize_features', 'fit_probe', 'depth_input',
            'train_depth_probe', 'evaluate_depth_probe', 'train_normals_probe', 'evaluate_normals_probe',
            'train_seg_probe', 'evaluate_seg_probe', 'grid_depth', 'evaluate_correspondence', 'feature_consistency',
-           'motorcycle_pair', 'resize_to_stride', 'match_scale_shift', 'real_image_check', 'cached_features',
-           'probe_backbone', 'multiview_consistency_score', 'flatten_metrics', 'results_table', 'compare_models',
-           'write_results', 'probe_models', 'make_probe_split', 'read_nyu', 'read_scannetpp_probe', 'read_scannet1500',
-           'read_probe_data', 'probe_real', 'snd_probe']
+           'motorcycle_pair', 'resize_to_stride', 'match_scale_shift', 'real_image_check', 'file_identity', 'model_key',
+           'cached_features', 'probe_backbone', 'multiview_consistency_score', 'flatten_metrics', 'results_table',
+           'compare_models', 'write_results', 'probe_models', 'make_probe_split', 'read_nyu', 'read_scannetpp_probe',
+           'read_scannet1500', 'read_probe_data', 'probe_real', 'snd_probe']
 
 # %% ../nbs/10_probes.ipynb #85b23c0f
 def probe_input(tokens: Float[Tensor, "b d hp wp"], cls: Float[Tensor, "b d"] | None = None) -> Float[Tensor, "b dd hp wp"]:
@@ -343,6 +345,26 @@ def probe_config(preset: str = 'cpu_default', **overrides) -> ProbeConfig:
     if bad: raise ValueError(f'unknown ProbeConfig fields {bad}; valid: {[f.name for f in dataclasses.fields(ProbeConfig)]}')
     return ProbeConfig(**{**PROBE_PRESETS[preset], **overrides})
 
+# %% ../nbs/10_probes.ipynb #742fe4c1
+PROBE_RANGES = dict(image_size='>= 16', n_views='>= 2', n_train_scenes='>= 1', n_test_scenes='>= 1', min_depth='> 0', max_depth='> 0',
+                    n_bins='>= 2', upsample='>= 1', epochs='>= 1', batch_size='>= 2', lr='> 0', weight_decay='>= 0', seed='>= 0',
+                    corr_pairs_per_gap='>= 1', corr_grid_width='>= 8', corr_num='>= 1', consistency_pairs='>= 1', real_width='>= 16',
+                    real_grid_width='>= 8', feature_batch_size='>= 1')
+
+def validate_probe_config(cfg: ProbeConfig) -> ProbeConfig:
+    "Raise `ValueError` naming the field unless `cfg` can run (ranges, depth bins, pair gaps, device, memory); touches no data."
+    check_ranges(cfg, PROBE_RANGES, 'probe config')
+    if cfg.max_depth <= cfg.min_depth: raise ValueError(f'probe config: max_depth={cfg.max_depth} must exceed min_depth={cfg.min_depth}')
+    gaps = tuple(cfg.corr_gaps)
+    if not gaps or not all(isinstance(g, int) and not isinstance(g, bool) and 1 <= g < cfg.n_views for g in gaps):
+        raise ValueError(f'probe config corr_gaps={cfg.corr_gaps!r}: expected whole numbers in [1, n_views={cfg.n_views})')
+    check_device(cfg.device)
+    from splat_and_distill.scenes import scene_nbytes
+    n = cfg.n_train_scenes + cfg.n_test_scenes
+    check_memory(n * scene_nbytes(cfg.n_views, cfg.image_size), f'{n} procedural scenes of {cfg.n_views} views at {cfg.image_size}px (held in memory)',
+                 'use fewer scenes or views, or a smaller image_size')
+    return cfg
+
 # %% ../nbs/10_probes.ipynb #04bc02e5
 @dataclass
 class ProbeSplit:
@@ -439,7 +461,7 @@ def depth_input(feats: dict, cfg: ProbeConfig) -> Tensor:
 def train_depth_probe(feats: dict, split: ProbeSplit, cfg: ProbeConfig, desc: str | None = None) -> DepthProbe:
     "Fit the linear depth probe with SigLoss on the train split."
     x = depth_input(feats, cfg)
-    head = DepthProbe(x.shape[1], cfg.n_bins, cfg.min_depth, cfg.max_depth, cfg.upsample)
+    with seeded(cfg.seed): head = DepthProbe(x.shape[1], cfg.n_bins, cfg.min_depth, cfg.max_depth, cfg.upsample)   # same init every run
     size = split.depth.shape[-2:]
     fit_probe(head, x, lambda m, xb, i: sig_loss(m(xb, size), split.depth[i]), cfg, desc)
     return head
@@ -453,7 +475,7 @@ def evaluate_depth_probe(head: DepthProbe, feats: dict, split: ProbeSplit, cfg: 
 
 def train_normals_probe(feats: dict, split: ProbeSplit, cfg: ProbeConfig, desc: str | None = None) -> NormalsProbe:
     "Fit the linear normals probe with the uncertainty-aware angular loss."
-    head, size = NormalsProbe(feats['tokens'].shape[1]), split.normals.shape[-2:]
+    with seeded(cfg.seed): head, size = NormalsProbe(feats['tokens'].shape[1]), split.normals.shape[-2:]
     fit_probe(head, feats['tokens'], lambda m, xb, i: angular_loss(m(xb, size), split.normals[i]), cfg, desc)
     return head
 
@@ -469,7 +491,7 @@ def evaluate_normals_probe(head: NormalsProbe, feats: dict, split: ProbeSplit, c
 
 def train_seg_probe(feats: dict, split: ProbeSplit, n_classes: int, cfg: ProbeConfig, desc: str | None = None) -> SegProbe:
     "Fit the BatchNorm + linear segmentation probe with cross-entropy (ignore -1)."
-    head, size = SegProbe(feats['tokens'].shape[1], n_classes), split.semantic.shape[-2:]
+    with seeded(cfg.seed): head, size = SegProbe(feats['tokens'].shape[1], n_classes), split.semantic.shape[-2:]
     fit_probe(head, feats['tokens'], lambda m, xb, i: seg_loss(m(xb, size), split.semantic[i]), cfg, desc)
     return head
 
@@ -573,21 +595,54 @@ def real_image_check(backbone: nn.Module, cfg: ProbeConfig, depth_probe: DepthPr
     return out
 
 # %% ../nbs/10_probes.ipynb #f1a82fc2
+FEATURES_VERSION = 1   # bump when what `extract_features` returns changes (which tokens, resizing): cached features are then not reused
+
+_HASHES = {}
+def file_identity(path: str | Path) -> dict:
+    "Size and SHA-256 of a weights file (hashed once per path, size and modification time in a process)."
+    p = Path(path).expanduser().resolve(); st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES: _HASHES[key] = sha256_file(p)
+    return dict(bytes=st.st_size, sha256=_HASHES[key])
+
+def model_key(spec: str, weights: str | None = None) -> dict:
+    "What the features of a model spec depend on: each backbone, the *content* of every weights file it loads, the library versions."
+    from splat_and_distill.backbones import BACKBONES, DINOV2_ENV, default_teacher_name, efficientnet_lite0_weights_path
+    import timm
+    from splat_and_distill import __version__
+    parts = []
+    for p in [p.strip() for p in spec.split('+') if p.strip()]:
+        name, _, arg = p.partition(':')
+        arg = arg or ('' if '+' in spec else weights or '')
+        name = default_teacher_name() if name == 'auto' else name
+        if name not in BACKBONES: raise ValueError(f'{spec!r}: unknown backbone {name!r}; choose one of {list(BACKBONES)}')
+        if arg == 'random': src = 'random init, seed 0'
+        elif arg in ('', 'pretrained'):
+            path = efficientnet_lite0_weights_path() if name == 'efficientnet_lite0' else os.environ.get(DINOV2_ENV.get(name, ''), '')
+            src = file_identity(path) if path and Path(path).expanduser().is_file() else 'built-in'
+        elif not Path(arg).expanduser().is_file(): raise FileNotFoundError(f'{spec!r}: weights file {arg!r} not found')
+        else: src = file_identity(arg)
+        parts.append(dict(name=name, weights=src))
+    return dict(spec=spec, models=parts, features_version=FEATURES_VERSION, torch=torch.__version__, timm=timm.__version__, package=__version__)
+
 def _feature_cache_path(cache_dir, key: dict) -> Path:
     h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(cache_dir)/'features'/f'{h}.pt'
 
 def cached_features(backbone: nn.Module, images: Tensor, cfg: ProbeConfig, key: dict | None = None, cache_dir=None, desc=None) -> dict:
-    "`extract_features`, loaded from / saved to `cache_dir` when a cache `key` (model spec + data settings) is given."
+    "`extract_features`, loaded from / saved to `cache_dir` when a cache `key` (`model_key` + data settings) is given."
     path = _feature_cache_path(cache_dir, key) if cache_dir is not None and key is not None else None
-    if path is not None and path.is_file(): return torch.load(path, weights_only=True)
+    if path is not None and path.is_file():
+        try: return torch.load(path, weights_only=True)
+        except Exception: pass                                       # unreadable (e.g. an interrupted copy): extract again
     feats = extract_features(backbone, images, cfg.feature_batch_size, device=next(backbone.parameters()).device, desc=desc)
     if path is not None:
         with atomic_path(path) as tmp: torch.save(feats, tmp)
     return feats
 
 def _data_key(cfg: ProbeConfig) -> dict:
-    return {k: getattr(cfg, k) for k in ('image_size', 'n_views', 'n_train_scenes', 'n_test_scenes')}
+    from splat_and_distill.scenes import GENERATOR_VERSION
+    return {**{k: getattr(cfg, k) for k in ('image_size', 'n_views', 'n_train_scenes', 'n_test_scenes')}, 'scenes_version': GENERATOR_VERSION}
 
 def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = 'model', cache_key: dict | None = None,
                    cache_dir=None, progress: bool = True) -> dict:
@@ -684,28 +739,52 @@ def write_results(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     return atomic_write_json(out_dir/'results.json', results, default=str), atomic_write_text(out_dir/'results.md', results_table(results))
 
+PROBE_RUN_FILES = ['run.json', 'config.json', 'results.json', 'results.md']
+PROBE_RESUME_MUTABLE = ('device', 'feature_batch_size')   # where features are computed, not what is measured
+
 def probe_models(specs: list[str], cfg: ProbeConfig, weights: list[str | None] | None = None, out_dir=None, cache_dir=None,
-                 progress: bool = True, data: dict | None = None) -> dict:
+                 progress: bool = True, data: dict | None = None, resume: bool = False, overwrite: bool = False) -> dict:
     "Run every probe for each model spec on the same data (procedural, or a real benchmark from `read_probe_data`); write results.json/results.md to `out_dir` if given."
+    validate_probe_config(cfg)
     weights = list(weights) if weights else [None] * len(specs)
     if len(weights) != len(specs): raise ValueError(f'{len(specs)} backbone specs but {len(weights)} weights entries; give one per backbone (empty for none)')
-    if data is not None and 'tasks' in data: return _probe_models_real(specs, cfg, weights, data, out_dir)
+    labels = [spec_label(s, w) for s, w in zip(specs, weights)]
+    if len(set(labels)) != len(labels): raise ValueError(f'two models would share a row label: {labels}; rename a weights file')
+    keys = [model_key(s, w) for s, w in zip(specs, weights)]      # checks names and weights files, hashes their content
+    out, previous = (Path(out_dir) if out_dir is not None else None), {}
+    if out is not None and check_run_folder(out, 'snd_probe', PROBE_RUN_FILES, resume, overwrite) is not None:
+        check_resume_config(read_json(out / 'config.json', 'probe config'), asdict(cfg), PROBE_RESUME_MUTABLE, str(out / 'config.json'))
+        previous = read_json(out / 'results.json', 'results file') if (out / 'results.json').is_file() else {}
+    if data is not None and 'tasks' in data:                       # a real benchmark: every model is probed again
+        if out is not None:
+            start_run_folder(out, 'snd_probe', PROBE_RUN_FILES, overwrite=overwrite or resume)
+            atomic_write_json(out / 'config.json', asdict(cfg))
+        return _probe_models_real(specs, cfg, weights, data, out_dir)
+    norm = lambda k: json.loads(json.dumps(k, default=str))
+    reuse = {l for l, k in zip(labels, keys) if l in previous.get('models', {}) and previous.get('model_keys', {}).get(l) == norm(k)}
     t0 = time.perf_counter()
-    data = data or probe_splits(cfg, cache_dir, progress)
+    if len(reuse) < len(labels): data = data or probe_splits(cfg, cache_dir, progress)
     t_data = time.perf_counter() - t0
+    if out is not None and not previous:
+        start_run_folder(out, 'snd_probe', PROBE_RUN_FILES, overwrite=overwrite or resume)
+        atomic_write_json(out / 'config.json', asdict(cfg))
+    summary = (f"{len(data['train'])} train / {len(data['test'])} test views of procedural scenes at {cfg.image_size}px "
+               f"({cfg.n_train_scenes}/{cfg.n_test_scenes} scenes)") if data else previous.get('data', {}).get('summary', '')
     results = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), config=asdict(cfg),
-                   data=dict(train_views=len(data['train']), test_views=len(data['test']), class_names=data['class_names'],
-                             summary=f"{len(data['train'])} train / {len(data['test'])} test views of procedural scenes at "
-                                     f"{cfg.image_size}px ({cfg.n_train_scenes}/{cfg.n_test_scenes} scenes)"),
-                   threads=torch.get_num_threads(), models={}, timing_s=dict(data=round(t_data, 2)))
-    for spec, w in zip(specs, weights):
-        label = spec_label(spec, w)
+                   data=dict(previous.get('data', {}), **(dict(train_views=len(data['train']), test_views=len(data['test']),
+                                                                class_names=data['class_names']) if data else {}), summary=summary),
+                   threads=torch.get_num_threads(), models=dict(previous.get('models', {})), model_keys=dict(previous.get('model_keys', {})),
+                   timing_s=dict(data=round(t_data, 2)))
+    for spec, w, label, key in zip(specs, weights, labels, keys):
+        if label in reuse:
+            print(f'{label}: unchanged since {out / "results.json"}; its results are reused')
+            continue
         backbone = load_probe_backbone(spec, w or None)
-        key = dict(spec=spec, weights=w, weights_stat=(lambda p: [p.stat().st_size, p.stat().st_mtime] if p.is_file() else None)(Path(w)) if w else None)
         results['models'][label] = probe_backbone(backbone, data, cfg, label, key, cache_dir, progress)
-        if out_dir is not None: write_results(results, out_dir)      # partial results survive an interrupted run
+        results['model_keys'][label] = norm(key)
+        if out is not None: write_results(results, out)            # partial results survive an interrupted run (--resume)
     results['timing_s']['total'] = round(time.perf_counter() - t0, 2)
-    if out_dir is not None: write_results(results, out_dir)
+    if out is not None: write_results(results, out)
     return results
 
 # %% ../nbs/10_probes.ipynb #744d8cb4
@@ -890,17 +969,6 @@ def probe_real(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = '
     return dict(out, timing_s={k: round(v, 2) for k, v in times.items()})
 
 # %% ../nbs/10_probes.ipynb #55919f19
-def _parse_overrides(text: str) -> dict:
-    "'a=1,b=x,c=[1,2]' -> {'a': 1, 'b': 'x', 'c': (1, 2)} (JSON values where they parse; ';' also separates)."
-    out = {}
-    for item in [s for s in re.split(r'[,;](?![^\[\(]*[\]\)])', text or '') if s.strip()]:   # commas inside [..] stay
-        if '=' not in item: raise ValueError(f'--set expects key=value pairs, got {item!r}')
-        k, v = (s.strip() for s in item.split('=', 1))
-        try: v = json.loads(v.replace("'", '"'))
-        except json.JSONDecodeError: v = {'true': True, 'false': False, 'none': None}.get(v.lower(), v)
-        out[k] = tuple(v) if isinstance(v, list) else v
-    return out
-
 def _probe_models_real(specs: list[str], cfg: ProbeConfig, weights: list, data: dict, out_dir=None) -> dict:
     "`probe_models` on a real benchmark (`read_probe_data`): the tasks it supports, one row per model."
     t0 = time.perf_counter()
@@ -913,23 +981,33 @@ def _probe_models_real(specs: list[str], cfg: ProbeConfig, weights: list, data: 
     if out_dir is not None: write_results(results, out_dir)
     return results
 
-@call_parse
-def snd_probe(backbone: str = 'efficientnet_lite0,efficientnet_lite0:random',  # comma-separated specs: name, name:random, name:WEIGHTS, a+b (concat)
-              weights: str = '',                 # comma-separated weights files, one per spec (empty entries: none)
-              preset: str = 'cpu_default',       # ProbeConfig preset: tiny, cpu_default, paper
-              out: str = 'probe_results',        # folder for results.json and results.md
-              cache_dir: str = None,             # optional folder caching scenes and features
-              set: str = '',                     # ProbeConfig overrides, e.g. "epochs=10,real_image=false"
-              threads: int = None,               # CPU threads (default: $OMP_NUM_THREADS or all cores)
-              quiet: bool = False,               # no progress bars
-              data: str = 'procedural'):         # procedural, or a real benchmark KIND:PATH with KIND nyu, scannetpp or scannet1500
-    "Probe frozen features of one or more backbones/checkpoints; write results.json and a markdown table."
-    set_threads(threads)
-    specs = [s.strip() for s in backbone.split(',') if s.strip()]
-    ws = [w.strip() or None for w in weights.split(',')] if weights else None
-    cfg = probe_config(preset, **_parse_overrides(set))
-    real = None if data == 'procedural' else read_probe_data(data, cfg)
-    res = probe_models(specs, cfg, ws, out_dir=out, cache_dir=cache_dir, progress=not quiet, data=real)
-    print(results_table(res).split('\n\n')[0])
-    print(f'wrote {Path(out)/"results.json"} and {Path(out)/"results.md"} in {res["timing_s"]["total"]:.0f} s')
-    # returns None: a console script exits with the return value (from Python, use `probe_models` for the dict)
+def snd_probe(argv: list[str] | None = None) -> dict | None:
+    "Command line: probe frozen features of one or more backbones/checkpoints; write results.json and a markdown table."
+    p = cli_parser('snd_probe', 'Probe frozen features of one or more backbones/checkpoints; write results.json and a markdown table.',
+                   'Example: snd_probe --backbone efficientnet_lite0,efficientnet_lite0:random --preset tiny --set epochs=3\n'
+                   'Output folder, --resume and --overwrite: chapter 11 ("Run folders"); --set syntax: chapter 00.')
+    add_option(p, 'backbone', default='efficientnet_lite0,efficientnet_lite0:random',
+               help='comma-separated specs: name, name:random, name:WEIGHTS, a+b (concatenation)')
+    add_option(p, 'weights', default='', help='comma-separated weights files, one per spec (empty entries: none)')
+    add_option(p, 'preset', default='cpu_default', help=f'ProbeConfig preset: {", ".join(PROBE_PRESETS)} (default: cpu_default)')
+    add_option(p, 'out', default='probe_results', help='folder for results.json and results.md (default: probe_results)')
+    add_option(p, 'cache_dir', default=None, help='optional folder caching scenes and features')
+    add_run_options(p, 'probe run (models whose spec and weights are unchanged are not probed again)')
+    add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads (default: $OMP_NUM_THREADS or all cores)')
+    add_option(p, 'quiet', action='store_true', help='no progress bars')
+    add_option(p, 'data', default='procedural', help='procedural, or a real benchmark KIND:PATH with KIND nyu, scannetpp or scannet1500')
+    def main(a):
+        if a.threads is not None and a.threads < 1: raise ValueError(f'threads={a.threads}: must be >= 1')
+        specs = [s.strip() for s in a.backbone.split(',') if s.strip()]
+        if not specs: raise ValueError('--backbone: expected at least one spec, e.g. efficientnet_lite0')
+        ws = [w.strip() or None for w in a.weights.split(',')] if a.weights else None
+        cfg = validate_probe_config(probe_config(a.preset, **parse_sets(ProbeConfig, a.set)))
+        for s, w in zip(specs, ws or [None] * len(specs)): model_key(s, w)      # names and weights files, before any data is read
+        check_run_folder(Path(a.out), 'snd_probe', PROBE_RUN_FILES, a.resume, a.overwrite)
+        set_threads(a.threads)
+        real = None if a.data == 'procedural' else read_probe_data(a.data, cfg)
+        res = probe_models(specs, cfg, ws, out_dir=a.out, cache_dir=a.cache_dir, progress=not a.quiet, data=real, resume=a.resume, overwrite=a.overwrite)
+        print(results_table(res).split('\n\n')[0])
+        print(f'wrote {Path(a.out)/"results.json"} and {Path(a.out)/"results.md"} in {res["timing_s"]["total"]:.0f} s')
+        return res
+    return run_cli(p, argv, main)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_reconstruct.ipynb #7858c83b
 from __future__ import annotations
-import dataclasses, json, math, os, random, time
+import dataclasses, json, math, os, pickle, random, sys, time, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
@@ -15,21 +15,24 @@ from torch import Tensor
 from jaxtyping import Float
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
-from fastcore.script import call_parse, Param
-from .core import set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, colorize_depth, show_images, batch_to, seeded, rng_state, set_rng_state
+from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, colorize_depth,
+    show_images, batch_to, seeded, rng_state, set_rng_state, typed_overrides, parse_sets, check_ranges, check_memory, check_device,
+    cli_parser, add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
+    find_checkpoint, step_folders, check_run_folder, start_run_folder, check_resume_config, config_changes, read_jsonl, write_jsonl)
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
-from .scenes import load_or_make_scene, scene_seeds, TripletDataset
+from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes
 from .gaussians import Gaussians, gaussians_from_depth
 from .splat import render
 
 # %% auto #0
-__all__ = ['HEAD_CHANNELS', 'PRESETS', 'depth_candidates', 'warp_to_depths', 'cost_volume', 'conv_block', 'FeatureExtractor',
-           'sincos_2d', 'CrossViewAttention', 'UNet2d', 'depth_from_scores', 'quat_multiply', 'gaussian_params',
-           'ReconConfig', 'cpu_default', 'cpu_rgb', 'gpu_256', 'tiny', 'Reconstructor', 'n_parameters', 'to_gaussians',
-           'ssim', 'psnr', 'depth_metrics', 'depth_loss', 'make_recon_scenes', 'render_targets', 'recon_loss',
-           'fixed_triplets', 'fixed_items', 'evaluate_reconstructor', 'config_from_dict', 'save_reconstructor',
-           'load_reconstructor', 'train_reconstructor', 'show_reconstruction', 'plot_recon_history', 'parse_overrides',
-           'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
+__all__ = ['HEAD_CHANNELS', 'PRESETS', 'RECON_RANGES', 'RECON_RUN_FILES', 'RECON_RESUME_MUTABLE', 'depth_candidates',
+           'warp_to_depths', 'cost_volume', 'conv_block', 'FeatureExtractor', 'sincos_2d', 'CrossViewAttention',
+           'UNet2d', 'depth_from_scores', 'quat_multiply', 'gaussian_params', 'ReconConfig', 'cpu_default', 'cpu_rgb',
+           'gpu_256', 'tiny', 'Reconstructor', 'n_parameters', 'to_gaussians', 'ssim', 'psnr', 'depth_metrics',
+           'depth_loss', 'make_recon_scenes', 'render_targets', 'recon_loss', 'fixed_triplets', 'fixed_items',
+           'evaluate_reconstructor', 'config_from_dict', 'save_reconstructor', 'load_reconstructor',
+           'validate_recon_config', 'plan_recon_run', 'save_recon_checkpoint', 'train_reconstructor',
+           'show_reconstruction', 'plot_recon_history', 'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
 
 # %% ../nbs/08_reconstruct.ipynb #30a9db96
 def depth_candidates(near: float, far: float, n: int, device=None) -> Float[Tensor, "n"]:
@@ -398,6 +401,7 @@ def save_reconstructor(folder: str | Path, model: Reconstructor, step: int = 0, 
         with atomic_path(folder / 'train_state.pt') as tmp:
             torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
                             rng=_rng_state(gen) if gen is not None else None), tmp)
+        fault_point('checkpoint_write', step)                    # a kill here leaves parts of two steps side by side
     with atomic_path(folder / 'model.safetensors') as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp),
                   metadata=dict(step=str(step), config=json.dumps(cfg), format='splat_and_distill.reconstruct'))
@@ -405,6 +409,9 @@ def save_reconstructor(folder: str | Path, model: Reconstructor, step: int = 0, 
     return folder
 
 def _weights_path(path: Path) -> Path:
+    if path.is_dir() and not (path / 'model.safetensors').exists():   # a run killed before it published its first weights
+        found = find_checkpoint(path)
+        if found: return found[1] / 'model.safetensors'
     if path.is_dir(): path = path / 'model.safetensors'
     if not path.exists():
         raise FileNotFoundError(f'no reconstructor checkpoint at {path}; train one with `snd_recon --out {path.parent}` '
@@ -415,13 +422,22 @@ def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
     "Load a trained `Reconstructor` (in eval mode) from a checkpoint folder or its `model.safetensors`."
     wpath = _weights_path(Path(path))
     from safetensors import safe_open
-    with safe_open(str(wpath), framework='pt') as f: meta = f.metadata() or {}
+    try:
+        with safe_open(str(wpath), framework='pt') as f: meta = f.metadata() or {}
+        sd = load_file(str(wpath))
+    except Exception as e:   # safetensors raises its own error type for truncated headers and data
+        raise ValueError(f'{wpath}: not a readable safetensors file ({e}); it is truncated or corrupt') from None
     cpath = wpath.parent / 'config.json'
-    if cpath.exists(): cfg = config_from_dict(json.loads(cpath.read_text()), str(cpath))
-    elif 'config' in meta: cfg = config_from_dict(json.loads(meta['config']), f'{wpath} metadata')
+    embedded = config_from_dict(json.loads(meta['config']), f'{wpath} metadata') if 'config' in meta else None
+    if cpath.exists():
+        cfg = config_from_dict(read_json(cpath, 'reconstructor config'), str(cpath))
+        if embedded is not None and asdict(embedded) != asdict(cfg):
+            raise ValueError(f'{cpath} and the config embedded in {wpath.name} disagree: ' + '; '.join(config_changes(asdict(embedded), asdict(cfg)))
+                             + f'. Was config.json edited, or the weights copied from another run? Restore config.json, or delete it to use the embedded one')
+    elif embedded is not None: cfg = embedded
     else: raise FileNotFoundError(f'{cpath} is missing and {wpath} carries no config in its metadata; cannot rebuild the model')
     model = Reconstructor(cfg)
-    sd, own = load_file(str(wpath)), model.state_dict()
+    own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     shapes = [f'{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}' for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
     if missing or unexpected or shapes:
@@ -432,6 +448,57 @@ def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
     model.step = int(meta.get('step', 0))
     return model.to(default_device(device)).eval()
 
+# %% ../nbs/08_reconstruct.ipynb #d5295140
+RECON_RANGES = dict(size='>= 8', width='>= 8', near='> 0', far='> 0', n_depths='>= 2', feat_ch='>= 4', attn_layers='>= 1', attn_heads='>= 1',
+                    unet_ch='>= 1', refine_ch='>= 1', scale_min='> 0', scale_max='> 0', n_views='>= 3', n_train_scenes='>= 1',
+                    n_val_scenes='>= 0', gap='>= 2', steps='>= 1', batch_size='>= 1', lr='(0, 1)', warmup='>= 0', weight_decay='>= 0',
+                    grad_clip='> 0', ssim_weight='>= 0', depth_weight='>= 0', seed='>= 0', log_every='>= 1', eval_every='>= 1',
+                    ckpt_every='>= 1', n_val_triplets='>= 1')
+RECON_RUN_FILES = ['run.json', 'config.json', 'metrics.jsonl', 'checkpoints', 'model.safetensors', 'train_state.pt', 'eval.json',
+                   'reconstruction.png', 'learning_curve.png']
+RECON_RESUME_MUTABLE = ('log_every', 'eval_every', 'ckpt_every', 'backend', 'n_val_triplets')   # how it logs and runs, not what it learns
+
+def validate_recon_config(c: ReconConfig, procedural: bool = True) -> ReconConfig:
+    "Raise `ValueError` naming the field unless `c` describes a reconstructor that can be built and trained; touches no data."
+    check_ranges(c, RECON_RANGES, 'reconstructor config')
+    for k in ('size', 'width'):
+        if getattr(c, k) is not None and getattr(c, k) % 4:
+            raise ValueError(f'reconstructor config {k}={getattr(c, k)}: must be divisible by 4 (features live at 1/4 resolution)')
+    if c.far <= c.near: raise ValueError(f'reconstructor config: far={c.far} must exceed near={c.near}')
+    if c.scale_max < c.scale_min: raise ValueError(f'reconstructor config: scale_max={c.scale_max} must be >= scale_min={c.scale_min}')
+    if c.n_views <= c.gap: raise ValueError(f'reconstructor config: n_views={c.n_views} must exceed gap={c.gap}')
+    if c.backend not in ('auto', 'torch', 'gsplat', 'triton'): raise ValueError(f"reconstructor config backend={c.backend!r}: choose auto, torch, gsplat or triton")
+    if c.cross_attention and c.feat_ch % c.attn_heads:
+        raise ValueError(f'reconstructor config: feat_ch={c.feat_ch} must be divisible by attn_heads={c.attn_heads}')
+    n = c.n_train_scenes + c.n_val_scenes
+    if procedural: check_memory(n * scene_nbytes(c.n_views, c.size), f'{n} procedural scenes of {c.n_views} views at {c.size}x{c.size} (held in memory)',
+                 'use fewer scenes or views, or a smaller size')
+    return c
+
+def _published_step(out: Path) -> int | None:
+    "Step of the weights published in `out/model.safetensors` (None if there are none)."
+    try:
+        from safetensors import safe_open
+        with safe_open(str(out / 'model.safetensors'), framework='pt') as f: return int((f.metadata() or {}).get('step', -1))
+    except Exception: return None
+
+def plan_recon_run(out: Path, config: ReconConfig, resume: bool, overwrite: bool) -> dict:
+    "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id)`."
+    info = check_run_folder(out, 'snd_recon', RECON_RUN_FILES, resume, overwrite)
+    if not resume: return dict(checkpoint=None, run_id=None)
+    check_resume_config(read_json(out / 'config.json', 'run config'), asdict(config), RECON_RESUME_MUTABLE, str(out / 'config.json'))
+    found = find_checkpoint(out, info.get('run_id'))
+    if found is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            got = max([r.get('step', 0) for r in read_jsonl(out / 'metrics.jsonl')] + [0])
+        if got > 0 or any(s > 0 for s, _ in step_folders(out)) or (out / 'train_state.pt').exists():
+            raise FileNotFoundError(f'{out}: the run got to step {got} but no complete checkpoint (model.safetensors + train_state.pt, sealed) '
+                                    f'is left under {out / "checkpoints"}; nothing to resume from. Restore it, or start again with --overwrite')
+        return dict(checkpoint=None, run_id=info.get('run_id'))      # killed before its first checkpoint: start again
+    check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), asdict(config), RECON_RESUME_MUTABLE, str(found[1] / 'config.json'))
+    return dict(checkpoint=found, run_id=info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id'))
+
 # %% ../nbs/08_reconstruct.ipynb #d5400ef1
 def _lr_lambda(config: ReconConfig):
     return lambda s: min(1., (s + 1) / max(1, config.warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1., s / max(1, config.steps)))))
@@ -439,13 +506,30 @@ def _lr_lambda(config: ReconConfig):
 def _append_jsonl(path: Path, rec: dict):
     with open(path, 'a') as f: f.write(json.dumps(rec) + '\n')
 
+def save_recon_checkpoint(out: Path, model: Reconstructor, step: int, opt, sched, gen, run_id: str, keep: int = 2) -> Path:
+    "A checkpoint `out/checkpoints/step_*` sealed by its manifest; then the weights published as `out/model.safetensors`."
+    folder = begin_checkpoint(out, step)
+    save_reconstructor(folder, model, step, opt, sched, gen)
+    finish_checkpoint(folder, step, run_id, keep)
+    fault_point('publish', step)                                   # sealed, not yet published: resume publishes it
+    return save_reconstructor(out, model, step)
+
 def train_reconstructor(config: ReconConfig | None = None, scenes: list | None = None, val_scenes: list | None = None,
                         steps: int | None = None, out: str | Path | None = None, resume: bool = False, device=None,
-                        progress: bool = True, evaluate: bool = True, stop_after: int | None = None) -> tuple[Reconstructor, list]:
+                        progress: bool = True, evaluate: bool = True, stop_after: int | None = None,
+                        overwrite: bool = False) -> tuple[Reconstructor, list]:
     "Train a reconstructor; returns the model and the logged records (also in `out/metrics.jsonl`). `stop_after`: pause at that step (resume later)."
     config = config or cpu_default()
     if steps is not None: config = dataclasses.replace(config, steps=steps)
+    validate_recon_config(config, procedural=scenes is None)          # scenes given (or streamed from disk): none are made here
     device = default_device(device)
+    out = Path(out) if out is not None else None
+    plan = plan_recon_run(out, config, resume, overwrite) if out is not None else dict(checkpoint=None, run_id=None)
+    ckpt = plan['checkpoint']
+    if ckpt is not None and ckpt[0] == config.steps:              # finished (perhaps killed before publishing): nothing to train
+        if _published_step(out) != ckpt[0]: save_reconstructor(out, load_reconstructor(ckpt[1]), ckpt[0])
+        print(f'{out}: this reconstructor has finished ({config.steps} steps); nothing to train', file=sys.stderr)
+        return load_reconstructor(out, device), read_jsonl(out / 'metrics.jsonl')
     set_seed(config.seed)
     scenes = scenes if scenes is not None else make_recon_scenes(config, 'train')
     if evaluate and val_scenes is None: val_scenes = make_recon_scenes(config, 'val')
@@ -460,31 +544,22 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
     gen = torch.Generator().manual_seed(config.seed)
-    step, history = 0, []
-    out = Path(out) if out is not None else None
-    if out is not None:
-        state_path, metrics_path = out / 'train_state.pt', out / 'metrics.jsonl'
-        if resume and state_path.exists():
-            st = torch.load(state_path, map_location='cpu', weights_only=False)
-            saved = load_reconstructor(out, device)
-            if asdict(saved.config) | dict(steps=config.steps) != asdict(config) | dict(steps=config.steps):
-                raise ValueError(f'{out}: the checkpoint was trained with a different config; resume with the same preset '
-                                 f'and overrides (only `steps` may change), or choose another --out folder')
-            if saved.step != st['step']:
-                raise ValueError(f'{out}: model.safetensors is at step {saved.step} but train_state.pt at step {st["step"]}; the run was interrupted while saving')
-            model.load_state_dict(saved.state_dict()); model.train()
-            opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
-            if st['rng'] is not None: _set_rng_state(st['rng'], gen)
-            step = st['step']
-            if metrics_path.exists():  # drop records logged after the checkpoint we resume from
-                recs = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
-                history = [r for r in recs if r['step'] <= step]
-                with atomic_path(metrics_path) as tmp: Path(tmp).write_text(''.join(json.dumps(r) + '\n' for r in history))
-        elif not resume and (out / 'model.safetensors').exists():
-            raise FileExistsError(f'{out} already holds a checkpoint; pass resume=True (--resume) to continue it, or choose another folder')
-        out.mkdir(parents=True, exist_ok=True)
-        if step == 0: atomic_write_text(metrics_path, '')  # a fresh run starts a fresh log
+    step, history, run_id = 0, [], plan['run_id']
+    if ckpt is not None:
+        try: st = torch.load(ckpt[1] / 'train_state.pt', map_location='cpu', weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
+            raise ValueError(f'{ckpt[1] / "train_state.pt"}: unreadable ({e}); it is truncated or corrupt') from None
+        model.load_state_dict(load_reconstructor(ckpt[1], device).state_dict()); model.train()
+        opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
+        if st['rng'] is not None: _set_rng_state(st['rng'], gen)
+        step = st['step']
+        history = [r for r in read_jsonl(out / 'metrics.jsonl') if r['step'] <= step]   # drop records logged after it
+        write_jsonl(out / 'metrics.jsonl', history)
+    elif out is not None:                                          # a new run (or one killed before its first checkpoint)
+        run_id = start_run_folder(out, 'snd_recon', RECON_RUN_FILES, overwrite=overwrite or resume)
         atomic_write_json(out / 'config.json', asdict(config))
+        atomic_write_text(out / 'metrics.jsonl', '')
+        save_recon_checkpoint(out, model, 0, opt, sched, gen, run_id)
     model.train()
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc='reconstructor')
     t0, c0, step0 = time.time(), time.process_time(), step
@@ -497,6 +572,7 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step(); sched.step(); step += 1
+        fault_point('step', step)
         bar.update(1); bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{logs['psnr']:.1f}", **({'d1': f"{logs['train_delta1']:.2f}"} if 'train_delta1' in logs else {}))
         last = step == config.steps
         if step % config.log_every == 0 or last or (val_batch is not None and step % config.eval_every == 0):
@@ -508,7 +584,7 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
             history.append(rec)
             if out is not None: _append_jsonl(out / 'metrics.jsonl', rec)
         if out is not None and (step % config.ckpt_every == 0 or last or step == end):
-            save_reconstructor(out, model, step, opt, sched, gen)
+            save_recon_checkpoint(out, model, step, opt, sched, gen, run_id)
     bar.close()
     model.eval(); model.step = step
     return model, history
@@ -559,22 +635,10 @@ def plot_recon_history(records: list, path=None, title: str = ''):
     return fig
 
 # %% ../nbs/08_reconstruct.ipynb #cb142881
-def parse_overrides(text: str) -> dict:
-    "`'a=1,b=x'` -> typed config overrides (`ReconConfig` field types)."
-    types = {f.name: f.type for f in dataclasses.fields(ReconConfig)}
-    out = {}
-    for item in filter(None, (t.strip() for t in (text or '').split(','))):
-        if '=' not in item: raise ValueError(f'override {item!r}: expected key=value')
-        k, v = (s.strip() for s in item.split('=', 1))
-        if k not in types: raise ValueError(f'override {k!r}: unknown config key; known keys are {sorted(types)}')
-        t = str(types[k])
-        out[k] = (v.lower() in ('1', 'true', 'yes')) if 'bool' in t else int(v) if 'int' in t else float(v) if 'float' in t else v
-    return out
-
-def make_config(preset: str = 'cpu_default', overrides: str | dict = '') -> ReconConfig:
-    "A preset's config with overrides applied."
+def make_config(preset: str = 'cpu_default', overrides: dict | None = None) -> ReconConfig:
+    "A preset's config with overrides applied (values may be strings, read as `--set` reads them)."
     if preset not in PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
-    return PRESETS[preset](**(overrides if isinstance(overrides, dict) else parse_overrides(overrides)))
+    return PRESETS[preset](**typed_overrides(ReconConfig, overrides))
 
 def real_recon_data(config: ReconConfig, data: str | Path) -> tuple:
     "Training and validation `FolderTripletDataset`s of a folder of real captures (the last scene validates), at the config's size."
@@ -585,44 +649,55 @@ def real_recon_data(config: ReconConfig, data: str | Path) -> tuple:
     return (FolderTripletDataset(folders[:-1], gap=config.gap, size=hw, seed=config.seed),
             FolderTripletDataset(folders[-1:], gap=config.gap, size=hw, target='middle'))
 
-def run_recon(preset: str = 'cpu_default', out: str = 'runs/recon', set: str = '', steps: int | None = None, resume: bool = False,
-              device: str | None = None, threads: int = 0, eval_only: bool = False, data: str | None = None) -> dict:
+def run_recon(preset: str | None = None, out: str = 'runs/recon', sets: list[str] | dict | None = None, steps: int | None = None,
+              resume: bool = False, overwrite: bool = False, device: str | None = None, threads: int = 0, eval_only: bool = False,
+              data: str | None = None) -> dict:
     "What `snd_recon` does, callable from Python: train (or only evaluate) into `out`; returns the validation metrics."
-    set_threads(threads or None)
+    check_device(device)
+    if threads < 0: raise ValueError(f'threads={threads}: must be >= 0 (0: $OMP_NUM_THREADS or all cores)')
+    if data is not None and not Path(data).is_dir(): raise FileNotFoundError(f'--data {data}: folder not found')
     outp = Path(out)
+    over = sets if isinstance(sets, dict) else parse_sets(ReconConfig, sets)
+    if steps is not None: over = {**over, 'steps': steps}
     if eval_only:
+        if over or preset or resume or overwrite: raise ValueError('--eval_only evaluates the checkpoint in --out as it is: drop --preset, --set, --steps, --resume and --overwrite')
+        set_threads(threads or None)
         model = load_reconstructor(outp, device); config = model.config
     else:
-        config = make_config(preset, set)
-        if steps is not None: config = dataclasses.replace(config, steps=steps)
-        if resume and (outp / 'config.json').exists():  # the saved recipe wins; overrides may change `steps` only
-            saved = config_from_dict(json.loads((outp / 'config.json').read_text()), str(outp / 'config.json'))
-            config = dataclasses.replace(saved, **parse_overrides(set), **({} if steps is None else dict(steps=steps)))
+        if resume and preset is None and (outp / 'config.json').is_file():   # the run's saved config is the start
+            config = config_from_dict(read_json(outp / 'config.json', 'run config'), str(outp / 'config.json'))
+            config = dataclasses.replace(config, **typed_overrides(ReconConfig, over))
+        else: config = make_config(preset or 'cpu_default', over)
+        validate_recon_config(config, procedural=data is None)
+        plan_recon_run(outp, config, resume, overwrite)             # fail fast, before threads, scenes or models
+        set_threads(threads or None)
     real = real_recon_data(config, data) if data else None               # real captures: RGB rendering loss only where no depth
     if not eval_only:
         print(f'training reconstructor ({config.preset}) into {outp}: {config}')
-        model, _ = train_reconstructor(config, *(real or ()), out=outp, resume=resume, device=device)
-    if real: batch = fixed_items(real[1], max(config.n_val_triplets, 32))
-    else: batch = fixed_triplets(make_recon_scenes(config, 'val'), config.gap, max(config.n_val_triplets, 32))
-    res = evaluate_reconstructor(model, batch, config.backend)
-    atomic_write_json(outp / 'eval.json', res)
-    if bool((batch['context_depth'] > 0).any()): show_reconstruction(model, batch, 0, config.backend, path=outp / 'reconstruction.png')
-    if (outp / 'metrics.jsonl').exists():
-        plot_recon_history([json.loads(l) for l in open(outp / 'metrics.jsonl') if l.strip()], outp / 'learning_curve.png', config.preset)
+        model, _ = train_reconstructor(config, *(real or ()), out=outp, resume=resume, overwrite=overwrite, device=device)
+    prev = read_json(outp / 'eval.json') if (outp / 'eval.json').is_file() else {}
+    if prev.get('step') == model.step and not eval_only: res = prev   # a finished run resumed: its evaluation stands
+    else:
+        if real: batch = fixed_items(real[1], max(config.n_val_triplets, 32))
+        else: batch = fixed_triplets(make_recon_scenes(config, 'val'), config.gap, max(config.n_val_triplets, 32))
+        res = dict(evaluate_reconstructor(model, batch, config.backend), step=model.step)
+        atomic_write_json(outp / 'eval.json', res)
+        if bool((batch['context_depth'] > 0).any()): show_reconstruction(model, batch, 0, config.backend, path=outp / 'reconstruction.png')
+        if (outp / 'metrics.jsonl').exists(): plot_recon_history(read_jsonl(outp / 'metrics.jsonl'), outp / 'learning_curve.png', config.preset)
     print(json.dumps(res, indent=2))
     return res
 
-@call_parse
-def snd_recon(
-    preset: str = 'cpu_default',   # config preset: cpu_default, cpu_rgb, gpu_256, tiny
-    out: str = 'runs/recon',       # checkpoint folder
-    set: str = '',                 # overrides, e.g. "depth_weight=0.1,steps=2000"
-    steps: int = None,             # total training steps (overrides the preset)
-    resume: bool = False,          # continue the run in --out
-    device: str = None,            # cpu / cuda (default: cuda when available)
-    threads: int = 0,              # CPU threads (0: $OMP_NUM_THREADS or all cores)
-    eval_only: bool = False,       # only evaluate the checkpoint in --out
-    data: str = None,              # folder of real captures (ours or the authors' ScanNet++ layout); default procedural
-):
-    "Train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone."
-    run_recon(preset, out, set, steps, resume, device, threads, eval_only, data)
+def snd_recon(argv: list[str] | None = None) -> dict | None:
+    "Command line: train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone."
+    p = cli_parser('snd_recon', 'Train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone.',
+                   'Example: snd_recon --preset cpu_default --out runs/recon --set depth_weight=0.1\n'
+                   'Run folders, --resume and --overwrite: chapter 11 ("Run folders"); --set syntax: chapter 00.')
+    add_option(p, 'preset', default=None, help=f'config preset: {", ".join(PRESETS)} (default: cpu_default; on --resume: the run\'s saved config)')
+    add_option(p, 'out', default='runs/recon', help='run folder (default: runs/recon)')
+    add_run_options(p, 'training run')
+    add_option(p, 'steps', type=option_type(int), default=None, help='total training steps (default: the preset\'s)')
+    add_option(p, 'device', default=None, help='cpu, cuda or cuda:N (default: cuda when available)')
+    add_option(p, 'threads', type=option_type(int), default=0, help='CPU threads (default 0: $OMP_NUM_THREADS or all cores)')
+    add_option(p, 'eval_only', action='store_true', help='only evaluate the checkpoint in --out')
+    add_option(p, 'data', default=None, help='folder of real captures (ours or the authors\' ScanNet++ layout); default: procedural scenes')
+    return run_cli(p, argv, lambda a: run_recon(a.preset, a.out, a.set, a.steps, a.resume, a.overwrite, a.device, a.threads, a.eval_only, a.data))

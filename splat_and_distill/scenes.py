@@ -5,6 +5,7 @@
 # %% ../nbs/02_scenes.ipynb #400c73f4
 from __future__ import annotations
 import hashlib, json, math, os, shutil, sys
+from types import SimpleNamespace
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 import numpy as np
@@ -15,18 +16,20 @@ from torch.utils.data import Dataset
 from jaxtyping import Float, Int
 from PIL import Image
 import matplotlib.pyplot as plt
-from .core import atomic_path, atomic_write_json, colorize_depth, colorize_normals, colorize_labels, show_images
+from .core import (atomic_path, atomic_write_json, colorize_depth, colorize_normals, colorize_labels, show_images,
+                                    check_ranges, check_memory, cli_parser, add_option, option_type, run_cli)
 from .cameras import (intrinsics_from_fov, look_at, pixel_rays, unproject_depth, project_points,
                                        check_pose, scale_intrinsics, relative_rotation_deg)
 
 # %% auto #0
-__all__ = ['CLASS_NAMES', 'NUM_CLASSES', 'GENERATOR_VERSION', 'ROOM_INSTANCES', 'TEXTURES', 'OPENGL_TO_OPENCV',
-           'opengl_to_opencv', 'cast_rays', 'value_noise', 'solid_texture', 'trajectory', 'make_spec', 'render_views',
-           'Scene', 'make_scene', 'scene_montage', 'surface_clearance', 'plot_topdown', 'depth_reprojection',
-           'reprojection_benchmark', 'default_cache_dir', 'scene_cache_path', 'load_or_make_scene', 'scene_seeds',
-           'triplet_views', 'TripletDataset', 'ViewDataset', 'PairDataset', 'opencv_to_opengl', 'write_scene',
-           'frame_number', 'frame_records', 'read_frame', 'read_scene', 'resize_scene', 'make_fit3d_style_folder',
-           'scene_folders', 'FolderTripletDataset', 'make_snd_scannetpp_folder', 'cli_entry', 'snd_scenes']
+__all__ = ['CLASS_NAMES', 'NUM_CLASSES', 'GENERATOR_VERSION', 'ROOM_INSTANCES', 'TEXTURES', 'SCENE_BYTES_PER_PIXEL',
+           'OPENGL_TO_OPENCV', 'opengl_to_opencv', 'DEPTH_RANGE', 'cast_rays', 'value_noise', 'solid_texture',
+           'trajectory', 'make_spec', 'render_views', 'Scene', 'make_scene', 'scene_montage', 'surface_clearance',
+           'plot_topdown', 'depth_reprojection', 'reprojection_benchmark', 'default_cache_dir', 'scene_cache_path',
+           'load_or_make_scene', 'scene_nbytes', 'scene_seeds', 'triplet_views', 'TripletDataset', 'ViewDataset',
+           'PairDataset', 'opencv_to_opengl', 'write_scene', 'frame_number', 'frame_records', 'read_frame',
+           'read_scene', 'resize_scene', 'make_fit3d_style_folder', 'scene_folders', 'FolderTripletDataset',
+           'make_snd_scannetpp_folder', 'write_scenes', 'snd_scenes']
 
 # %% ../nbs/02_scenes.ipynb #104f5f80
 CLASS_NAMES = ['floor', 'wall', 'ceiling', 'table', 'cabinet', 'box', 'ball', 'pillar', 'barrel']
@@ -534,6 +537,14 @@ def load_or_make_scene(seed: int, n_views: int = 24, size: int | tuple[int, int]
     with atomic_path(path) as tmp: torch.save({f.name: getattr(scene, f.name) for f in fields(scene)}, tmp)
     return scene
 
+# %% ../nbs/02_scenes.ipynb #1d00cc3e
+SCENE_BYTES_PER_PIXEL = 4 * (3 + 1 + 3) + 8 * 2   # float32 RGB, depth, normals; int64 semantic and instance labels
+
+def scene_nbytes(n_views: int, size: int | tuple[int, int]) -> int:
+    "Bytes a `Scene` of `n_views` views at `size` holds in memory (for the fail-fast memory checks of the commands)."
+    h, w = _hw(size)
+    return n_views * h * w * SCENE_BYTES_PER_PIXEL
+
 # %% ../nbs/02_scenes.ipynb #ea8e2dc4
 _SPLIT_BASE = {'train': 0, 'val': 1_000_000, 'test': 2_000_000}
 
@@ -651,8 +662,9 @@ def write_scene(scene: Scene, folder: str | Path, normals: bool = True) -> Path:
     atomic_write_json(folder / 'transforms.json', meta)
     return folder
 
-# %% ../nbs/02_scenes.ipynb #6dacae59
+# %% ../nbs/02_scenes.ipynb #138a0e2e
 _IMG_EXTS = ['', '.png', '.jpg', '.JPG', '.jpeg', '.JPEG']
+DEPTH_RANGE = (0.1, 1000.)   # the farthest valid pixel of a frame must lie in this range (scene units) after scaling
 
 def _find_file(folder: Path, rel: str, subdirs=('',)) -> Path | None:
     "First existing file among `folder/sub/rel` (plus common image extensions, and the bare file name)."
@@ -664,6 +676,65 @@ def _find_file(folder: Path, rel: str, subdirs=('',)) -> Path | None:
                 if p.is_file(): return p
     return None
 
+def _number(where: str, key: str, x, positive: bool = False, integer: bool = False):
+    "A number from a transforms file, checked: a finite JSON number (and > 0, and whole, where asked)."
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f'{where}: "{key}" must be a number, got {x!r} ({type(x).__name__})')
+    if not math.isfinite(x) or (positive and x <= 0) or (integer and not float(x).is_integer()):
+        raise ValueError(f'{where}: "{key}" is {x!r}; expected a finite{" positive" if positive else ""}{" whole" if integer else ""} number')
+    return int(x) if integer else float(x)
+
+def _inside(folder: Path, p: Path, where: str, key: str, allow_outside: bool) -> Path:
+    "`p`, refused when it (after symbolic links) lies outside the scene `folder`, unless `allow_outside`."
+    if allow_outside or p.resolve().is_relative_to(folder.resolve()): return p
+    raise ValueError(f'{where}: {key} leads to {p.resolve()}, outside the scene folder {folder.resolve()}; move the file into the '
+                     'folder, or allow it explicitly (read_scene(..., allow_outside=True); snd_train --allow_outside_paths true)')
+
+def _open_image(path: Path, what: str, load: bool = True) -> Image.Image:
+    try:
+        img = Image.open(path)
+        if load: img.load()
+        return img
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f'{path}: not a readable image ({e}); expected a PNG or JPEG {what}') from None
+
+def _read_rgb(path: Path, where: str) -> Tensor:
+    "An 8-bit colour (or grey) photo as `[3,h,w]` in [0, 1]; 16-bit and float single-channel images are refused."
+    img = _open_image(path, 'photo')
+    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
+        raise ValueError(f'{where}: image {path} is a {"floating-point" if img.mode == "F" else "16- or 32-bit integer"} single-channel image; '
+                         'expected an 8-bit RGB or greyscale photo. Does file_path point at a depth map?')
+    return torch.from_numpy(np.array(img.convert('RGB'))).permute(2, 0, 1).float() / 255
+
+def _read_depth(path: Path, where: str, scale: float) -> Tensor:
+    "Depth `[h,w]` in scene units from a 16-bit single-channel PNG in units of `scale`, checked against the declared scale."
+    a = np.array(_open_image(path, 'depth map'))
+    fix = (f'expected a 16-bit single-channel PNG of whole numbers in units of depth_unit_scale_factor = {scale} scene units '
+           f'(0.001: millimetres); from metres: (depth / {scale}).round().astype(np.uint16)')
+    if a.ndim != 2: raise ValueError(f'{where}: depth {path} has shape {a.shape} (several channels); {fix}')
+    if a.dtype.kind == 'f': raise ValueError(f'{where}: depth {path} holds floating-point values (metres, as in a float TIFF?); {fix}')
+    if a.dtype.kind == 'b' or a.dtype.itemsize < 2: raise ValueError(f'{where}: depth {path} is an 8-bit image (a visualisation?); {fix}')
+    if a.min() < 0 or a.max() > 65535: raise ValueError(f'{where}: depth {path} holds values {a.min()}..{a.max()} outside 0..65535; {fix}')
+    d = a.astype(np.float64) * scale
+    if (a > 0).any() and not DEPTH_RANGE[0] <= d.max() <= DEPTH_RANGE[1]:
+        raise ValueError(f'{where}: depth {path}: its farthest pixel is {d.max():.4g} scene units ({a.max()} x depth_unit_scale_factor {scale}), '
+                         f'outside the plausible {DEPTH_RANGE[0]}..{DEPTH_RANGE[1]}; is depth_unit_scale_factor right?')
+    return torch.from_numpy(d).float()
+
+def _read_labels(path: Path, where: str) -> np.ndarray:
+    "Integer labels `[h,w]` from a single-channel 8- or 16-bit PNG."
+    a = np.array(_open_image(path, 'label map'))
+    if a.ndim != 2 or a.dtype.kind not in 'iu': raise ValueError(f'{where}: {path}: expected a single-channel 8- or 16-bit PNG of label ids, got {a.dtype} of shape {a.shape}')
+    return a.astype(np.int64)
+
+def _read_normals(path: Path, where: str, hw: tuple[int, int]) -> Tensor:
+    try: n = np.load(path)
+    except (OSError, ValueError) as e: raise ValueError(f'{where}: {path}: not a readable .npy file ({e})') from None
+    if n.shape != (3, *hw) or n.dtype.kind != 'f' or not np.isfinite(n).all():
+        raise ValueError(f'{where}: {path}: expected finite float normals of shape (3, {hw[0]}, {hw[1]}), got {n.dtype} {n.shape}')
+    return torch.from_numpy(n).float()
+
+# %% ../nbs/02_scenes.ipynb #6dacae59
 def _load_json(path: Path) -> dict:
     try: js = json.loads(path.read_text())
     except json.JSONDecodeError as e: raise ValueError(f'{path}: not valid JSON ({e}); expected a nerfstudio transforms file') from None
@@ -681,10 +752,7 @@ def _transform_files(folder: Path, split: str) -> list[tuple[Path, str]]:
                                           'capture folder (transforms.json + images/) or a FiT3D ScanNet++ scene (transforms_train.json + images/)')
     return found
 
-def _read_u16(path: Path) -> np.ndarray:
-    a = np.array(Image.open(path))
-    if a.ndim != 2: raise ValueError(f'{path}: expected a single-channel (16-bit) PNG, got shape {a.shape}')
-    return a.astype(np.int64)
+def _read_u16(path: Path) -> np.ndarray: return _read_labels(path, str(path))
 
 def frame_number(name: str, default: int) -> int:
     "The frame number in a file name (the last run of digits of its stem: `DSC01234.JPG` -> 1234), else `default`."
@@ -692,7 +760,22 @@ def frame_number(name: str, default: int) -> int:
     digits = re.findall(r'\d+', Path(name).stem)
     return int(digits[-1]) if digits else default
 
-def frame_records(folder: str | Path, split: str = 'train', normals: bool = True) -> list[dict]:
+def _intrinsics(get, where: str, W: int, H: int) -> Tensor:
+    "Pixel intrinsics `[3,3]` from `fl_x`/`fl_y`/`cx`/`cy` or `camera_angle_x` (frame first, then the file's top level), checked."
+    if get('fl_x') is not None:
+        fx = _number(where, 'fl_x', get('fl_x'), positive=True); fy = _number(where, 'fl_y', get('fl_y', fx), positive=True)
+    elif get('camera_angle_x') is not None:
+        ang = _number(where, 'camera_angle_x', get('camera_angle_x'), positive=True)
+        if ang >= math.pi: raise ValueError(f'{where}: "camera_angle_x" is {ang}; expected the horizontal field of view in radians, in (0, pi)')
+        fx = fy = 0.5 * W / math.tan(0.5 * ang)
+    else: raise ValueError(f'{where}: no focal length; expected "fl_x" (and "fl_y") in pixels, or "camera_angle_x" in radians, at the top level or in the frame')
+    cx, cy = _number(where, 'cx', get('cx', W / 2)), _number(where, 'cy', get('cy', H / 2))
+    if not (0 < cx < W and 0 < cy < H):
+        raise ValueError(f'{where}: principal point (cx, cy) = ({cx}, {cy}) lies outside the {W}x{H} image; expected pixels of the declared size')
+    for k in ('k1', 'k2', 'k3', 'k4', 'p1', 'p2'): _number(where, k, get(k, 0) or 0)
+    return torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1.]])
+
+def frame_records(folder: str | Path, split: str = 'train', normals: bool = True, allow_outside: bool = False) -> list[dict]:
     "Every usable frame of a capture folder as a small record (file paths, `K`, `c2w`, size): no pixels are read."
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f'{folder}: no such folder; expected a scene folder containing transforms.json')
@@ -703,27 +786,31 @@ def frame_records(folder: str | Path, split: str = 'train', normals: bool = True
         if key == 'test_frames' and key not in js: continue
         if key not in js or not isinstance(js[key], list):
             raise ValueError(f'{tf}: missing the "{key}" list; expected {{"fl_x": ..., "frames": [{{"file_path": ..., "transform_matrix": [[4x4]]}}, ...]}}')
+        scale = _number(str(tf), 'depth_unit_scale_factor', js.get('depth_unit_scale_factor', 0.001), positive=True)
+        unknown = _number(str(tf), 'label_unknown', js.get('label_unknown', _UNKNOWN16), integer=True)
         for i, fr in enumerate(js[key]):
             where = f'{tf}: {key}[{i}]'
             if not isinstance(fr, dict): raise ValueError(f'{where}: expected an object with file_path and transform_matrix')
             if fr.get('is_bad', False): continue
             for k in ('file_path', 'transform_matrix'):
                 if k not in fr: raise ValueError(f'{where} lacks "{k}"; every frame needs "file_path" (image) and "transform_matrix" (4x4 camera-to-world, OpenGL axes)')
+            if not isinstance(fr['file_path'], str) or not fr['file_path']:
+                raise ValueError(f'{where}: "file_path" must be a non-empty string (a path relative to the scene folder), got {fr["file_path"]!r}')
             img_path = _find_file(folder, fr['file_path'], ('', 'images'))
             if img_path is None: raise FileNotFoundError(f'{where}: image "{fr["file_path"]}" not found under {folder} (also tried images/ and the usual extensions); fix file_path or add the file')
+            img_path = _inside(folder, img_path, where, 'file_path', allow_outside)
             get = lambda k, d=None: fr.get(k, js.get(k, d))
-            w_decl, h_decl = get('w'), get('h')
+            w_decl = None if get('w') is None else _number(where, 'w', get('w'), positive=True, integer=True)
+            h_decl = None if get('h') is None else _number(where, 'h', get('h'), positive=True, integer=True)
             if w_decl is None or h_decl is None:               # only the header is read
-                try:
-                    with Image.open(img_path) as im: W, Hh = im.size
-                except (OSError, ValueError) as e: raise ValueError(f'{img_path}: not a readable image ({e}); expected PNG or JPEG') from None
-            else: W, Hh = int(w_decl), int(h_decl)
-            if get('fl_x') is not None: fx = float(get('fl_x')); fy = float(get('fl_y', fx))
-            elif get('camera_angle_x') is not None: fx = 0.5 * W / math.tan(0.5 * float(get('camera_angle_x'))); fy = fx
-            else: raise ValueError(f'{where}: no focal length; expected "fl_x" (and "fl_y") in pixels, or "camera_angle_x" in radians, at the top level or in the frame')
+                with _open_image(img_path, 'photo', load=False) as im: W, Hh = im.size
+            else: W, Hh = w_decl, h_decl
+            if records and (W, Hh) != (records[0]['w'], records[0]['h']):
+                raise ValueError(f'{img_path}: image is {W}x{Hh} but {records[0]["name"]} is {records[0]["w"]}x{records[0]["h"]}; '
+                                 'all frames of a scene must have the same size (declare per-frame w/h or resize the images)')
+            K = _intrinsics(get, where, W, Hh)
             if any(abs(float(get(k, 0) or 0)) > 1e-6 for k in ('k1', 'k2', 'k3', 'k4', 'p1', 'p2')):
                 import warnings; warnings.warn(f'{tf}: lens distortion coefficients are ignored; undistort the images first (FiT3D does)')
-            K = torch.tensor([[fx, 0, float(get('cx', W / 2))], [0, fy, float(get('cy', Hh / 2))], [0, 0, 1.]])
             try: T = torch.tensor(fr['transform_matrix'], dtype=torch.float64)
             except (TypeError, ValueError): raise ValueError(f'{where}: transform_matrix must be a 4x4 list of numbers') from None
             if T.shape == (3, 4): T = torch.cat([T, torch.tensor([[0, 0, 0, 1.]], dtype=T.dtype)])
@@ -732,18 +819,20 @@ def frame_records(folder: str | Path, split: str = 'train', normals: bool = True
             def optional(key, sub, names):
                 rel = fr.get(key)
                 if rel is not None:
+                    if not isinstance(rel, str) or not rel: raise ValueError(f'{where}: "{key}" must be a non-empty string, got {rel!r}')
                     p = folder / rel
                     if not p.is_file(): raise FileNotFoundError(f'{where}: {key} "{rel}" not found under {folder}')
-                    return str(p)
+                    return str(_inside(folder, p, where, key, allow_outside))
                 for n in names:
                     p = folder / sub / n
-                    if sub and p.is_file(): return str(p)
+                    if sub and p.is_file(): return str(_inside(folder, p, where, key, allow_outside))
                 return None
             # masks: the Splat-and-Distill authors name them <file_path>.png (DSC01234.JPG.png); FiT3D-style <stem>.png also works
             records.append(dict(
-                where=where, image=str(img_path), name=str(img_path.relative_to(folder)), w=W, h=Hh, declared=(w_decl, h_decl),
+                where=where, image=str(img_path), name=str(img_path.relative_to(folder)) if img_path.is_relative_to(folder) else str(img_path),
+                w=W, h=Hh, declared=(w_decl, h_decl),
                 transforms=tf.name, K=K.numpy(), c2w=opengl_to_opencv(T).float().numpy(), frame=frame_number(fr['file_path'], len(records)),
-                depth_scale=float(js.get('depth_unit_scale_factor', 0.001)), unknown=int(js.get('label_unknown', _UNKNOWN16)),
+                depth_scale=scale, unknown=unknown,
                 depth=optional('depth_file_path', '', []), semantic=optional('semantic_file_path', '', []),
                 instance=optional('instance_file_path', 'instance_segmentation', [fr['file_path'] + '.png', Path(fr['file_path']).name + '.png', stem + '.png', stem + '.PNG']),
                 normals=optional('normals_file_path', '', []) if normals else None))
@@ -752,10 +841,9 @@ def frame_records(folder: str | Path, split: str = 'train', normals: bool = True
 
 def read_frame(rec: dict, size: int | tuple[int, int] | None = None) -> dict:
     "Pixels of one frame record (`rgb`, `depth`, `normals`, `semantic`, `instance`, `K`, `c2w`), resized to `size` if given."
-    img_path = Path(rec['image'])
-    try: img = Image.open(img_path).convert('RGB')
-    except (OSError, ValueError) as e: raise ValueError(f'{img_path}: not a readable image ({e}); expected PNG or JPEG') from None
-    W, Hh = img.size
+    img_path, where = Path(rec['image']), rec.get('where', rec['image'])
+    rgb = _read_rgb(img_path, where)
+    Hh, W = rgb.shape[-2:]
     w_decl, h_decl = rec['declared']
     if (w_decl is not None and int(w_decl) != W) or (h_decl is not None and int(h_decl) != Hh):
         raise ValueError(f'{img_path}: image is {W}x{Hh} (w x h) but {rec["transforms"]} declares w={w_decl}, h={h_decl}; '
@@ -763,13 +851,12 @@ def read_frame(rec: dict, size: int | tuple[int, int] | None = None) -> dict:
     if (W, Hh) != (rec['w'], rec['h']):
         raise ValueError(f'{img_path}: image is {W}x{Hh} but other frames of its scene are {rec["w"]}x{rec["h"]}; '
                          'all frames of a scene must have the same size (declare per-frame w/h or resize the images)')
-    rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
-    depth = torch.from_numpy(_read_u16(Path(rec['depth'])) * rec['depth_scale']).float() if rec['depth'] else torch.zeros(Hh, W)
-    sem = torch.from_numpy(_read_u16(Path(rec['semantic']))) if rec['semantic'] else torch.full((Hh, W), -1)
-    inst = torch.from_numpy(_read_u16(Path(rec['instance']))) if rec['instance'] else torch.full((Hh, W), -1)
+    depth = _read_depth(Path(rec['depth']), where, rec['depth_scale']) if rec['depth'] else torch.zeros(Hh, W)
+    sem = torch.from_numpy(_read_labels(Path(rec['semantic']), where)) if rec['semantic'] else torch.full((Hh, W), -1)
+    inst = torch.from_numpy(_read_labels(Path(rec['instance']), where)) if rec['instance'] else torch.full((Hh, W), -1)
     sem = torch.where(sem == rec['unknown'], -1, sem); inst = torch.where(inst == rec['unknown'], -1, inst)
-    nrm = torch.from_numpy(np.load(rec['normals'])).float() if rec.get('normals') else torch.zeros(3, Hh, W)
-    for nm, arr in [('depth', depth), ('semantic', sem), ('instance', inst), ('normals', nrm)]:
+    nrm = _read_normals(Path(rec['normals']), where, (Hh, W)) if rec.get('normals') else torch.zeros(3, Hh, W)
+    for nm, arr in [('depth', depth), ('semantic', sem), ('instance', inst)]:
         if arr.shape[-2:] != (Hh, W): raise ValueError(f'{rec["where"]}: {nm} map is {arr.shape[-1]}x{arr.shape[-2]} but the image {img_path.name} is {W}x{Hh}; they must match')
     K, c2w = torch.from_numpy(rec['K']).clone(), torch.from_numpy(rec['c2w']).clone()
     if size is not None:                      # resize frame by frame: a real capture at full size may not fit in memory
@@ -777,10 +864,11 @@ def read_frame(rec: dict, size: int | tuple[int, int] | None = None) -> dict:
         rgb, depth, nrm, sem, inst, K = one.rgb[0], one.depth[0], one.normals[0], one.semantic[0], one.instance[0], one.K[0]
     return dict(rgb=rgb, depth=depth, normals=nrm, semantic=sem.long(), instance=inst.long(), K=K, c2w=c2w)
 
-def read_scene(folder: str | Path, size: int | tuple[int, int] | None = None, split: str = 'train', normals: bool = True) -> Scene:
+def read_scene(folder: str | Path, size: int | tuple[int, int] | None = None, split: str = 'train', normals: bool = True,
+               allow_outside: bool = False) -> Scene:
     "Read a posed image folder in the nerfstudio `transforms.json` layout (ours, or a real capture such as FiT3D's ScanNet++) as a `Scene`."
     folder = Path(folder)
-    recs = frame_records(folder, split, normals)
+    recs = frame_records(folder, split, normals, allow_outside)
     for r in recs[1:]:
         if (r['w'], r['h']) != (recs[0]['w'], recs[0]['h']):
             raise ValueError(f'{r["image"]}: image is {r["w"]}x{r["h"]} but {recs[0]["name"]} is {recs[0]["w"]}x{recs[0]["h"]}; '
@@ -852,13 +940,13 @@ def _mask_report(folder: Path, recs: list[dict], require: bool):
 class FolderTripletDataset(Dataset):
     "Triplets like `TripletDataset`, from capture folders on disk: an index of frames, and only each item's 3 frames read, at `size`."
     def __init__(self, folders, gap: int = 8, size: int | tuple[int, int] | None = None, target: str = 'random', seed: int = 0,
-                 split: str = 'train', require_masks: bool = False, normals: bool = False):
+                 split: str = 'train', require_masks: bool = False, normals: bool = False, allow_outside: bool = False):
         if gap < 2: raise ValueError(f'gap must be >= 2 so that a target fits strictly between the context views, got {gap}')
         if target not in ('random', 'middle'): raise ValueError(f"target must be 'random' or 'middle', got {target!r}")
         self.folders, self.gap, self.target, self.seed = [Path(f) for f in folders], gap, target, seed
         self.size = None if size is None else _hw(size)
         if not self.folders: raise ValueError('FolderTripletDataset: no scene folders given')
-        self.records = [frame_records(f, split, normals) for f in self.folders]          # small per-frame dicts, no pixels
+        self.records = [frame_records(f, split, normals, allow_outside) for f in self.folders]   # small per-frame dicts, no pixels
         for f, recs in zip(self.folders, self.records): _mask_report(f, recs, require_masks)
         # a context pair only where the frame numbers are as far apart as the list positions (no frame missing between)
         self.items = [(si, i) for si, recs in enumerate(self.records) for i in range(len(recs) - gap)
@@ -904,36 +992,36 @@ def make_snd_scannetpp_folder(root: str | Path, scenes: list, skip_frames: tuple
     return root
 
 # %% ../nbs/02_scenes.ipynb #4837a7f3
-from functools import wraps
-from fastcore.script import anno_parser
-
-def cli_entry(func):
-    "Like `fastcore.script.call_parse`, also accepting `--kebab-case` options: parses `sys.argv` when run as the console script `func.__name__`."
-    @wraps(func)
-    def _f(*args, **kwargs):
-        if args or kwargs or Path(sys.argv[0]).name != func.__name__: return func(*args, **kwargs)
-        argv = [a.split('=', 1)[0].replace('-', '_').replace('__', '--', 1) + (('=' + a.split('=', 1)[1]) if '=' in a else '')
-                if a.startswith('--') else a for a in sys.argv[1:]]
-        ns = vars(anno_parser(func, func.__name__).parse_args(argv))
-        ns.pop('pdb', None); ns.pop('xtra', None)
-        func(**ns)                                   # console scripts `sys.exit` the return value: give back None (exit code 0)
-    return _f
-
-@cli_entry
-def snd_scenes(n_scenes: int = 2,          # number of scenes
-               n_views: int = 8,           # views per scene
-               size: int = 128,            # image height and width in pixels
-               seed: int = 0,              # seed of the first scene (scenes use seed, seed+1, ...)
-               out: str = 'outputs/scenes', # output folder
-               ):
-    "Generate procedural scenes; write each in the nerfstudio transforms.json layout plus a preview PNG montage into `out`."
+def write_scenes(n_scenes: int = 2, n_views: int = 8, size: int = 128, seed: int = 0, out: str = 'outputs/scenes',
+                 overwrite: bool = False, progress: bool = True) -> list[Path]:
+    "Procedural scenes `seed, seed+1, ...` written in the transforms.json layout with a preview montage each; existing ones refused unless `overwrite`."
     from tqdm.auto import tqdm
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    check_ranges(SimpleNamespace(n_scenes=n_scenes, n_views=n_views, size=size, seed=seed),
+                 dict(n_scenes='>= 1', n_views='>= 1', size='>= 8', seed='>= 0'), 'snd_scenes')
+    check_memory(scene_nbytes(n_views, size), f'one scene of {n_views} views at {size}x{size}', 'use fewer views or a smaller size')
+    out = Path(out)
+    taken = [f'scene_{s:06d}' for s in range(seed, seed + n_scenes) if (out / f'scene_{s:06d}' / 'transforms.json').exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f'{out} already holds {", ".join(taken[:3])}{" ..." if len(taken) > 3 else ""}; pass --overwrite to '
+                              'write them again, or choose another --out or --seed')
+    out.mkdir(parents=True, exist_ok=True)
     folders = []
-    for s in tqdm(range(seed, seed + n_scenes), desc='scenes'):
+    for s in tqdm(range(seed, seed + n_scenes), desc='scenes', disable=not progress):
         scene = make_scene(s, n_views, size)
         folder = write_scene(scene, out / f'scene_{s:06d}')
         fig = scene_montage(scene, path=out / f'scene_{s:06d}_preview.png'); plt.close(fig)
         folders.append(folder)
     print(f'wrote {len(folders)} scenes and previews to {out}')
     return folders
+
+def snd_scenes(argv: list[str] | None = None) -> list[Path] | None:
+    "Command line: generate procedural scenes and write each in the nerfstudio transforms.json layout plus a preview PNG."
+    p = cli_parser('snd_scenes', 'Generate procedural scenes; write each in the nerfstudio transforms.json layout plus a preview PNG montage.',
+                   'Example: snd_scenes --n-scenes 2 --n-views 8 --size 128 --out outputs/scenes')
+    add_option(p, 'n_scenes', type=option_type(int), default=2, help='number of scenes (default: 2)')
+    add_option(p, 'n_views', type=option_type(int), default=8, help='views per scene (default: 8)')
+    add_option(p, 'size', type=option_type(int), default=128, help='image height and width in pixels (default: 128)')
+    add_option(p, 'seed', type=option_type(int), default=0, help='seed of the first scene; scenes use seed, seed+1, ... (default: 0)')
+    add_option(p, 'out', default='outputs/scenes', help='output folder (default: outputs/scenes)')
+    add_option(p, 'overwrite', action='store_true', help='write scenes again where the output folder already holds them')
+    return run_cli(p, argv, lambda a: write_scenes(a.n_scenes, a.n_views, a.size, a.seed, a.out, a.overwrite))

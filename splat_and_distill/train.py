@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_train.ipynb #29db5396
 from __future__ import annotations
-import argparse, copy, dataclasses, json, math, os, random, sys, time, types, typing
+import argparse, copy, dataclasses, json, math, os, pickle, random, sys, time, types, typing, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -17,18 +17,22 @@ from fastcore.docments import docments
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
-from .core import set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, batch_to, seeded, rng_state, set_rng_state
+from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, batch_to,
+    seeded, rng_state, set_rng_state, typed_overrides, parse_sets, unknown_keys, check_ranges, check_memory, cli_parser, add_option,
+    add_run_options, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders,
+    check_run_folder, start_run_folder, check_resume_config, read_jsonl, write_jsonl)
 from .reconstruct import fixed_triplets, fixed_items
 from .backbones import make_backbone, make_student, merge_lora, BACKBONES
 from .distill import DINOHead, DistillLoss, DistillModel, make_ema_teacher, ema_update, ema_due, distill_stats, distill_step, RECIPES
 
 # %% auto #0
-__all__ = ['PRESETS', 'TIMM_NAMES', 'TrainConfig', 'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'parse_sets',
-           'find_scene_folders', 'backbone_name', 'validate_config', 'step_seed', 'step_indices', 'StepSampler',
-           'step_batch', 'load_scenes', 'real_scene_folders', 'make_dataset', 'build_models', 'make_criterion',
-           'make_optimizer', 'StepTimer', 'autocast', 'lift_scale', 'downscale_batch', 'teacher_side', 'val_pairs',
-           'geometry_pairs', 'consistency', 'validate', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
-           'export_student', 'init_distributed', 'MetricsLog', 'train', 'snd_train']
+__all__ = ['PRESETS', 'TRAIN_RANGES', 'MIN_VALID_FRACTION', 'TIMM_NAMES', 'RUN_FILES', 'RESUME_MUTABLE', 'TrainConfig',
+           'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'find_scene_folders', 'backbone_name',
+           'validate_config', 'step_seed', 'step_indices', 'StepSampler', 'step_batch', 'load_scenes',
+           'real_scene_folders', 'make_dataset', 'build_models', 'make_criterion', 'make_optimizer', 'StepTimer',
+           'autocast', 'lift_scale', 'downscale_batch', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency',
+           'validate', 'MetricsLog', 'check_depth', 'train', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
+           'export_student', 'init_distributed', 'plan_run', 'cli_config', 'snd_train']
 
 # %% ../nbs/11_train.ipynb #47172dec
 @dataclass
@@ -46,6 +50,7 @@ class TrainConfig:
     cache_dir: str | None = None # where procedural scenes are cached (None: no cache)
     require_masks: bool = False # real data: missing instance masks are an error (default: a warning; blending and mask-aware upsampling then do nothing)
     workers: int = 0 # real data: DataLoader worker processes reading frames from disk
+    allow_outside_paths: bool = False # real data: read files that transforms.json places outside their scene folder
     # models
     backbone: str = 'efficientnet_lite0' # teacher/student backbone: efficientnet_lite0, dinov2_vits14, dinov2_vitb14, tiny_vit; NAME:random = random init (timing, tests)
     weights: str | None = None # local weights file of the backbone (required for DINOv2)
@@ -114,48 +119,10 @@ def paper_vitb14(**kw) -> TrainConfig:
 PRESETS = {'cpu_demo': cpu_demo, 'paper_vits14': paper_vits14, 'paper_vitb14': paper_vitb14}
 
 # %% ../nbs/11_train.ipynb #4f526f63
-def _field_types() -> dict:
-    return typing.get_type_hints(TrainConfig)
-
-def _convert(key: str, value, tp):
-    "Convert a command-line string to the type `tp` of config field `key`."
-    if not isinstance(value, str): return value
-    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
-    if value.lower() in ('none', 'null') and type(None) in typing.get_args(tp): return None
-    base = args[0]
-    try:
-        if base is bool:
-            if value.lower() in ('1', 'true', 'yes', 'on'): return True
-            if value.lower() in ('0', 'false', 'no', 'off'): return False
-            raise ValueError(value)
-        if base is int:
-            f = float(value)  # accepts 3e5
-            if not f.is_integer(): raise ValueError(value)
-            return int(f)
-        return base(value)
-    except ValueError:
-        raise ValueError(f'config key {key!r}: cannot read {value!r} as {getattr(base, "__name__", base)}') from None
-
 def make_config(preset: str = 'cpu_demo', overrides: dict | None = None, **kw) -> TrainConfig:
     "The `preset` config with `overrides` (a dict, values may be strings) and keyword overrides applied; unknown keys are errors."
     if preset not in PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
-    types_ = _field_types()
-    ov = {**(overrides or {}), **kw}
-    unknown = sorted(set(ov) - set(types_))
-    if unknown:
-        import difflib
-        hints = {k: difflib.get_close_matches(k, types_, 1) for k in unknown}
-        raise ValueError('unknown config key(s) ' + ', '.join(f'{k!r}' + (f' (did you mean {h[0]!r}?)' if h else '') for k, h in hints.items())
-                         + f'; run `snd_train --help` for the list')
-    return PRESETS[preset](**{k: _convert(k, v, types_[k]) for k, v in ov.items()})
-
-def parse_sets(items: list[str] | None) -> dict:
-    "`['lr=1e-4', 'steps=10']` -> `{'lr': '1e-4', 'steps': '10'}`."
-    out = {}
-    for it in items or []:
-        if '=' not in it: raise ValueError(f'--set expects key=value, got {it!r}')
-        k, v = it.split('=', 1); out[k.strip()] = v.strip()
-    return out
+    return PRESETS[preset](**typed_overrides(TrainConfig, {**(overrides or {}), **kw}))
 
 def find_scene_folders(root: str | Path) -> list[Path]:
     "Scene folders under `root` (see `scenes.scene_folders`: the authors' `scenes/` layout, sub-folders with a transforms file, or `root`)."
@@ -168,16 +135,26 @@ def backbone_name(spec: str) -> tuple[str, bool]:
     if arg not in ('', 'random'): raise ValueError(f'config backbone={spec!r}: expected NAME or NAME:random (weights files go in --weights)')
     return name, arg == 'random'
 
+# the range of every numeric option (None, where allowed, means "off" or "the recipe's value")
+TRAIN_RANGES = dict(train_scenes='>= 0', val_scenes='>= 0', n_views='>= 3', height='>= 8', width='>= 8', gap='>= 2', lora_rank='>= 1',
+                    last_stages='>= 1', out_dim='>= 1', head_hidden='>= 1', head_bottleneck='>= 1', blend_alpha='[0, 1]',
+                    render_scale='(0, 1]', student_temp='> 0', teacher_temp='> 0', warmup_teacher_temp='> 0',
+                    center_momentum='[0, 1)', teacher_temp_warmup='[0, 1]', ema_every='>= 1', ema_momentum='[0, 1)', steps='>= 1',
+                    batch_size='>= 1', lr='(0, 1)', warmup='(0, 1)', weight_decay='>= 0', grad_clip='> 0', seed='>= 0', threads='>= 1',
+                    log_every='>= 1', val_every='>= 0', val_pairs='>= 1', ckpt_every='>= 0', keep_ckpts='>= 1', stop_after='>= 1',
+                    channel_chunk='>= 1', workers='>= 0')
+
+# %% ../nbs/11_train.ipynb #911c11bb
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     "Raise `ValueError`/`FileNotFoundError` naming the option unless `cfg` can run; touches no model or data."
     def bad(key, msg): raise ValueError(f'config {key}={getattr(cfg, key)!r}: {msg}')
+    check_ranges(cfg, TRAIN_RANGES)
     name, random_init = backbone_name(cfg.backbone)
     if name not in BACKBONES: bad('backbone', f'unknown backbone; choose one of {list(BACKBONES)} (NAME:random for a random initialisation)')
     if random_init and cfg.weights: bad('backbone', f'{cfg.backbone} asks for random weights but weights={cfg.weights!r} is given too')
-    if name.startswith('dinov2') and not random_init:
-        if not cfg.weights:
-            raise FileNotFoundError(f'backbone {cfg.backbone} needs its weights from a local file: pass --weights PATH '
-                                    '(nothing is downloaded at run time)')
+    if name.startswith('dinov2') and not random_init and not cfg.weights:
+        raise FileNotFoundError(f'backbone {cfg.backbone} needs its weights from a local file: pass --weights PATH '
+                                '(nothing is downloaded at run time)')
     if cfg.weights and not Path(cfg.weights).expanduser().is_file():
         raise FileNotFoundError(f'config weights: file not found: {cfg.weights}')
     if cfg.data != 'procedural':
@@ -192,25 +169,24 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     elif cfg.geometry == 'depth': bad('geometry', "'depth' reads depth maps of real scenes (--data FOLDER); procedural scenes use 'gt'")
     if cfg.geometry not in ('gt', 'depth', 'reconstructor'): bad('geometry', "expected 'gt', 'depth' or 'reconstructor'")
     if cfg.amp not in ('none', 'bf16'): bad('amp', "expected 'none' or 'bf16'")
-    if cfg.channel_chunk is not None and cfg.channel_chunk < 1: bad('channel_chunk', 'must be >= 1 or None')
-    if cfg.workers < 0: bad('workers', 'must be >= 0')
     if cfg.geometry == 'reconstructor':
         if not cfg.reconstructor: raise FileNotFoundError("geometry='reconstructor' needs --reconstructor PATH (a trained checkpoint; see snd_recon)")
         if not Path(cfg.reconstructor).expanduser().exists(): raise FileNotFoundError(f'config reconstructor: not found: {cfg.reconstructor}')
+    elif cfg.reconstructor: bad('reconstructor', f"is set but geometry={cfg.geometry!r} does not use it; pass --geometry reconstructor, or drop --reconstructor")
     if cfg.recipe not in RECIPES: bad('recipe', f'choose one of {list(RECIPES)}')
     if cfg.policy not in ('auto', 'lora', 'last_stages', 'full'): bad('policy', "choose auto, lora, last_stages or full")
     if cfg.policy == 'lora' and name == 'efficientnet_lite0': bad('policy', 'LoRA needs attention layers; use last_stages for the CNN')
-    if cfg.splat_backend not in ('auto', 'torch', 'gsplat'): bad('splat_backend', 'choose auto, torch or gsplat')
+    if cfg.splat_backend not in ('auto', 'torch', 'gsplat', 'triton'): bad('splat_backend', 'choose auto, torch, gsplat or triton')
     if cfg.device not in ('auto', 'cpu', 'cuda') and not cfg.device.startswith('cuda:'): bad('device', 'choose auto, cpu or cuda')
     if cfg.device.startswith('cuda') and not torch.cuda.is_available(): bad('device', 'CUDA is not available on this machine')
-    for k in ('steps', 'batch_size', 'height', 'width', 'out_dim', 'gap'):
-        if getattr(cfg, k) < 1: bad(k, 'must be >= 1')
-    if cfg.data == 'procedural' and (cfg.train_scenes < 1 or cfg.n_views < cfg.gap + 1):
-        raise ValueError(f'config: procedural data needs train_scenes >= 1 and n_views > gap (got {cfg.train_scenes}, {cfg.n_views}, {cfg.gap})')
-    if not 0 <= cfg.blend_alpha <= 1: bad('blend_alpha', 'must be in [0, 1]')
-    if cfg.render_scale is not None and not 0 < cfg.render_scale <= 1: bad('render_scale', 'must be in (0, 1] or None (auto)')
-    if not 0 < cfg.lr < 1: bad('lr', 'must be in (0, 1)')
-    if not 0 < cfg.warmup < 1: bad('warmup', 'must be in (0, 1)')
+    if cfg.data == 'procedural':
+        if cfg.train_scenes < 1 or cfg.n_views < cfg.gap + 1:
+            raise ValueError(f'config: procedural data needs train_scenes >= 1 and n_views > gap (got {cfg.train_scenes}, {cfg.n_views}, {cfg.gap})')
+        from splat_and_distill.scenes import scene_nbytes
+        n = cfg.train_scenes + cfg.val_scenes
+        check_memory(n * scene_nbytes(cfg.n_views, (cfg.height, cfg.width)),
+                     f'{n} procedural scenes of {cfg.n_views} views at {cfg.height}x{cfg.width} (held in memory)',
+                     'use fewer scenes or views, or smaller images')
     return cfg
 
 # %% ../nbs/11_train.ipynb #fbf42b4c
@@ -250,7 +226,7 @@ def load_scenes(cfg: TrainConfig, split: str) -> list:
     nval = min(cfg.val_scenes, len(folders) - 1)
     pick = folders[len(folders) - nval:] if split == 'val' else folders[:len(folders) - nval]
     if split == 'train' and cfg.train_scenes: pick = pick[:cfg.train_scenes]
-    return [S.read_scene(f, size=(cfg.height, cfg.width)) for f in pick]
+    return [S.read_scene(f, size=(cfg.height, cfg.width), allow_outside=cfg.allow_outside_paths) for f in pick]
 
 def real_scene_folders(cfg: TrainConfig, split: str) -> list[Path]:
     "The training or validation scene folders of a real-data `cfg` (the last `val_scenes` validate)."
@@ -268,7 +244,8 @@ def make_dataset(cfg: TrainConfig, split: str):
         return S.TripletDataset(scenes, gap=cfg.gap, target=target) if scenes else None
     folders = real_scene_folders(cfg, split)
     if not folders: return None
-    ds = S.FolderTripletDataset(folders, gap=cfg.gap, size=(cfg.height, cfg.width), target=target, seed=cfg.seed, require_masks=cfg.require_masks)
+    ds = S.FolderTripletDataset(folders, gap=cfg.gap, size=(cfg.height, cfg.width), target=target, seed=cfg.seed, require_masks=cfg.require_masks,
+                                allow_outside=cfg.allow_outside_paths)
     if cfg.geometry == 'depth' and not ds.has_depth():
         raise FileNotFoundError(f'geometry=depth needs a depth map for every frame of {cfg.data}: give depth_file_path per frame in the '
                                 'transforms file (16-bit PNG, depth_unit_scale_factor metres per unit); see chapter 14')
@@ -439,6 +416,167 @@ def validate(student: DistillModel, teacher: DistillModel, criterion: DistillLos
     return dict(val_loss=float(loss), val_agreement=stats['agreement'], val_teacher_mean_entropy=stats['teacher_mean_entropy'],
                 val_teacher_token_entropy=stats['teacher_token_entropy'], **{f'val_{k}': v for k, v in mv.items()})
 
+# %% ../nbs/11_train.ipynb #a650e89b
+class MetricsLog:
+    "Append-only JSONL metrics (plus optional TensorBoard); on resume, rows past the checkpoint's step (and a torn last line) are dropped."
+    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False):
+        self.path = Path(path)
+        if resume_step is None: atomic_write_text(self.path, '')    # a new run (the folder was checked to hold no other)
+        else: write_jsonl(self.path, [r for r in read_jsonl(self.path) if r.get('step', 0) <= resume_step])
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(self.path.parent / 'tensorboard'))
+            except ImportError: print('tensorboard is not installed; logging to JSONL only', file=sys.stderr)
+    def write(self, row: dict):
+        with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != 'step': self.tb.add_scalar(k, v, row['step'])
+    def close(self):
+        if self.tb is not None: self.tb.close()
+
+MIN_VALID_FRACTION = 0.01   # below this share of target tokens with a splatted feature (over a logging window), training stops
+
+def check_depth(cfg: TrainConfig, scenes: list):
+    "With ground-truth geometry every training scene needs depth: refuse one with valid depth on under 1% of its pixels."
+    if cfg.geometry != 'gt': return
+    for i, s in enumerate(scenes):
+        frac = float((s.depth > 0).float().mean())
+        if frac < MIN_VALID_FRACTION:
+            raise ValueError(f'{s.meta.get("source", f"training scene {i}")}: valid depth on {frac:.1%} of its pixels; geometry=gt lifts '
+                             'the teacher features with ground-truth depth. Add depth maps (16-bit PNG, depth_file_path), '
+                             'or train with --geometry reconstructor')
+
+# %% ../nbs/11_train.ipynb #2b91df15
+def _finished(cfg: TrainConfig) -> dict:
+    "What `train` returns for a run that has already finished: its results, untouched."
+    run = Path(cfg.out)
+    print(f'{run}: this run has finished ({cfg.steps} steps); nothing to do. Its results are in {run / "results.json"}', file=sys.stderr)
+    paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), student_timm=str(run / 'student_timm.safetensors'), results=str(run / 'results.json'))
+    return dict(config=asdict(cfg), results=read_json(run / 'results.json'), paths=paths, start_step=cfg.steps,
+                steps_done=cfg.steps, stopped=False, student=None, teacher=None)
+
+def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool = False, **overrides) -> dict:
+    "Run Splat-and-Distill training for `cfg` (or the cpu_demo preset with `overrides`); returns results, paths and the models."
+    if cfg is None: cfg = make_config('cpu_demo', overrides)
+    elif overrides: cfg = make_config(cfg.preset, {**asdict(cfg), **overrides})
+    validate_config(cfg)  # every check before any work
+    rank, world, local_rank = init_distributed(cfg.device)
+    plan = plan_run(cfg, resume, overwrite)
+    if world > 1: dist.barrier()                                   # every process has checked the folder before rank 0 writes
+    if plan['finished']: return _finished(cfg)
+    from splat_and_distill.scenes import TripletDataset
+    device = default_device(None if cfg.device == 'auto' else cfg.device)
+    if device.type == 'cuda' and world > 1: device = torch.device('cuda', local_rank)
+    if device.type == 'cuda': torch.cuda.set_device(device)
+    if device.type == 'cpu': set_threads(cfg.threads)
+    main, run, ckpt = rank == 0, Path(cfg.out), plan['checkpoint']
+    t_start, cpu_start = time.time(), time.process_time()
+    start = ckpt[0] if ckpt else 0
+    # data: procedural scenes in memory, real scene folders streamed from disk (not needed when only the results are missing)
+    dataset, val_ds = (make_dataset(cfg, 'train'), make_dataset(cfg, 'val')) if start < cfg.steps else (None, None)
+    if isinstance(dataset, TripletDataset): check_depth(cfg, dataset.scenes)
+    val_scenes, pairs = main and val_ds is not None, None
+    if val_scenes: val_batch = batch_to(fixed_items(val_ds, cfg.val_pairs), device)
+    # models, loss, optimiser
+    m = build_models(cfg, device)
+    student, teacher, recon = m['student'], m['teacher'], m['reconstructor']
+    if val_scenes:
+        if isinstance(val_ds, TripletDataset): pairs = val_pairs(val_ds.scenes, cfg.val_pairs, cfg.gap)
+        else:
+            pairs = geometry_pairs(val_batch, cfg, teacher.backbone.token_grid(cfg.height, cfg.width), recon)
+            if pairs is None: print('validation: the validation scenes have no depth and geometry is not a reconstructor: '
+                                    'multi-view consistency is not measured (validation loss only)', file=sys.stderr)
+    criterion = make_criterion(cfg).to(device)
+    opt, sched = make_optimizer(cfg, student)
+    timer, extra = StepTimer(), {}
+    if ckpt is not None:
+        extra = load_checkpoint(ckpt[1], student, teacher, criterion, opt, sched)['extra']
+        timer.total, timer.count = dict(extra.get('timer', {})), extra.get('timer_count', 0)
+        if main: print(f'resuming from {ckpt[1]} at step {start}', file=sys.stderr)
+    baseline, val, window = extra.get('baseline', {}), extra.get('val', {}), list(extra.get('window', []))
+    spent = dict(extra.get('spent', dict(wall_s=0., process_cpu_s=0., loop_s=0., steps=0)))
+    run_id = plan['run_id']
+    if main:
+        if ckpt is None: run_id = start_run_folder(run, 'snd_train', RUN_FILES, overwrite=overwrite or resume)
+        atomic_write_json(run / 'config.json', asdict(cfg))
+    log = MetricsLog(run / 'metrics.jsonl', start if ckpt is not None else None, cfg.tensorboard) if main else None
+    def save(step: int, stopping: bool = False):
+        "A checkpoint at `step` with everything the loop needs to continue exactly (rank 0)."
+        now = dict(wall_s=spent['wall_s'] + time.time() - t_start, process_cpu_s=spent['process_cpu_s'] + time.process_time() - cpu_start,
+                   loop_s=spent['loop_s'] + time.time() - t_loop, steps=spent['steps'] + step - start)
+        save_checkpoint(run, step, cfg, student, teacher, criterion, opt, sched, dict(baseline=baseline, val=val, window=window,
+                        spent=now, timer=timer.total, timer_count=timer.count), cfg.keep_ckpts, run_id)
+    t_loop = time.time()
+    if ckpt is None and main:
+        if val_scenes and pairs:   # where we start: the original, untrained teacher (== the student and the EMA teacher at step 0)
+            baseline = {f'original_{k}': v for k, v in consistency(m['original'], pairs, device).items()}
+            if baseline: log.write(dict(step=0, **baseline))
+        save(0)          # a run killed before its first periodic checkpoint resumes from here
+    del m['original']
+    model = student
+    if world > 1:
+        dist.barrier()
+        model = nn.parallel.DistributedDataParallel(student, device_ids=[local_rank] if device.type == 'cuda' else None)
+    loader = None if dataset is None or isinstance(dataset, TripletDataset) else iter(torch.utils.data.DataLoader(
+        dataset, batch_sampler=StepSampler(len(dataset), start, cfg.steps, cfg.batch_size, cfg.seed, rank, world), num_workers=cfg.workers))
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (main and cfg.progress), desc='snd_train')
+    t_loop, stopped, done = time.time(), False, start
+    for step in bar:
+        batch = batch_to(next(loader) if loader is not None else step_batch(dataset, step, cfg.batch_size, cfg.seed, rank, world), device)
+        tokens, valid = teacher_side(batch, teacher, cfg, recon, timer)
+        with timer.section('student+loss+update'), autocast(cfg, device):
+            stats = distill_step(model, teacher, criterion, opt, batch['target_rgb'], tokens, valid, step,
+                                 cfg.ema_every, cfg.ema_momentum, cfg.grad_clip, sched)
+        timer.count += 1
+        window.append(stats)
+        done = step + 1
+        fault_point('step', done)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            frac = torch.tensor(float(np.mean([w['valid_fraction'] for w in window])), device=device)
+            if world > 1: dist.all_reduce(frac); frac /= world
+            if frac < MIN_VALID_FRACTION:
+                raise ValueError(f'steps {done - len(window) + 1}-{done}: only {float(frac):.2%} of the target tokens received a splatted '
+                                 f'teacher feature (threshold {MIN_VALID_FRACTION:.0%}); the geometry gives nothing to distil. '
+                                 'Check the depth maps and depth_unit_scale_factor, or the reconstructor')
+            if main:
+                row = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
+                row.update(step=done, lr=sched.get_last_lr()[0], sec_per_step=(time.time() - t_loop) / (done - start))
+                log.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", agree=f"{row['agreement']:.2f}")
+            window = []
+        if main and val_scenes and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
+            val = validate(student, teacher, criterion, cfg, val_batch, pairs, recon, device)
+            log.write(dict(step=done, **val))
+        stop_now = cfg.stop_after is not None and done - start >= cfg.stop_after
+        if main and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps or stop_now): save(done)
+        if stop_now: stopped = True; break
+    bar.close()
+    out = dict(config=asdict(cfg), recipe=criterion.hparams(), rank=rank, world_size=world, start_step=start,
+               steps_done=done, stopped=stopped, student=student, teacher=teacher)
+    if main:
+        fault_point('results', done)                              # the final checkpoint is written, the results are not
+        wall, cpu = spent['wall_s'] + time.time() - t_start, spent['process_cpu_s'] + time.process_time() - cpu_start
+        loop_s, n = spent['loop_s'] + time.time() - t_loop, spent['steps'] + done - start
+        results = dict(recipe=criterion.hparams(), preset=cfg.preset, backbone=cfg.backbone, geometry=cfg.geometry,
+                       steps=done, batch_size=cfg.batch_size, world_size=world, device=str(device),
+                       threads=torch.get_num_threads(), wall_s=wall, process_cpu_s=cpu, steps_per_s=n / max(loop_s, 1e-9),
+                       time_per_step=timer.mean(), **baseline, **val)
+        if 'val_consistency' in val and 'original_consistency' in baseline:
+            results['consistency_gain'] = val['val_consistency'] - baseline['original_consistency']
+        paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), checkpoint=str(latest_checkpoint(run, run_id)))
+        if not stopped:
+            paths['student_timm'] = str(export_student(student, run / 'student_timm.safetensors', cfg))
+            if backbone_name(cfg.backbone)[0].startswith('dinov2'):     # also with the original DINOv2 (torch.hub) key names
+                paths['student_dinov2'] = str(export_student(student, run / 'student_dinov2.safetensors', cfg, names='dinov2'))
+            atomic_write_json(run / 'results.json', results)
+            paths['results'] = str(run / 'results.json')
+        log.close()
+        out.update(results=results, paths=paths)
+    return out
+
 # %% ../nbs/11_train.ipynb #1e378735
 TIMM_NAMES = {'efficientnet_lite0': 'tf_efficientnet_lite0', 'dinov2_vits14': 'vit_small_patch14_dinov2',
               'dinov2_vitb14': 'vit_base_patch14_dinov2', 'tiny_vit': 'vision_transformer (tiny_vit)'}
@@ -450,45 +588,44 @@ def _plain_state(module: nn.Module) -> dict:
 def _save_tensors(path: Path, tensors: dict, metadata: dict | None = None):
     with atomic_path(path) as tmp: save_file(tensors, str(tmp), metadata=metadata)
 
+def _load_tensors(path: Path) -> dict:
+    try: return load_file(str(path))
+    except Exception as e:   # safetensors raises its own error type for truncated headers and data
+        raise ValueError(f'{path}: not a readable safetensors file ({e}); it is truncated or corrupt') from None
+
 def save_checkpoint(run_dir: str | Path, step: int, cfg: TrainConfig, student: DistillModel, teacher: DistillModel,
-                    criterion: DistillLoss, optimizer, scheduler, extra: dict | None = None, keep: int = 2) -> Path:
-    "Write the checkpoint of `step` under `run_dir/checkpoints` atomically, point `latest.json` at it, prune old ones."
-    root = Path(run_dir) / 'checkpoints'
-    folder = root / f'step_{step:07d}'
-    folder.mkdir(parents=True, exist_ok=True)
+                    criterion: DistillLoss, optimizer, scheduler, extra: dict | None = None, keep: int = 2,
+                    run_id: str = 'unnamed') -> Path:
+    "Write the checkpoint of `step` into `run_dir/checkpoints/step_*`, each file atomically, sealed by its manifest last; rotate."
+    folder = begin_checkpoint(run_dir, step)
     meta = {'step': str(step), 'backbone': cfg.backbone, 'recipe': cfg.recipe}
     _save_tensors(folder / 'student.safetensors', _plain_state(student), meta)
+    fault_point('checkpoint_write', step)                         # a kill here leaves parts of two steps side by side
     _save_tensors(folder / 'teacher.safetensors', _plain_state(teacher), meta)
     atomic_write_json(folder / 'config.json', asdict(cfg))
     state = dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                  center=criterion.center.detach().cpu(), rng=rng_state(), extra=extra or {})
     with atomic_path(folder / 'state.pt') as tmp: torch.save(state, tmp)
-    atomic_write_json(root / 'latest.json', dict(step=step, folder=folder.name))
-    old = sorted(p for p in root.glob('step_*') if p.is_dir() and p != folder)
-    for p in old[:max(0, len(old) - (keep - 1))]:
-        for f in p.iterdir(): f.unlink()
-        p.rmdir()
-    return folder
+    return finish_checkpoint(folder, step, run_id, keep)
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    "The folder `latest.json` names under `run_dir/checkpoints`, or None."
-    p = Path(run_dir) / 'checkpoints' / 'latest.json'
-    if not p.exists(): return None
-    folder = p.parent / json.loads(p.read_text())['folder']
-    if not (folder / 'state.pt').exists(): raise FileNotFoundError(f'{p} names {folder}, which is incomplete (no state.pt)')
-    return folder
+def latest_checkpoint(run_dir: str | Path, run_id: str | None = None) -> Path | None:
+    "The newest complete checkpoint folder under `run_dir/checkpoints` (of run `run_id` if given), or None."
+    found = find_checkpoint(run_dir, run_id)
+    return None if found is None else found[1]
 
 def load_checkpoint(folder: str | Path, student: DistillModel, teacher: DistillModel, criterion: DistillLoss,
                     optimizer=None, scheduler=None, restore_rng: bool = True) -> dict:
     "Load a checkpoint folder into the given objects (in place); returns its state dict (with `step`)."
     folder = Path(folder)
     for name, model in (('student', student), ('teacher', teacher)):
-        sd = load_file(str(folder / f'{name}.safetensors'))
+        sd = _load_tensors(folder / f'{name}.safetensors')
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise ValueError(f'{folder / name}.safetensors does not match the model this config builds: missing {missing[:4]}, '
                              f'unexpected {unexpected[:4]}; was it written with another backbone / out_dim / policy?')
-    state = torch.load(folder / 'state.pt', map_location='cpu', weights_only=False)
+    try: state = torch.load(folder / 'state.pt', map_location='cpu', weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
+        raise ValueError(f'{folder / "state.pt"}: unreadable ({e}); it is truncated or corrupt') from None
     if optimizer is not None: optimizer.load_state_dict(state['optimizer'])
     if scheduler is not None: scheduler.load_state_dict(state['scheduler'])
     criterion.center.copy_(state['center'])
@@ -518,157 +655,74 @@ def init_distributed(device: str = 'auto') -> tuple[int, int, int]:
     if dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', 0))
     return 0, 1, 0
 
-# %% ../nbs/11_train.ipynb #a650e89b
-class MetricsLog:
-    "Append-only JSONL metrics (plus optional TensorBoard); on resume, lines past the checkpoint's step are dropped."
-    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False):
-        self.path = Path(path)
-        if resume_step is not None and self.path.exists():
-            keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l).get('step', 0) <= resume_step]
-            atomic_write_text(self.path, ''.join(l + '\n' for l in keep))
-        elif resume_step is None and self.path.exists(): self.path.unlink()
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(self.path.parent / 'tensorboard'))
-            except ImportError: print('tensorboard is not installed; logging to JSONL only', file=sys.stderr)
-    def write(self, row: dict):
-        with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != 'step': self.tb.add_scalar(k, v, row['step'])
-    def close(self):
-        if self.tb is not None: self.tb.close()
+# %% ../nbs/11_train.ipynb #d63e63a2
+RUN_FILES = ['run.json', 'config.json', 'metrics.jsonl', 'checkpoints', 'results.json', 'student_timm.safetensors',
+             'student_dinov2.safetensors', 'tensorboard']
+# options a resumed run may change: where and how it runs, and how often it logs, validates and saves; not what it trains
+RESUME_MUTABLE = ('out', 'device', 'threads', 'progress', 'tensorboard', 'stop_after', 'log_every', 'val_every', 'ckpt_every',
+                  'keep_ckpts', 'cache_dir')
 
-def train(cfg: TrainConfig | None = None, resume: bool = False, **overrides) -> dict:
-    "Run Splat-and-Distill training for `cfg` (or the cpu_demo preset with `overrides`); returns results and paths."
-    if cfg is None: cfg = make_config('cpu_demo', overrides)
-    elif overrides: cfg = make_config(cfg.preset, {**asdict(cfg), **overrides})
-    validate_config(cfg)  # every check before any work
-    from splat_and_distill.scenes import TripletDataset
-    rank, world, local_rank = init_distributed(cfg.device)
-    device = default_device(None if cfg.device == 'auto' else cfg.device)
-    if device.type == 'cuda' and world > 1: device = torch.device('cuda', local_rank)
-    if device.type == 'cuda': torch.cuda.set_device(device)
-    if device.type == 'cpu': set_threads(cfg.threads)
-    main = rank == 0
+def plan_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id, finished)`."
     run = Path(cfg.out)
-    t_start, cpu_start = time.time(), time.process_time()
-    # data: procedural scenes in memory, real scene folders streamed from disk
-    dataset, val_ds = make_dataset(cfg, 'train'), make_dataset(cfg, 'val')
-    val_scenes = main and val_ds is not None
-    if val_scenes: val_batch = batch_to(fixed_items(val_ds, cfg.val_pairs), device)
-    # models, loss, optimiser
-    m = build_models(cfg, device)
-    student, teacher, recon = m['student'], m['teacher'], m['reconstructor']
-    if val_scenes:
-        if isinstance(val_ds, TripletDataset): pairs = val_pairs(val_ds.scenes, cfg.val_pairs, cfg.gap)
-        else:
-            pairs = geometry_pairs(val_batch, cfg, teacher.backbone.token_grid(cfg.height, cfg.width), recon)
-            if pairs is None: print('validation: the validation scenes have no depth and geometry is not a reconstructor: '
-                                    'multi-view consistency is not measured (validation loss only)', file=sys.stderr)
-    criterion = make_criterion(cfg).to(device)
-    opt, sched = make_optimizer(cfg, student)
-    start, baseline = 0, {}
-    ckpt = latest_checkpoint(run) if resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, student, teacher, criterion, opt, sched)
-        start, baseline = state['step'], state['extra'].get('baseline', {})
-        if main: print(f'resuming from {ckpt} at step {start}', file=sys.stderr)
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run / 'config.json', asdict(cfg))
-    log = MetricsLog(run / 'metrics.jsonl', start if ckpt is not None else None, cfg.tensorboard) if main else None
-    if main and not baseline and val_scenes and pairs:
-        # where we start: the original, untrained teacher (== the student and the EMA teacher at step 0)
-        baseline = {f'original_{k}': v for k, v in consistency(m['original'], pairs, device).items()}
-        if baseline: log.write(dict(step=start, **baseline))
-    del m['original']
-    model = student
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[local_rank] if device.type == 'cuda' else None)
-    timer, window, val = StepTimer(), [], {}
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (main and cfg.progress), desc='snd_train')
-    t_loop, stopped, done = time.time(), False, start
-    loader = None if isinstance(dataset, TripletDataset) else iter(torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepSampler(len(dataset), start, cfg.steps, cfg.batch_size, cfg.seed, rank, world), num_workers=cfg.workers))
-    for step in bar:
-        batch = batch_to(next(loader) if loader is not None else step_batch(dataset, step, cfg.batch_size, cfg.seed, rank, world), device)
-        tokens, valid = teacher_side(batch, teacher, cfg, recon, timer)
-        with timer.section('student+loss+update'), autocast(cfg, device):
-            stats = distill_step(model, teacher, criterion, opt, batch['target_rgb'], tokens, valid, step,
-                                 cfg.ema_every, cfg.ema_momentum, cfg.grad_clip, sched)
-        timer.count += 1
-        window.append(stats)
-        done = step + 1
-        if main and (done % cfg.log_every == 0 or done == cfg.steps):
-            row = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
-            row.update(step=done, lr=sched.get_last_lr()[0], sec_per_step=(time.time() - t_loop) / (done - start))
-            log.write(row); window = []
-            bar.set_postfix(loss=f"{row['loss']:.3f}", agree=f"{row['agreement']:.2f}")
-        if main and val_scenes and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
-            val = validate(student, teacher, criterion, cfg, val_batch, pairs, recon, device)
-            log.write(dict(step=done, **val))
-        stop_now = cfg.stop_after is not None and done - start >= cfg.stop_after
-        if main and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps or stop_now):
-            save_checkpoint(run, done, cfg, student, teacher, criterion, opt, sched, dict(baseline=baseline), cfg.keep_ckpts)
-        if stop_now: stopped = True; break
-    bar.close()
-    out = dict(config=asdict(cfg), recipe=criterion.hparams(), rank=rank, world_size=world, start_step=start,
-               steps_done=done, stopped=stopped, student=student, teacher=teacher)
-    if main:
-        n = max(done - start, 1)
-        results = dict(recipe=criterion.hparams(), preset=cfg.preset, backbone=cfg.backbone, geometry=cfg.geometry,
-                       steps=out['steps_done'], batch_size=cfg.batch_size, world_size=world, device=str(device),
-                       threads=torch.get_num_threads(), wall_s=time.time() - t_start, process_cpu_s=time.process_time() - cpu_start,
-                       steps_per_s=n / max(time.time() - t_loop, 1e-9), time_per_step=timer.mean(), **baseline, **val)
-        if 'val_consistency' in val and 'original_consistency' in baseline:
-            results['consistency_gain'] = val['val_consistency'] - baseline['original_consistency']
-        paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), checkpoint=str(latest_checkpoint(run)))
-        if not stopped:
-            paths['student_timm'] = str(export_student(student, run / 'student_timm.safetensors', cfg))
-            if backbone_name(cfg.backbone)[0].startswith('dinov2'):     # also with the original DINOv2 (torch.hub) key names
-                paths['student_dinov2'] = str(export_student(student, run / 'student_dinov2.safetensors', cfg, names='dinov2'))
-            atomic_write_json(run / 'results.json', results)
-            paths['results'] = str(run / 'results.json')
-        log.close()
-        out.update(results=results, paths=paths)
-    return out
+    info = check_run_folder(run, 'snd_train', RUN_FILES, resume, overwrite)
+    if not resume: return dict(checkpoint=None, run_id=None, finished=False)
+    check_resume_config(read_json(run / 'config.json', 'run config'), asdict(cfg), RESUME_MUTABLE, str(run / 'config.json'))
+    if (run / 'results.json').is_file():
+        res = read_json(run / 'results.json', 'results file')
+        if res.get('steps') == cfg.steps: return dict(checkpoint=None, run_id=info.get('run_id'), finished=True)
+    found = find_checkpoint(run, info.get('run_id'))
+    if found is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')                          # the metrics log warns about a torn line when it is opened
+            got = max([r.get('step', 0) for r in read_jsonl(run / 'metrics.jsonl')] + [0])
+        if got > 0 or any(s > 0 for s, _ in step_folders(run)) or (run / 'checkpoints' / 'latest.json').exists():
+            raise FileNotFoundError(f'{run}: the run got to step {got} but no complete checkpoint is left under {run / "checkpoints"}; '
+                                    'nothing to resume from. Restore the checkpoint folder, or start again with --overwrite')
+        return dict(checkpoint=None, run_id=info.get('run_id'), finished=False)   # killed before its first checkpoint
+    check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), asdict(cfg), RESUME_MUTABLE, str(found[1] / 'config.json'))
+    run_id = info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id')
+    return dict(checkpoint=found, run_id=run_id, finished=False)
 
 # %% ../nbs/11_train.ipynb #de9814b3
 def _cli_parser() -> argparse.ArgumentParser:
     docs = docments(TrainConfig)
     presets = ', '.join(f'{k} ({v.__doc__})' for k, v in PRESETS.items())
-    p = argparse.ArgumentParser(prog='snd_train', formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description='Splat-and-Distill training: distil multi-view-consistent, splatted teacher features into a 2D model.',
-                                epilog=f'presets: {presets}\nExample: snd_train --preset cpu_demo --steps 200 --out runs/demo')
-    p.add_argument('--preset', default='cpu_demo', help=f'starting values: {", ".join(PRESETS)} (default: cpu_demo)')
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override any config field (repeatable)')
-    p.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --out')
-    p.add_argument('--print_config', action='store_true', help='print the resolved config as JSON and exit')
+    p = cli_parser('snd_train', 'Splat-and-Distill training: distil multi-view-consistent, splatted teacher features into a 2D model.',
+                   f'presets: {presets}\nExample: snd_train --preset cpu_demo --steps 200 --out runs/demo\n'
+                   'Run folders, --resume and --overwrite: see chapter 11 ("Run folders"); --set syntax: chapter 00.')
+    add_option(p, 'preset', default=None, help=f'starting values: {", ".join(PRESETS)} (default: cpu_demo; on --resume: the run\'s saved config)')
+    add_run_options(p)
+    add_option(p, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
     g = p.add_argument_group('config fields (defaults shown are cpu_demo values; see --preset)')
     demo = cpu_demo()
     for f in fields(TrainConfig):
         if f.name == 'preset': continue
-        g.add_argument(f'--{f.name}', default=None, metavar=f.name.upper(),
-                       help=f'{docs.get(f.name) or ""} [default: {getattr(demo, f.name)!r}]')
+        add_option(g, f.name, default=None, metavar=f.name.upper(), help=f'{docs.get(f.name) or ""} [default: {getattr(demo, f.name)!r}]')
     return p
+
+def cli_config(args) -> TrainConfig:
+    "The config a `snd_train` command line describes; on `--resume` without `--preset`, the run's saved config is the start."
+    given = {**parse_sets(TrainConfig, args.set),
+             **typed_overrides(TrainConfig, {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                                             if f.name != 'preset' and getattr(args, f.name) is not None})}
+    if args.preset is not None and args.preset not in PRESETS: raise ValueError(f'unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}')
+    saved = Path(given.get('out') or PRESETS[args.preset or 'cpu_demo']().out) / 'config.json'
+    if args.resume and args.preset is None and saved.is_file():
+        base = typed_overrides(TrainConfig, read_json(saved, 'run config'))
+        base.pop('stop_after', None)                                  # a pause of the last invocation, not a setting of the run
+        return validate_config(make_config(base.get('preset', 'cpu_demo'), {**base, **given}))
+    return validate_config(make_config(args.preset or 'cpu_demo', given))
 
 def snd_train(argv: list[str] | None = None) -> dict | None:
     "Command-line entry point: `snd_train --preset cpu_demo --out runs/demo [--key value ...] [--set key=value ...]`."
-    as_script = argv is None  # console scripts pass a non-None return value to sys.exit, so return nothing there
-    args = _cli_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != 'preset' and getattr(args, f.name) is not None}
-    try:
-        cfg = validate_config(make_config(args.preset, {**parse_sets(args.set), **overrides}))
-    except (ValueError, FileNotFoundError) as e:
-        print(f'snd_train: error: {e}', file=sys.stderr); raise SystemExit(2)
-    if args.print_config:
-        print(json.dumps(asdict(cfg), indent=2)); return None if as_script else dict(config=asdict(cfg))
-    out = train(cfg, resume=args.resume)
-    if dist.is_initialized(): dist.destroy_process_group()
-    if out.get('results'):
-        r = out['results']
-        print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)} | dict(recipe=r['recipe']['recipe']), indent=1))
-    return None if as_script else {k: v for k, v in out.items() if k not in ('student', 'teacher')}
+    def main(args):
+        cfg = cli_config(args)
+        if args.print_config: print(json.dumps(asdict(cfg), indent=2)); return dict(config=asdict(cfg))
+        out = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        if dist.is_initialized(): dist.destroy_process_group()
+        if out.get('results'):
+            r = out['results']
+            print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)} | dict(recipe=r['recipe']['recipe']), indent=1))
+        return {k: v for k, v in out.items() if k not in ('student', 'teacher')}
+    return run_cli(_cli_parser(), argv, main)

@@ -202,8 +202,8 @@ def test_nyu_reader_and_snd_probe_table(tmp_path, capsys):
     with h5py.File(root / 'nyu_depth_v2_labeled.mat', 'r') as f: lab = f['labels'][0].T.astype(np.int64)   # train image 1
     mapc = loadmat(str(root / 'classMapping40.mat'))['mapClass'].ravel().astype(np.int64)
     assert torch.equal(tr.semantic[0], torch.from_numpy(np.where(lab > 0, mapc[lab - 1] - 1, -1)))      # 894 raw ids -> 40 classes, 0 -> ignored
-    snd_probe(backbone='efficientnet_lite0:random', preset='tiny', data=f'nyu:{root}', out=str(tmp_path / 'res'), quiet=True,
-              set='epochs=2,image_size=24', threads=1)
+    snd_probe(['--backbone', 'efficientnet_lite0:random', '--preset', 'tiny', '--data', f'nyu:{root}', '--out', str(tmp_path / 'res'),
+               '--quiet', '--set', 'epochs=2', '--set', 'image_size=24', '--threads', '1'])
     text = capsys.readouterr().out
     assert '| model |' in text and 'depth AbsRel' in text and 'seg mIoU' in text and 'normals RMSE' in text
     (root / 'splits.mat').unlink()

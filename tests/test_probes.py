@@ -9,7 +9,7 @@ from splat_and_distill.probes import (
     normals_to_camera, NormalsProbe, angular_loss, normal_metrics, pooled_angular_stats, SegProbe, seg_loss,
     confusion_matrix, miou_from_confusion, IGNORE_INDEX, ratio_test_matches, correspondence_errors,
     correspondence_recall, grid_depth, match_scale_shift, ConcatBackbone, probe_config, ProbeConfig,
-    results_table, compare_models, _parse_overrides, spec_label, view_pairs, ProbeSplit)
+    results_table, compare_models, spec_label, view_pairs, ProbeSplit)
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +155,10 @@ def test_concat_backbone():
 def test_config_cli_helpers_and_table():
     assert probe_config('cpu_default').corr_matches(160, 120) == 1000
     with pytest.raises(ValueError, match='unknown probe preset'): probe_config('nope')
-    assert _parse_overrides('epochs=3,real_image=false,corr_gaps=[1,2],name=x') == dict(epochs=3, real_image=False, corr_gaps=(1, 2), name='x')
+    from splat_and_distill.core import parse_sets
+    assert parse_sets(ProbeConfig, ['epochs=3', 'real_image=false', 'corr_gaps=[1,2]', 'name=x', 'corr_num=none']) == \
+        dict(epochs=3, real_image=False, corr_gaps=(1, 2), name='x', corr_num=None)
+    with pytest.raises(ValueError, match='expected true or false'): parse_sets(ProbeConfig, ['real_image=ture'])
     assert spec_label('efficientnet_lite0:runs/a/student.safetensors') == 'efficientnet_lite0:student'
     assert spec_label('a+b:random') == 'a+b:random'
     res = dict(config=dict(name='t'), date='d', models=dict(a=dict(depth=dict(abs_rel=0.1), seg=dict(miou=0.5)),
@@ -188,3 +191,39 @@ def test_load_probe_backbone_specs(tmp_path):
     both = load_probe_backbone(f'efficientnet_lite0+efficientnet_lite0:{path}')
     assert both.dim == 2 * teacher.dim and both(x).shape[1] == 2 * teacher.dim
     with pytest.raises(FileNotFoundError, match='not found'): load_probe_backbone('efficientnet_lite0:nope.safetensors')
+
+
+def _same(a: dict, b: dict) -> bool:
+    "Equal metric dicts, NaN equal to NaN."
+    same = lambda x, y: (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)) or x == y
+    return a.keys() == b.keys() and all(_same(a[k], b[k]) if isinstance(a[k], dict) else same(a[k], b[k]) for k in a)
+
+
+def _tiny_probe_cfg(**kw):
+    return probe_config('tiny', n_views=6, n_train_scenes=1, n_test_scenes=1, epochs=2, real_image=False, corr_gaps=(1, 2), **kw)
+
+
+def test_feature_cache_keyed_by_weights_content(tmp_path):
+    "Issue 11 item 4: replacing the weights file at the same path must not reuse the old model's cached features."
+    from safetensors.torch import save_file
+    from splat_and_distill.probes import load_probe_backbone, probe_models
+    path, cfg = tmp_path / 'student.safetensors', _tiny_probe_cfg()
+    sd = lambda m: {k: v.contiguous() for k, v in m.model.state_dict().items()}
+    save_file(sd(load_probe_backbone('efficientnet_lite0')), str(path))
+    a = probe_models([f'efficientnet_lite0:{path}'], cfg, cache_dir=tmp_path / 'cache', progress=False)
+    save_file(sd(load_probe_backbone('efficientnet_lite0:random')), str(path))     # same path, other model
+    b = probe_models([f'efficientnet_lite0:{path}'], cfg, cache_dir=tmp_path / 'cache', progress=False)
+    fresh = probe_models([f'efficientnet_lite0:{path}'], cfg, progress=False)       # no cache at all
+    (la,), (lb,) = a['models'], b['models']
+    assert _same(b['models'][lb]['corr'], fresh['models'][lb]['corr']), 'numbers of the old model were reused'
+    assert not _same(a['models'][la]['corr'], b['models'][lb]['corr'])
+
+
+def test_probe_runs_are_deterministic():
+    "Issue 11 item 10: the same probe run twice gives identical numbers, whatever the global random state before it."
+    from splat_and_distill.probes import load_probe_backbone, probe_backbone, probe_splits
+    cfg = _tiny_probe_cfg()
+    data, bb = probe_splits(cfg, progress=False), load_probe_backbone('efficientnet_lite0')
+    torch.manual_seed(1); a = probe_backbone(bb, data, cfg, progress=False)
+    torch.manual_seed(2); b = probe_backbone(bb, data, cfg, progress=False)
+    for k in ('depth', 'normals', 'seg', 'corr', 'consistency'): assert _same(a[k], b[k]), (k, a[k], b[k])

@@ -6,7 +6,7 @@ from splat_and_distill.scenes import make_scene
 from splat_and_distill.cameras import pixel_centers, project_points, transform_points
 from splat_and_distill.reconstruct import (Reconstructor, tiny, cpu_default, recon_loss, to_gaussians, warp_to_depths, cost_volume,
                                            depth_candidates, train_reconstructor, load_reconstructor, save_reconstructor,
-                                           make_config, parse_overrides, ssim)
+                                           make_config, ssim, snd_recon)
 
 
 @pytest.fixture(scope='module')
@@ -87,7 +87,13 @@ def test_checkpoint_roundtrip_and_errors(tmp_path, scene):
     with pytest.raises(FileNotFoundError, match='no reconstructor checkpoint'): load_reconstructor(tmp_path / 'missing')
     cfg = json.loads((tmp_path / 'ck' / 'config.json').read_text()); cfg['unet_ch'] = 16
     (tmp_path / 'ck' / 'config.json').write_text(json.dumps(cfg))
+    # issue 11 item 7: the config embedded in the weights is checked against config.json
+    with pytest.raises(ValueError, match='disagree: unet_ch: 8 -> 16'): load_reconstructor(tmp_path / 'ck')
+    from safetensors.torch import save_file, load_file
+    w = tmp_path / 'ck' / 'model.safetensors'; save_file(load_file(str(w)), str(w))            # weights without embedded config
     with pytest.raises(ValueError, match='does not match'): load_reconstructor(tmp_path / 'ck')
+    w.write_bytes(w.read_bytes()[:500])                                                          # truncated
+    with pytest.raises(ValueError, match='model.safetensors: not a readable safetensors file'): load_reconstructor(tmp_path / 'ck')
 
 
 def test_train_resume_is_exact(tmp_path, scene):
@@ -103,10 +109,24 @@ def test_train_resume_is_exact(tmp_path, scene):
 
 
 def test_config_overrides():
-    assert parse_overrides('depth_weight=0.1, steps=20,cross_attention=false') == dict(depth_weight=0.1, steps=20, cross_attention=False)
-    assert make_config('cpu_default', 'n_depths=16').n_depths == 16
-    with pytest.raises(ValueError, match='unknown config key'): parse_overrides('nope=1')
+    c = make_config('cpu_default', dict(depth_weight='0.1', steps='20', cross_attention='false', n_depths=16))
+    assert (c.depth_weight, c.steps, c.cross_attention, c.n_depths) == (0.1, 20, False, 16)
+    with pytest.raises(ValueError, match='unknown config key'): make_config('cpu_default', dict(nope=1))
+    with pytest.raises(ValueError, match='expected true or false'): make_config('cpu_default', dict(cross_attention='ture'))
     with pytest.raises(ValueError, match='unknown preset'): make_config('huge')
+
+
+@pytest.mark.parametrize('argv,msg', [
+    (['--set', 'cross_attention=ture'], 'expected true or false'), (['--set', 'depth_weight=0.1,steps=20'], 'expected a number'),
+    (['--steps', '0'], 'steps=0: must be >= 1'), (['--set', 'size=30'], 'divisible by 4'), (['--stepz', '3'], 'unrecognized arguments'),
+    (['--device', 'tpu'], "device='tpu'"), (['--threads', '-1'], 'threads=-1'), (['--resume', '--overwrite'], 'contradict'),
+    (['--preset', 'huge'], 'unknown preset'), (['--set', 'nope=1'], 'unknown config key')])
+def test_cli_bad_input_exits_2_with_one_line(argv, msg, tmp_path, capsys):
+    "Issue 11 item 9: no traceback, status 2, one line naming the problem, before any scene is rendered."
+    with pytest.raises(SystemExit) as e: snd_recon(['--out', str(tmp_path / 'run'), *argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and msg in err and err.startswith('snd_recon: error:'), err
+    assert not (tmp_path / 'run').exists()
 
 
 def test_ssim_properties():

@@ -153,6 +153,22 @@ def _broken_folder(scene, tmp_path, edit):
     (lambda js, f: js['frames'][1]['transform_matrix'][0].__setitem__(1, 0.7), ValueError, 'not orthonormal'),
     (lambda js, f: js['frames'][0].__setitem__('transform_matrix', [[1, 0], [0, 1]]), ValueError, '[..., 4, 4]'),
     (lambda js, f: js.update(h=99), ValueError, 'declares w=48, h=99'),
+    # issue 11 item 8: numbers, types and ranges, each naming the file and the frame
+    (lambda js, f: js.update(fl_x=0), ValueError, 'frames[0]: "fl_x" is 0'),
+    (lambda js, f: js['frames'][1].update(fl_y=-50.0), ValueError, 'frames[1]: "fl_y" is -50.0'),
+    (lambda js, f: js.update(fl_x=float('nan')), ValueError, '"fl_x" is nan'),
+    (lambda js, f: js.update(cx=float('inf')), ValueError, '"cx" is inf'),
+    (lambda js, f: js.update(cy=-3), ValueError, 'principal point'),
+    (lambda js, f: [js.pop('fl_x'), js.pop('fl_y'), js.update(camera_angle_x=0)], ValueError, '"camera_angle_x" is 0'),
+    (lambda js, f: [js.pop('fl_x'), js.pop('fl_y'), js.update(camera_angle_x=4.0)], ValueError, 'in (0, pi)'),
+    (lambda js, f: js.update(depth_unit_scale_factor=-0.001), ValueError, '"depth_unit_scale_factor" is -0.001'),
+    (lambda js, f: js.update(depth_unit_scale_factor='0.001'), ValueError, '"depth_unit_scale_factor" must be a number'),
+    (lambda js, f: js.update(depth_unit_scale_factor=1.0), ValueError, 'is depth_unit_scale_factor right?'),
+    (lambda js, f: js.update(w='48'), ValueError, '"w" must be a number'),
+    (lambda js, f: js.update(h=40.5), ValueError, '"h" is 40.5'),
+    (lambda js, f: js['frames'][0].update(file_path=7), ValueError, 'frames[0]: "file_path" must be a non-empty string'),
+    (lambda js, f: js['frames'][0].update(depth_file_path=['depth/frame_00000.png']), ValueError, '"depth_file_path" must be a non-empty string'),
+    (lambda js, f: js['frames'][1].update(file_path='depth/frame_00001.png'), ValueError, 'Does file_path point at a depth map?'),
 ])
 def test_bad_input_errors(scene, tmp_path, edit, exc, msg):
     f = _broken_folder(scene, tmp_path, edit)
@@ -185,3 +201,47 @@ def test_cli(tmp_path, monkeypatch):
     assert snd_scenes() is None                                          # run as a console script: exit code 0
     assert (tmp_path / 'scene_000001_preview.png').is_file()
     assert read_scene(tmp_path / 'scene_000000').rgb.shape == (3, 3, 32, 32)
+
+# issue 11 item 3: depth in the wrong format is refused, naming the file and saying what was expected
+def test_depth_wrong_format_refused(scene, tmp_path):
+    from PIL import Image
+    f = write_scene(scene.select([0, 1]), tmp_path / 's8', normals=False)
+    d = np.array(Image.open(f / 'depth' / 'frame_00001.png')).astype(np.float64)
+    Image.fromarray((d / d.max() * 255).astype(np.uint8)).save(f / 'depth' / 'frame_00001.png')   # an 8-bit visualisation
+    with pytest.raises(ValueError, match=r'frame_00001.png.*16-bit'): read_scene(f)
+
+def test_depth_float_tiff_refused(scene, tmp_path):
+    from PIL import Image
+    g = write_scene(scene.select([0, 1]), tmp_path / 'sf', normals=False)
+    Image.fromarray(scene.depth[0].numpy().astype(np.float32)).save(g / 'depth' / 'frame_00000.tiff')   # float metres
+    js = json.loads((g / 'transforms.json').read_text()); js['frames'][0]['depth_file_path'] = 'depth/frame_00000.tiff'
+    (g / 'transforms.json').write_text(json.dumps(js))
+    with pytest.raises(ValueError, match=r'frame_00000.tiff.*float'): read_scene(g)
+
+
+def test_paths_leaving_the_scene_folder_are_refused(scene, tmp_path):
+    "Issue 11 item 8: '../', absolute paths and symbolic links out of the scene folder, unless explicitly allowed."
+    import shutil, os
+    f = write_scene(scene.select([0, 1]), tmp_path / 's', normals=False)
+    good = json.loads((f / 'transforms.json').read_text())
+    shutil.copy(f / 'depth' / 'frame_00001.png', tmp_path / 'outside.png')
+    for rel in ('../outside.png', str(tmp_path / 'outside.png')):
+        js = json.loads(json.dumps(good)); js['frames'][1]['depth_file_path'] = rel
+        (f / 'transforms.json').write_text(json.dumps(js))
+        with pytest.raises(ValueError, match=r'frames\[1\]: depth_file_path leads to .*outside the scene folder'): read_scene(f)
+        assert read_scene(f, allow_outside=True).n_views == 2
+    (f / 'transforms.json').write_text(json.dumps(good))
+    shutil.move(f / 'images' / 'frame_00000.png', tmp_path / 'photo.png')
+    os.symlink(tmp_path / 'photo.png', f / 'images' / 'frame_00000.png')
+    with pytest.raises(ValueError, match=r'frames\[0\]: file_path leads to'): read_scene(f)
+    assert torch.equal(read_scene(f, allow_outside=True).rgb, read_scene(f, allow_outside=True).rgb)
+
+def test_sixteen_bit_greyscale_photo_refused(scene, tmp_path):
+    "Issue 11 item 8: a 16-bit greyscale image as the photo used to turn white; now it is an error naming the frame."
+    from PIL import Image
+    f = write_scene(scene.select([0, 1]), tmp_path / 's', normals=False)
+    Image.fromarray((scene.rgb[0].mean(0).numpy() * 65535).astype(np.uint16)).save(f / 'images' / 'frame_00000.png')
+    with pytest.raises(ValueError, match=r'frames\[0\]: image .*frame_00000.png is a 16- or 32-bit integer single-channel image'): read_scene(f)
+    Image.fromarray((scene.rgb[0].mean(0).numpy() * 255).astype(np.uint8)).save(f / 'images' / 'frame_00000.png')   # 8-bit grey is a photo
+    grey = read_scene(f).rgb[0]
+    assert torch.equal(grey[0], grey[1]) and 0.05 < grey.mean() < 0.95

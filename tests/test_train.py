@@ -1,6 +1,7 @@
 "Training loop: config errors before any work, CLI, resume == uninterrupted, timm export, 2-process DDP on CPU."
 import json, os, socket
 from pathlib import Path
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -96,3 +97,34 @@ def test_reconstructor_geometry_runs(tmp_path):
     res = train(tiny(tmp_path / 'run', geometry='reconstructor', reconstructor=str(tmp_path / 'recon'), render_scale=1.0,
                      steps=2, ckpt_every=0))
     assert res['results']['geometry'] == 'reconstructor' and res['results']['time_per_step']['reconstructor'] > 0
+
+def test_no_depth_with_gt_geometry_stops_with_an_error(tmp_path):
+    "Issue 11 item 3: scenes without depth used to train with loss 0 and valid fraction 0, exit code 0."
+    from splat_and_distill.scenes import make_scene, write_scene
+    for i in range(2):
+        f = write_scene(make_scene(i, n_views=12, size=32), tmp_path / 'data' / f'scene_{i}', normals=False)
+        js = json.loads((f / 'transforms.json').read_text())
+        for fr in js['frames']: fr.pop('depth_file_path')
+        (f / 'transforms.json').write_text(json.dumps(js))
+        import shutil; shutil.rmtree(f / 'depth')
+    with pytest.raises(ValueError, match='depth'):
+        train(tiny(tmp_path / 'run', data=str(tmp_path / 'data'), train_scenes=1, val_scenes=1, steps=2))
+    with pytest.raises(FileNotFoundError, match='geometry=depth needs a depth map'):     # the real-data geometry (issue 13)
+        train(tiny(tmp_path / 'run', data=str(tmp_path / 'data'), train_scenes=1, val_scenes=1, steps=2, geometry='depth'))
+
+def test_empty_depth_maps_stop_the_run(tmp_path):
+    "Issue 11 item 3: depth files that hold no depth (all zero) train on nothing; the valid fraction stops the run."
+    from PIL import Image
+    from splat_and_distill.scenes import make_scene, write_scene
+    for i in range(2):
+        f = write_scene(make_scene(i, n_views=12, size=32), tmp_path / 'data' / f'scene_{i}', normals=False)
+        for p in (f / 'depth').glob('*.png'): Image.fromarray(np.zeros((32, 32), np.uint16)).save(p)
+    with pytest.raises(ValueError, match='of the target tokens received a splatted teacher feature'):
+        train(tiny(tmp_path / 'run', data=str(tmp_path / 'data'), train_scenes=1, val_scenes=1, steps=4, geometry='depth'))
+
+def test_holes_everywhere_stop_the_run(tmp_path, monkeypatch):
+    "Issue 11 item 3: a logging window in which (almost) no target token received a splatted feature stops training."
+    import splat_and_distill.train as T
+    side = T.teacher_side
+    monkeypatch.setattr(T, 'teacher_side', lambda *a, **k: (lambda t, v: (t, torch.zeros_like(v)))(*side(*a, **k)))
+    with pytest.raises(ValueError, match=r'steps 1-2: only 0.00% of the target tokens'): train(tiny(tmp_path / 'run'))
