@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text, pca_rgb, show_images
+from .core import (set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
+    show_images, typed_overrides, parse_sets, check_ranges, check_device, cli_parser, add_option, add_run_options, run_cli, read_json,
+    check_run_folder, start_run_folder, check_resume_config)
 from .cameras import unproject_depth
 from .gaussians import Gaussians
 from .splat import render, hwc_to_chw
@@ -27,14 +29,15 @@ from .reconstruct import ssim, psnr
 from .backbones import make_backbone, make_student, describe_trainable, BACKBONES
 
 # %% auto #0
-__all__ = ['FIT3D_PRESETS', 'HEADLINE', 'FIT_KEYS', 'split_views', 'knn_scales', 'FeatureGaussians', 'init_points',
-           'scene_extent', 'render_feature_gaussians', 'rgb_loss', 'feature_loss', 'token_cosine', 'pixel_cosine',
-           'holdout_metrics', 'lift_metrics', 'FiT3DConfig', 'cpu_fit3d', 'tiny_fit3d', 'paper_fit3d', 'fit3d_config',
-           'like_train', 'stage1_optimizer', 'stage1_schedule', 'teacher_tokens', 'scene_depth', 'converged_at',
-           'fit_scene', 'fit_figure', 'curve_figure', 'render_targets', 'masked_l1', 'finetune', 'fit3d_specs',
-           'probe_seed', 'seed_summary', 'seed_table', 'load_fit3d_results', 'stage1_table', 'validate_fit3d_config',
-           'fit3d_scenes', 'save_scene_fit', 'load_scene_fit', 'reconstructor_geometry', 'stage1', 'stage2',
-           'run_fit3d', 'fit3d_study', 'snd_fit3d']
+__all__ = ['FIT3D_PRESETS', 'HEADLINE', 'FIT3D_RANGES', 'FIT_KEYS', 'FIT3D_RUN_FILES', 'FIT3D_RESUME_MUTABLE', 'split_views',
+           'knn_scales', 'FeatureGaussians', 'init_points', 'scene_extent', 'render_feature_gaussians', 'rgb_loss',
+           'feature_loss', 'token_cosine', 'pixel_cosine', 'holdout_metrics', 'lift_metrics', 'FiT3DConfig',
+           'cpu_fit3d', 'tiny_fit3d', 'paper_fit3d', 'fit3d_config', 'like_train', 'stage1_optimizer',
+           'stage1_schedule', 'teacher_tokens', 'scene_depth', 'converged_at', 'fit_scene', 'fit_figure',
+           'curve_figure', 'render_targets', 'masked_l1', 'finetune', 'fit3d_specs', 'probe_seed', 'seed_summary',
+           'seed_table', 'load_fit3d_results', 'stage1_table', 'validate_fit3d_config', 'fit3d_scenes',
+           'save_scene_fit', 'load_scene_fit', 'reconstructor_geometry', 'stage1', 'stage2', 'run_fit3d', 'fit3d_study',
+           'cli_config', 'snd_fit3d']
 
 # %% ../nbs/12_fit3d.ipynb #6ba6ca77
 def split_views(n_views: int, gap: int = 8, holdout_every: int = 6) -> tuple[list[int], list[tuple[int, int, int]]]:
@@ -230,37 +233,10 @@ def paper_fit3d(**kw) -> FiT3DConfig:
 FIT3D_PRESETS = {'cpu_fit3d': cpu_fit3d, 'tiny': tiny_fit3d, 'paper_fit3d': paper_fit3d}
 
 # %% ../nbs/12_fit3d.ipynb #e7e0f622
-def _convert(key: str, value, tp):
-    "A command-line string as the type `tp` of field `key` (bools strictly)."
-    if not isinstance(value, str): return value
-    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
-    if value.lower() in ('none', 'null') and type(None) in typing.get_args(tp): return None
-    base = args[0]
-    try:
-        if base is bool:
-            if value.lower() in ('1', 'true', 'yes', 'on'): return True
-            if value.lower() in ('0', 'false', 'no', 'off'): return False
-            raise ValueError(value)
-        if base is int:
-            f = float(value)
-            if not f.is_integer(): raise ValueError(value)
-            return int(f)
-        return base(value)
-    except ValueError:
-        raise ValueError(f'config key {key!r}: cannot read {value!r} as {getattr(base, "__name__", base)}') from None
-
 def fit3d_config(preset: str = 'cpu_fit3d', overrides: dict | None = None, **kw) -> FiT3DConfig:
-    "The `preset` config with `overrides` (values may be strings) and keyword overrides; unknown keys are errors."
+    "The `preset` config with `overrides` and keyword overrides (strings read as `--set` reads them, chapter 00); unknown keys are errors."
     if preset not in FIT3D_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(FIT3D_PRESETS)}')
-    types_ = typing.get_type_hints(FiT3DConfig)
-    ov = {**(overrides or {}), **kw}
-    unknown = sorted(set(ov) - set(types_))
-    if unknown:
-        import difflib
-        hints = {k: difflib.get_close_matches(k, types_, 1) for k in unknown}
-        raise ValueError('unknown config key(s) ' + ', '.join(f'{k!r}' + (f' (did you mean {h[0]!r}?)' if h else '') for k, h in hints.items())
-                         + '; run `snd_fit3d --help` for the list')
-    return FIT3D_PRESETS[preset](**{k: _convert(k, v, types_[k]) for k, v in ov.items()})
+    return FIT3D_PRESETS[preset](**typed_overrides(FiT3DConfig, {**(overrides or {}), **kw}))
 
 def like_train(train_cfg, **kw) -> FiT3DConfig:
     "The `cpu_fit3d` config on the data, backbone, trainable part and step budget of a Splat-and-Distill `TrainConfig`."
@@ -488,6 +464,12 @@ def stage1_table(study: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/12_fit3d.ipynb #19e08365
+FIT3D_RANGES = {**{k: '>= 1' for k in ('n_views', 'height', 'width', 'gap', 'feat_dim', 'init_stride', 'max_gaussians', 'fit_steps',
+                                          'eval_every', 'ft_batch_size', 'lora_rank', 'last_stages')},
+                **{k: '>= 0' for k in ('ft_steps', 'holdout_every', 'train_scenes', 'ft_weight_decay')},
+                **{k: '(0, 1)' for k in ('init_opacity', 'lr_means', 'lr_colour', 'lr_opacity', 'lr_scales', 'lr_quats', 'lr_features',
+                                         'lr_decoder', 'ft_lr')}, 'lambda_dssim': '[0, 1]', 'threads': '>= 1'}
+
 def validate_fit3d_config(cfg: FiT3DConfig) -> FiT3DConfig:
     "Raise `ValueError`/`FileNotFoundError` naming the option unless `cfg` can run; touches no model or data."
     def bad(key, msg): raise ValueError(f'config {key}={getattr(cfg, key)!r}: {msg}')
@@ -511,18 +493,9 @@ def validate_fit3d_config(cfg: FiT3DConfig) -> FiT3DConfig:
     if cfg.policy not in ('auto', 'lora', 'last_stages', 'full'): bad('policy', 'choose auto, lora, last_stages or full')
     if cfg.policy == 'lora' and name == 'efficientnet_lite0': bad('policy', 'LoRA needs attention layers; use last_stages for the CNN')
     if cfg.splat_backend not in ('auto', 'torch', 'gsplat', 'triton'): bad('splat_backend', 'choose auto, torch, gsplat or triton')
-    if cfg.device not in ('auto', 'cpu', 'cuda') and not cfg.device.startswith('cuda:'): bad('device', 'choose auto, cpu or cuda')
-    if cfg.device.startswith('cuda') and not torch.cuda.is_available(): bad('device', 'CUDA is not available on this machine')
-    for k in ('n_views', 'height', 'width', 'gap', 'feat_dim', 'init_stride', 'max_gaussians', 'fit_steps', 'eval_every', 'ft_batch_size'):
-        if getattr(cfg, k) < 1: bad(k, 'must be >= 1')
-    for k in ('ft_steps', 'holdout_every', 'train_scenes'):
-        if getattr(cfg, k) < 0: bad(k, 'must be >= 0')
+    if cfg.device != 'auto': check_device(cfg.device)
+    check_ranges(cfg, FIT3D_RANGES)
     if cfg.data == 'procedural' and cfg.train_scenes < 1: bad('train_scenes', 'procedural data needs at least 1 scene')
-    if not 0 < cfg.init_opacity < 1: bad('init_opacity', 'must be in (0, 1)')
-    if not 0 <= cfg.lambda_dssim <= 1: bad('lambda_dssim', 'must be in [0, 1]')
-    for k in ('lr_means', 'lr_colour', 'lr_opacity', 'lr_scales', 'lr_quats', 'lr_features', 'lr_decoder', 'ft_lr'):
-        if not 0 < getattr(cfg, k) < 1: bad(k, 'must be in (0, 1)')
-    if cfg.ft_weight_decay < 0: bad('ft_weight_decay', 'must be >= 0')
     if cfg.data == 'procedural' and cfg.holdout_every and not split_views(cfg.n_views, cfg.gap, cfg.holdout_every)[1]:
         bad('holdout_every', f'no view of {cfg.n_views} can be held out {cfg.gap // 2} frames from two training views; lower gap or holdout_every, or 0 for none')
     return cfg
@@ -628,21 +601,27 @@ def stage2(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, summar
                    cfg.seed, cfg.progress)
     return student.eval(), log
 
-def run_fit3d(cfg: FiT3DConfig | None = None, **overrides) -> dict:
-    "Both FiT3D stages for `cfg` (default `cpu_fit3d` with `overrides`); resumes scene by scene in `cfg.out`; returns results and paths."
+FIT3D_RUN_FILES = ['run.json', 'config.json', 'scenes', 'student_timm.safetensors', 'results.json']
+# options a resumed run may change: where and how it runs, not what it computes
+FIT3D_RESUME_MUTABLE = ('out', 'device', 'threads', 'progress', 'stop_after_scenes', 'cache_dir', 'preset')
+
+def _paths(out: Path) -> dict:
+    return dict(run=str(out), results=str(out / 'results.json'), student_timm=str(out / 'student_timm.safetensors'))
+
+def run_fit3d(cfg: FiT3DConfig | None = None, resume: bool = False, overwrite: bool = False, **overrides) -> dict:
+    "Both FiT3D stages for `cfg` (default `cpu_fit3d` with `overrides`) in the run folder `cfg.out`; `resume` continues scene by scene."
     cfg = validate_fit3d_config(cfg if cfg is not None and not overrides else
                                 fit3d_config(cfg.preset if cfg else 'cpu_fit3d', {**(asdict(cfg) if cfg else {}), **overrides}))
     from splat_and_distill.train import export_student
-    set_threads(cfg.threads)
-    out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
-    if (out / 'results.json').exists():
-        res = json.loads((out / 'results.json').read_text())
-        how = ('progress', 'threads', 'stop_after_scenes', 'out', 'device')      # how a run executes, not what it computes
-        same = lambda c: {k: v for k, v in c.items() if k not in how}
-        if same(res['config']) != same(asdict(cfg)):
-            raise ValueError(f'{out} holds a finished FiT3D run with another config; use another --out')
-        return dict(results=res, paths=dict(run=str(out), results=str(out / 'results.json'), student_timm=str(out / 'student_timm.safetensors')), stopped=False)
+    out = Path(cfg.out)
+    check_run_folder(out, 'snd_fit3d', FIT3D_RUN_FILES, resume, overwrite)        # before any work: never clobber a run
+    if resume:
+        check_resume_config(read_json(out / 'config.json', 'run config'), asdict(cfg), FIT3D_RESUME_MUTABLE, str(out / 'config.json'))
+        if (out / 'results.json').is_file():                                      # finished: nothing to do
+            return dict(results=read_json(out / 'results.json', 'results file'), paths=_paths(out), stopped=False)
+    else: start_run_folder(out, 'snd_fit3d', FIT3D_RUN_FILES, overwrite)
     atomic_write_json(out / 'config.json', asdict(cfg))
+    set_threads(cfg.threads)
     t0 = time.time()
     device = default_device(None if cfg.device == 'auto' else cfg.device)
     teacher = _load_teacher(cfg).to(device)
@@ -655,7 +634,7 @@ def run_fit3d(cfg: FiT3DConfig | None = None, **overrides) -> dict:
     if stopped: return dict(stopped=True, scenes_done=sorted(summaries), paths=dict(run=str(out)))
     t1 = time.time()
     student, log = stage2(cfg, teacher, scenes, out, summaries, device)
-    student_path = export_student(types.SimpleNamespace(backbone=student), out / 'student_timm.safetensors', cfg)
+    export_student(types.SimpleNamespace(backbone=student), out / 'student_timm.safetensors', cfg)   # timm names, as snd_train's
     stat = lambda k: float(np.mean([s[k] for s in summaries.values() if s.get(k) is not None])) if any(s.get(k) is not None for s in summaries.values()) else None
     results = dict(config=asdict(cfg), scenes=summaries, stage2=dict(steps=len(log), first_loss=log[0]['loss'], last_loss=log[-1]['loss'],
                    loss_curve=[r['loss'] for r in log[::max(1, len(log) // 50)]], trainable=describe_trainable(student)),
@@ -665,7 +644,7 @@ def run_fit3d(cfg: FiT3DConfig | None = None, **overrides) -> dict:
                              converged_cpu_seconds=stat('converged_cpu_seconds'), lift_cpu_seconds_per_triplet=stat('lift_cpu_seconds_per_triplet')),
                    wall_s=dict(stage2=time.time() - t1, invocation=time.time() - t0), threads=torch.get_num_threads(), device=str(device))
     atomic_write_json(out / 'results.json', results)
-    return dict(results=results, paths=dict(run=str(out), results=str(out / 'results.json'), student_timm=str(student_path)), stopped=False)
+    return dict(results=results, paths=_paths(out), stopped=False)
 
 # %% ../nbs/12_fit3d.ipynb #8745165b
 def _compact_stage1(results: dict) -> dict:
@@ -689,12 +668,19 @@ def _dumps(obj) -> str:
     return re.sub(r'\[\s+([-+\d.eE,\s]+?)\s+\]', lambda m: '[' + ' '.join(m.group(1).split()) + ']', text) + '\n'
 
 def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = 'cpu_default', probe_overrides: dict | None = None,
-                out: str | Path | None = None, extra_rows: dict | None = None, reprobe: bool = False) -> dict:
-    "The study protocol: for each seed a full FiT3D run and (if `probe_preset`) every probe with that probe seed; writes `study.json`."
-    from splat_and_distill.probes import TABLE_COLUMNS
+                out: str | Path | None = None, extra_rows: dict | None = None, resume: bool = False, overwrite: bool = False,
+                reprobe: bool = False) -> dict:
+    "The study protocol: for each seed a full FiT3D run (`OUT/seed_k`) and (if `probe_preset`) every probe with that probe seed; writes `study.json`."
+    from splat_and_distill.probes import TABLE_COLUMNS, probe_config
+    if probe_preset is not None: probe_config(probe_preset, **(probe_overrides or {}))   # bad probe options fail before any work
     out = Path(out or cfg.out)
+    own = ['run.json', 'config.json', 'study.json'] + [f'seed_{k}' for k in seeds]
+    check_run_folder(out, 'snd_fit3d_study', own, resume, overwrite)
+    if resume: check_resume_config(read_json(out / 'config.json', 'study config'), asdict(cfg), FIT3D_RESUME_MUTABLE + ('seed',), str(out / 'config.json'))
+    else: start_run_folder(out, 'snd_fit3d_study', own, overwrite)
+    atomic_write_json(out / 'config.json', asdict(cfg))
     path = out / 'study.json'
-    study = json.loads(path.read_text()) if path.exists() else dict(config=asdict(cfg), seeds={})
+    study = read_json(path, 'study file') if path.is_file() else dict(config=asdict(cfg), seeds={})
     if probe_preset is not None and (reprobe or study.get('probe_preset') not in (None, probe_preset)
                                      or study.get('probe_overrides', {}) != (probe_overrides or {})):
         for e in study['seeds'].values(): e.pop('probes', None)                # probe again: stage 1 and 2 are reused
@@ -702,7 +688,8 @@ def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = '
     if probe_preset is not None: study.update(probe_preset=probe_preset, probe_overrides=probe_overrides or {})
     for seed in seeds:
         entry = study['seeds'].get(str(seed), {})
-        run = run_fit3d(dataclasses.replace(cfg, seed=seed, out=str(out / f'seed_{seed}'), stop_after_scenes=None))  # finished: returns at once
+        run_dir = out / f'seed_{seed}'
+        run = run_fit3d(dataclasses.replace(cfg, seed=seed, out=str(run_dir), stop_after_scenes=None), resume=(run_dir / 'config.json').is_file())
         entry['stage1'] = _compact_stage1(run['results'])
         if probe_preset is not None and 'probes' not in entry:
             specs = {**fit3d_specs(run['paths']['student_timm'], cfg.backbone.partition(':')[0]), **((extra_rows or {}).get(seed, {}))}
@@ -716,52 +703,50 @@ def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = '
 # %% ../nbs/12_fit3d.ipynb #b8dc0bd2
 def _cli_parser() -> argparse.ArgumentParser:
     docs = docments(FiT3DConfig)
-    p = argparse.ArgumentParser(prog='snd_fit3d', formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description='FiT3D baseline: per-scene feature Gaussians (stage 1), then fine-tuning the 2D model to their renders (stage 2).',
-                                epilog='presets: ' + ', '.join(f'{k} ({v.__doc__})' for k, v in FIT3D_PRESETS.items()) +
-                                       '\nExamples:\n  snd_fit3d --out runs/fit3d                 (both stages, cpu_fit3d; rerun to resume)\n'
-                                       '  snd_fit3d --seeds 0 1 2 --probe_preset cpu_default --out runs/fit3d_study')
-    p.add_argument('--preset', default='cpu_fit3d', help=f'starting values: {", ".join(FIT3D_PRESETS)} (default: cpu_fit3d)')
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override any config field (repeatable)')
-    p.add_argument('--seeds', type=int, nargs='+', default=None, help='run the study protocol over these seeds (OUT/seed_k, OUT/study.json)')
-    p.add_argument('--probe_preset', default=None, help="with --seeds: probe every model with chapter 10's preset (e.g. cpu_default, tiny)")
-    p.add_argument('--reprobe', action='store_true', help='with --seeds: probe every seed again (after the probes changed); stage 1 and 2 are reused')
-    p.add_argument('--print_config', action='store_true', help='print the resolved config as JSON and exit')
+    p = cli_parser('snd_fit3d', 'FiT3D baseline: per-scene feature Gaussians (stage 1), then fine-tuning the 2D model to their renders (stage 2).',
+                   'presets: ' + ', '.join(f'{k} ({v.__doc__})' for k, v in FIT3D_PRESETS.items()) +
+                   '\nExamples:\n  snd_fit3d --out runs/fit3d                     both stages, cpu_fit3d (add --resume after an interruption)\n'
+                   '  snd_fit3d --seeds 0 1 2 --probe_preset cpu_default --out runs/fit3d_study\n'
+                   'Run folders, --resume and --overwrite: chapter 11; --set syntax: chapter 00.')
+    add_option(p, 'preset', default=None, help=f'starting values: {", ".join(FIT3D_PRESETS)} (default: cpu_fit3d; on --resume: the run\'s saved config)')
+    add_run_options(p)
+    add_option(p, 'seeds', type=int, nargs='+', default=None, help='the study protocol over these seeds: OUT/seed_k runs and OUT/study.json')
+    add_option(p, 'probe_preset', default=None, help="with --seeds: probe every model with chapter 10's preset (e.g. cpu_default, tiny)")
+    add_option(p, 'reprobe', action='store_true', help='with --seeds --resume: probe every seed again (after the probes changed); stage 1 and 2 are reused')
+    add_option(p, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
     g = p.add_argument_group('config fields (defaults shown are cpu_fit3d values; see --preset)')
     base = cpu_fit3d()
     for f in fields(FiT3DConfig):
-        if f.name == 'preset': continue
-        g.add_argument(f'--{f.name}', default=None, metavar=f.name.upper(), help=f'{docs.get(f.name) or ""} [default: {getattr(base, f.name)!r}]'.replace('%', '%%'))
+        if f.name != 'preset':
+            add_option(g, f.name, default=None, metavar=f.name.upper(), help=f'{docs.get(f.name) or ""} [default: {getattr(base, f.name)!r}]'.replace('%', '%%'))
     return p
 
-def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for it in items:
-        if '=' not in it: raise ValueError(f'--set expects KEY=VALUE, got {it!r}')
-        k, v = it.split('=', 1); out[k.strip()] = v.strip()
-    return out
+def cli_config(args) -> FiT3DConfig:
+    "The config a `snd_fit3d` command line describes; on `--resume` without `--preset`, the run's saved config is the start."
+    given = {**parse_sets(FiT3DConfig, args.set),
+             **typed_overrides(FiT3DConfig, {f.name: getattr(args, f.name) for f in fields(FiT3DConfig)
+                                             if f.name != 'preset' and getattr(args, f.name) is not None})}
+    if args.preset is not None and args.preset not in FIT3D_PRESETS: raise ValueError(f'unknown preset {args.preset!r}; choose one of {sorted(FIT3D_PRESETS)}')
+    saved = Path(given.get('out') or FIT3D_PRESETS[args.preset or 'cpu_fit3d']().out) / 'config.json'
+    if args.resume and args.preset is None and saved.is_file():
+        base = typed_overrides(FiT3DConfig, read_json(saved, 'run config'))
+        base.pop('stop_after_scenes', None)                     # a pause of the last invocation, not a setting of the run
+        return validate_fit3d_config(fit3d_config(base.get('preset', 'cpu_fit3d'), {**base, **given}))
+    return validate_fit3d_config(fit3d_config(args.preset or 'cpu_fit3d', given))
 
 def snd_fit3d(argv: list[str] | None = None) -> dict | None:
-    "Command-line entry point: `snd_fit3d [--preset P] [--KEY VALUE ...] [--set KEY=VALUE ...] [--seeds 0 1 2 --probe_preset cpu_default]`."
-    as_script = argv is None                      # console scripts pass a non-None return value to sys.exit
-    p = _cli_parser()
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    given = {f.name: getattr(args, f.name) for f in fields(FiT3DConfig) if f.name != 'preset' and getattr(args, f.name) is not None}
-    try:
-        cfg = validate_fit3d_config(fit3d_config(args.preset, {**_parse_sets(args.set), **given}))
-        if args.probe_preset is not None:
-            if args.seeds is None: raise ValueError('--probe_preset needs --seeds (the study protocol probes every seed)')
-            from splat_and_distill.probes import probe_config
-            probe_config(args.probe_preset)
-    except (ValueError, FileNotFoundError) as e:
-        p.exit(2, f'snd_fit3d: error: {e}\n')
-    if args.print_config:
-        print(json.dumps(asdict(cfg), indent=2)); return None if as_script else dict(config=asdict(cfg))
-    if args.seeds is not None:
-        study = fit3d_study(cfg, args.seeds, args.probe_preset, reprobe=args.reprobe)
-        if study.get('summary'): print(seed_table(study['summary']))
-        print(stage1_table(study))
-        return None if as_script else dict(study=study)
-    res = run_fit3d(cfg)
-    if not res['stopped']: print(json.dumps(res['results']['mean'], indent=1))
-    return None if as_script else res
+    "Command-line entry point: `snd_fit3d [--preset P] [--out DIR] [--resume] [--KEY VALUE ...] [--set KEY=VALUE ...] [--seeds 0 1 2 --probe_preset cpu_default]`."
+    def main(args):
+        cfg = cli_config(args)
+        if args.probe_preset is not None and args.seeds is None: raise ValueError('--probe_preset needs --seeds (the study protocol probes every seed)')
+        if args.reprobe and not (args.seeds and args.resume): raise ValueError('--reprobe re-probes an existing study: give --seeds and --resume')
+        if args.print_config: print(json.dumps(asdict(cfg), indent=2)); return dict(config=asdict(cfg))
+        if args.seeds is not None:
+            study = fit3d_study(cfg, args.seeds, args.probe_preset, resume=args.resume, overwrite=args.overwrite, reprobe=args.reprobe)
+            if study.get('summary'): print(seed_table(study['summary']))
+            print(stage1_table(study))
+            return dict(study=study)
+        res = run_fit3d(cfg, resume=args.resume, overwrite=args.overwrite)
+        if not res['stopped']: print(json.dumps(res['results']['mean'], indent=1))
+        return res
+    return run_cli(_cli_parser(), argv, main)

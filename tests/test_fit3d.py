@@ -103,7 +103,9 @@ def test_interrupted_run_resumes_scene_by_scene(tmp_path):
     first = b / 'scenes' / 'scene_0000000.safetensors'
     assert first.exists() and not (b / 'scenes' / 'scene_0000001.safetensors').exists() and not (b / 'results.json').exists()
     stamp = first.stat().st_mtime_ns
-    done = run_fit3d(fit3d_config('tiny', **FAST, backbone='efficientnet_lite0:random', out=str(b)))
+    with pytest.raises(FileExistsError, match='--resume'):               # a new run never clobbers one
+        run_fit3d(fit3d_config('tiny', **FAST, backbone='efficientnet_lite0:random', out=str(b)))
+    done = run_fit3d(fit3d_config('tiny', **FAST, backbone='efficientnet_lite0:random', out=str(b)), resume=True)
     assert not done['stopped'] and first.stat().st_mtime_ns == stamp, 'a fitted scene was fitted again'
     for name in ('scene_0000000', 'scene_0000001'):
         ta, tb = _tensors(tmp_path / 'a' / 'scenes' / f'{name}.safetensors'), _tensors(b / 'scenes' / f'{name}.safetensors')
@@ -112,11 +114,15 @@ def test_interrupted_run_resumes_scene_by_scene(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa), 'resumed run must equal the uninterrupted one'
     ra = json.loads((tmp_path / 'a' / 'results.json').read_text())
     assert set(ra['scenes']) == {'scene_0000000', 'scene_0000001'} and ra['stage2']['steps'] == 3
-    # a finished run is not redone; another config in the same folder is refused
-    again = run_fit3d(fit3d_config('tiny', **FAST, backbone='efficientnet_lite0:random', out=str(b)))
-    assert again['results']['scenes'].keys() == ra['scenes'].keys()
-    with pytest.raises(ValueError, match='other settings|another config'):
-        run_fit3d(fit3d_config('tiny', **{**FAST, 'fit_steps': 5}, backbone='efficientnet_lite0:random', out=str(b)))
+    # resuming a finished run is a no-op; resuming with other settings is refused, naming them
+    again = run_fit3d(fit3d_config('tiny', **FAST, backbone='efficientnet_lite0:random', out=str(b)), resume=True)
+    assert again['results'] == json.loads((b / 'results.json').read_text())
+    with pytest.raises(ValueError, match='fit_steps'):
+        run_fit3d(fit3d_config('tiny', **{**FAST, 'fit_steps': 5}, backbone='efficientnet_lite0:random', out=str(b)), resume=True)
+    # --overwrite replaces the run's own files only
+    (b / 'notes.txt').write_text('mine')
+    run_fit3d(fit3d_config('tiny', **{**FAST, 'train_scenes': 1}, backbone='efficientnet_lite0:random', out=str(b)), overwrite=True)
+    assert (b / 'notes.txt').read_text() == 'mine' and not (b / 'scenes' / 'scene_0000001.safetensors').exists()
 
 def test_exported_student_loads_for_the_probes(tmp_path, scene):
     from splat_and_distill.probes import load_probe_backbone
@@ -158,7 +164,8 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     out = tmp_path / 'never'
     bad = [['--set', 'fit_step=3'], ['--preset', 'nope'], ['--fit_steps', 'ten'], ['--set', 'geometry=nerf'], ['--data', str(tmp_path / 'no')],
            ['--weights', '/no/such.pth'], ['--set', 'ft_hflip=ture'], ['--probe_preset', 'tiny'], ['--seeds', '0', '--probe_preset', 'huge'],
-           ['--set', 'holdout_every=-1'], ['--preset', 'paper_fit3d'], ['--set', 'ft_lr=0']]
+           ['--set', 'holdout_every=-1'], ['--preset', 'paper_fit3d'], ['--set', 'ft_lr=0'], ['--reprobe'], ['--resume'], ['--fit-step', '3'],
+           ['--resume', '--overwrite']]
     for b in bad:
         with pytest.raises(SystemExit) as e: snd_fit3d(['--out', str(out), *b])
         assert e.value.code == 2, b
@@ -208,9 +215,10 @@ def test_study_protocol_seeds_and_resume(tmp_path, monkeypatch):
     assert json.loads((tmp_path / 'seed_1' / 'results.json').read_text())['config']['seed'] == 1
     d = study['summary']['FiT3D student']['depth.d1']
     assert d['diff_mean'] == pytest.approx(0.01) and d['diff_std'] == pytest.approx(0, abs=1e-12) and d['n'] == 2
-    again = f3.fit3d_study(cfg, [0, 1], probe_preset='tiny')
+    with pytest.raises(FileExistsError): f3.fit3d_study(cfg, [0, 1], probe_preset='tiny')
+    again = f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', resume=True)
     assert len(calls) == 2 and again['summary'] == study['summary']
-    f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', reprobe=True)
+    f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', resume=True, reprobe=True)
     assert len(calls) == 4
 
 def test_probe_seed_uses_the_probe_seed():
