@@ -191,6 +191,7 @@ class FiT3DConfig:
     init_opacity: float = 0.1 # initial opacity (3DGS, FiT3D)
     fit_steps: int = 300 # stage-1 steps per scene, one view each (FiT3D: 30000)
     lambda_dssim: float = 0.2 # RGB loss = (1-l) L1 + l (1 - SSIM)
+    gradient_separation: bool = True # FiT3D's cut: geometry learns from RGB only (False: the feature loss moves it too; an ablation)
     lr_means: float = 1.6e-4 # x scene extent, exponential decay to 1% (3DGS)
     lr_colour: float = 1e-2 # colour logits
     lr_opacity: float = 5e-2 # opacity logits (3DGS)
@@ -314,7 +315,7 @@ def fit_scene(scene, teacher: nn.Module, cfg: FiT3DConfig, reconstructor=None, s
         if not order: order = torch.randperm(len(train), generator=gen).tolist()      # an epoch of views, random order
         i = order.pop()
         v = train[i]
-        out = render_feature_gaussians(fg, scene.c2w[[v]], scene.K[[v]], scene.height, scene.width, cfg.splat_backend)
+        out = render_feature_gaussians(fg, scene.c2w[[v]], scene.K[[v]], scene.height, scene.width, cfg.splat_backend, cfg.gradient_separation)
         target = F.interpolate(tokens[[i]], size=(scene.height, scene.width), mode='bilinear', align_corners=False)  # (1, d, h, w)
         l_rgb, l_feat = rgb_loss(out['rgb'], scene.rgb[[v]], cfg.lambda_dssim), feature_loss(out['features'], target)
         opt.zero_grad(set_to_none=True)
@@ -512,7 +513,7 @@ def fit3d_scenes(cfg: FiT3DConfig) -> list[tuple[str, object]]:
     return [(f.name, S.read_scene(f, size=(cfg.height, cfg.width))) for f in folders]
 
 FIT_KEYS = ('seed', 'height', 'width', 'n_views', 'gap', 'holdout_every', 'backbone', 'weights', 'geometry', 'reconstructor', 'feat_dim',
-            'init_stride', 'max_gaussians', 'init_opacity', 'fit_steps', 'lambda_dssim', 'lr_means', 'lr_colour', 'lr_opacity',
+            'init_stride', 'max_gaussians', 'init_opacity', 'fit_steps', 'lambda_dssim', 'gradient_separation', 'lr_means', 'lr_colour', 'lr_opacity',
             'lr_scales', 'lr_quats', 'lr_features', 'lr_decoder')
 
 def save_scene_fit(path: str | Path, fg: FeatureGaussians, summary: dict, cfg: FiT3DConfig) -> Path:

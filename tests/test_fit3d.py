@@ -231,3 +231,11 @@ def test_probe_seed_uses_the_probe_seed():
     assert set(a) == {'teacher'} and 'depth.d1' in a['teacher'] and 'corr.recall_10px' in a['teacher']
     keys = ('corr.recall_10px', 'consistency.gap', 'consistency.cos_random')
     assert any(a['teacher'][k] != b['teacher'][k] for k in keys), 'the probe seed must change the probes (pairs, random pairs)'
+
+def test_gradient_separation_option_is_wired(scene, teacher):
+    "`gradient_separation=False` (the ablation) lets the feature loss move the geometry: the fits differ in geometry only through it."
+    cfg = fit3d_config('tiny', height=32, width=32, max_gaussians=300, fit_steps=3, eval_every=3, progress=False)
+    on = fit_scene(scene, teacher, cfg, progress=False)['model']
+    off = fit_scene(scene, teacher, fit3d_config('tiny', **{**{k: getattr(cfg, k) for k in ('height', 'width', 'max_gaussians', 'fit_steps', 'eval_every', 'progress')}},
+                                                 gradient_separation=False), progress=False)['model']
+    assert not torch.equal(on.means, off.means) and not torch.equal(on.opacity_logits, off.opacity_logits)
