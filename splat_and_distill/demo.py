@@ -190,7 +190,7 @@ def mean_std(xs) -> tuple[float, float]:
 
 def paired_summary(teacher: dict, runs: dict, model: str = 'student', columns=STUDY_COLUMNS) -> dict:
     "Per metric: teacher and `model` mean ± std over seeds and the paired difference `model - teacher` (same seed)."
-    seeds = sorted(set(teacher) & set(runs))
+    seeds = sorted(set(teacher) & set(runs), key=int)                  # int seeds, or their JSON (string) keys
     out = {}
     for key, _, higher in columns:
         t = [P.flatten_metrics(teacher[s]).get(key) for s in seeds]
@@ -198,7 +198,7 @@ def paired_summary(teacher: dict, runs: dict, model: str = 'student', columns=ST
         if any(v is None for v in t + m): continue
         d = [b - a for a, b in zip(t, m)]
         dm, ds = mean_std(d)
-        out[key] = dict(teacher=mean_std(t), model=mean_std(m), delta=(dm, ds), seeds=seeds,
+        out[key] = dict(teacher=mean_std(t), model=mean_std(m), delta=(dm, ds), seeds=[int(s) for s in seeds],
                         better=(dm > 0) == higher and abs(dm) > 2 * ds, worse=(dm > 0) != higher and abs(dm) > 2 * ds)
     return out
 
