@@ -69,6 +69,7 @@ def masked_mean(x: Float[Tensor, "*b"], valid: Bool[Tensor, "*b"] | None) -> Ten
     v = valid.to(x.dtype)
     return (x * v).sum() / v.sum().clamp(min=1)
 
+# %% ../nbs/09_distill.ipynb #5563fc45
 class DistillLoss(nn.Module):
     "Per-token cross-entropy between teacher and student prototype distributions, averaged over valid tokens."
     def __init__(self, out_dim: int, # number of prototypes `K`
@@ -134,6 +135,7 @@ class DistillModel(nn.Module):
         tok = self.tokens(images)
         return dict(tokens=tok, logits=self.logits(tok) if with_logits else None)
 
+# %% ../nbs/09_distill.ipynb #97d2d6ed
 def make_ema_teacher(student: nn.Module) -> nn.Module:
     "A frozen copy of `student` (same weights, no gradients, eval mode) to be updated by `ema_update`."
     teacher = copy.deepcopy(student)

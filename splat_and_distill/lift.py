@@ -14,8 +14,8 @@ from .gaussians import Gaussians, gaussians_from_depth
 from .splat import render, hwc_to_chw
 
 # %% auto #0
-__all__ = ['token_centre_pixels', 'sample_at_token_centres', 'mask_aware_upsample', 'semantic_blend', 'downsample_to_tokens',
-           'hole_mask', 'lift_and_splat_details', 'naive_upsample_tokens', 'lift_and_splat', 'lift_and_splat_batch',
+__all__ = ['token_centre_pixels', 'sample_at_token_centres', 'naive_upsample_tokens', 'mask_aware_upsample', 'semantic_blend',
+           'downsample_to_tokens', 'hole_mask', 'lift_and_splat_details', 'lift_and_splat', 'lift_and_splat_batch',
            'feature_cosine', 'covisible_pixels', 'sample_features_at', 'covisible_cosines', 'multiview_consistency',
            'lift_consistency_report']
 
@@ -37,6 +37,11 @@ def _bilinear_taps(n_out: int, n_in: int, device=None):
     i0 = t.floor().long()
     i1 = (i0 + 1).clamp(max=n_in - 1)
     return i0, i1, t - i0
+
+# %% ../nbs/07_lift.ipynb #cf9f7a39
+def naive_upsample_tokens(tokens: Float[Tensor, "b d hp wp"], h: int, w: int) -> Float[Tensor, "b d h w"]:
+    "Plain bilinear upsampling (`align_corners=False`), the baseline of `mask_aware_upsample`."
+    return F.interpolate(tokens, size=(h, w), mode='bilinear', align_corners=False)
 
 # %% ../nbs/07_lift.ipynb #79798753
 def mask_aware_upsample(
@@ -166,10 +171,7 @@ def lift_and_splat_details(
     valid = hole_mask(res['alpha'], hp, wp, alpha_threshold)                   # (b, hp, wp) the hole mask
     return dict(res, valid=valid, context_tokens=ctx_tokens.view(b, v, d, *ctx_tokens.shape[-2:]))
 
-def naive_upsample_tokens(tokens: Float[Tensor, "b d hp wp"], h: int, w: int) -> Float[Tensor, "b d h w"]:
-    "Plain bilinear upsampling (`align_corners=False`), the baseline of `mask_aware_upsample`."
-    return F.interpolate(tokens, size=(h, w), mode='bilinear', align_corners=False)
-
+# %% ../nbs/07_lift.ipynb #98b3180c
 def lift_and_splat(teacher: nn.Module, context_rgb, context_labels, context_K, context_c2w, target_K, target_c2w,
                    target_labels=None, **kwargs) -> tuple[Float[Tensor, "b d hp wp"], Bool[Tensor, "b hp wp"]]:
     "Distillation targets `[b,d,hp,wp]` for the target view and their validity `[b,hp,wp]` (see `lift_and_splat_details`)."
@@ -205,6 +207,7 @@ def covisible_pixels(depth_a: Float[Tensor, "h w"], K_a: Float[Tensor, "3 3"], c
     visible = inside & torch.isfinite(zb) & (zb > 0) & ((zb - z).abs() <= rel_tol * z)
     return uv_a[visible], uv_b[visible]
 
+# %% ../nbs/07_lift.ipynb #4c7de9cb
 def sample_features_at(features: Float[Tensor, "d hf wf"], uv: Float[Tensor, "n 2"], h: int, w: int) -> Float[Tensor, "n d"]:
     "Bilinear samples of a feature map covering an `h x w` image at pixel positions `uv` (align_corners=False)."
     grid = torch.stack([2 * uv[:, 0] / w - 1, 2 * uv[:, 1] / h - 1], -1)      # (n, 2), image edges at -1, +1
@@ -215,7 +218,7 @@ def covisible_cosines(feat_a: Float[Tensor, "d ha wa"], feat_b: Float[Tensor, "d
                       depth_a: Float[Tensor, "h w"], K_a: Float[Tensor, "3 3"], c2w_a: Float[Tensor, "4 4"],
                       depth_b: Float[Tensor, "hb wb"], K_b: Float[Tensor, "3 3"], c2w_b: Float[Tensor, "4 4"],
                       rel_tol: float = 0.03, generator: torch.Generator | None = None) -> tuple[Float[Tensor, "n"], Float[Tensor, "n"]]:
-    "Cosines of the features of co-visible pixel pairs, and of the same pixels of `a` paired with shuffled pixels of `b` (the chance level)."
+    "Cosines of the features of co-visible pixel pairs, and of the same pixels of `a` paired with shuffled pixels of `b` (the random-pair baseline)."
     uv_a, uv_b = covisible_pixels(depth_a, K_a, c2w_a, depth_b, K_b, c2w_b, rel_tol)
     fa = sample_features_at(feat_a, uv_a, *depth_a.shape)                      # (n, d)
     fb = sample_features_at(feat_b, uv_b, *depth_b.shape)                      # (n, d)

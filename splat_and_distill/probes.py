@@ -22,7 +22,7 @@ from .cameras import (pixel_centers, unproject_depth, project_points, scale_intr
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'DATASET_MAX_DEPTH', 'PROBE_PRESETS', 'PROBE_RANGES',
-           'MOTORCYCLE_CALIB', 'FEATURES_VERSION', 'TABLE_COLUMNS', 'PROBE_RUN_FILES', 'PROBE_RESUME_MUTABLE', 'NYU_K',
+           'MOTORCYCLE_CALIB', 'TABLE_COLUMNS', 'FEATURES_VERSION', 'PROBE_RUN_FILES', 'PROBE_RESUME_MUTABLE', 'NYU_K',
            'PROBE_DATA', 'probe_input', 'depth_bin_centers', 'depth_bin_weights', 'DepthProbe', 'valid_depth',
            'sig_loss', 'gradient_loss', 'depth_metrics', 'average_metrics', 'normals_to_camera', 'valid_normals',
            'NormalsProbe', 'normals_kappa', 'angular_loss', 'angular_error_deg', 'normal_metrics',
@@ -33,10 +33,11 @@ __all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'DATASET_MAX_
            'standardize_features', 'fit_probe', 'training_labels', 'depth_input', 'depth_loss', 'train_depth_probe',
            'evaluate_depth_probe', 'train_normals_probe', 'constant_normal', 'evaluate_constant_normal',
            'evaluate_normals_probe', 'train_seg_probe', 'evaluate_seg_probe', 'grid_depth', 'evaluate_correspondence',
-           'feature_consistency', 'motorcycle_pair', 'resize_to_stride', 'match_scale_shift', 'real_image_check',
-           'file_identity', 'model_key', 'cached_features', 'probe_backbone', 'multiview_consistency_score',
-           'flatten_metrics', 'results_table', 'compare_models', 'write_results', 'probe_models', 'make_probe_split',
-           'read_nyu', 'read_scannetpp_probe', 'read_scannet1500', 'read_probe_data', 'probe_real', 'snd_probe']
+           'feature_consistency', 'multiview_consistency_score', 'motorcycle_pair', 'resize_to_stride',
+           'match_scale_shift', 'real_image_check', 'probe_backbone', 'flatten_metrics', 'results_table',
+           'compare_models', 'probe_models', 'file_identity', 'model_key', 'cached_features', 'write_results',
+           'make_probe_split', 'read_nyu', 'read_scannetpp_probe', 'read_scannet1500', 'read_probe_data', 'probe_real',
+           'snd_probe']
 
 # %% ../nbs/10_probes.ipynb #85b23c0f
 def probe_input(tokens: Float[Tensor, "b d hp wp"], cls: Float[Tensor, "b d"] | None = None) -> Float[Tensor, "b dd hp wp"]:
@@ -219,6 +220,7 @@ def ratio_test_matches(f0: Float[Tensor, "n0 d"], f1: Float[Tensor, "n1 d"], num
     w, idx0 = weight.topk(min(num_corr, len(weight)))
     return idx0, nn_idx[idx0], w
 
+# %% ../nbs/10_probes.ipynb #069e1be6
 def correspondence_errors(feat0: Float[Tensor, "d hp wp"], feat1: Float[Tensor, "d hp wp"],
                           depth0: Float[Tensor, "h w"], depth1: Float[Tensor, "h w"],
                           K0: Float[Tensor, "3 3"], K1: Float[Tensor, "3 3"], c2w0: Float[Tensor, "4 4"], c2w1: Float[Tensor, "4 4"],
@@ -235,6 +237,7 @@ def correspondence_errors(feat0: Float[Tensor, "d hp wp"], feat1: Float[Tensor, 
     err = (uv_0in1 - uv[v1][idx1]).norm(dim=-1)
     return torch.where(z > 1e-6, err, torch.full_like(err, float('inf')))
 
+# %% ../nbs/10_probes.ipynb #795833c4
 def correspondence_recall(errors: list[Tensor], rotations_deg: Tensor | None = None, grid_width: int = 160,
                           thresholds=CORR_THRESHOLDS_160, bins=ROTATION_BINS) -> dict:
     "Recall (percent) at thresholds scaled to `grid_width`, pooled over matches; per-pair recall at 10 px binned by rotation."
@@ -269,6 +272,7 @@ class ConcatBackbone(nn.Module):
 
     def forward(self, images): return self.forward_features(images)['tokens']
 
+# %% ../nbs/10_probes.ipynb #94461e80
 def load_probe_backbone(spec: str, weights: str | None = None) -> nn.Module:
     "Backbone from a spec: 'name', 'name:random', 'name:WEIGHTS_FILE', or 'a+b' (concatenation); `weights` applies to a single 'name'."
     from splat_and_distill.backbones import make_backbone
@@ -295,6 +299,7 @@ def spec_label(spec: str, weights: str | None = None) -> str:
         return name if arg in ('', 'pretrained') else f'{name}:{arg if arg == "random" else Path(arg).stem}'
     return '+'.join(one(p.strip()) for p in spec.split('+'))
 
+# %% ../nbs/10_probes.ipynb #944c22ec
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: Float[Tensor, "n 3 h w"], batch_size: int = 16, device=None, desc: str | None = None,
                      pre_norm: bool = True) -> dict:
@@ -357,6 +362,7 @@ class ProbeConfig:
         "Matches kept per pair on a `grid_w x grid_h` grid."
         return self.corr_num or max(10, round(1000 * grid_w * grid_h / (160 * 120)))
 
+# %% ../nbs/10_probes.ipynb #ced0d25d
 PROBE_PRESETS = dict(
     tiny=dict(name='tiny', image_size=64, n_views=8, n_train_scenes=2, n_test_scenes=1, epochs=40, batch_size=8,
               corr_gaps=(1, 3, 6), corr_pairs_per_gap=2, corr_grid_width=32, consistency_pairs=4, real_width=160, real_grid_width=80),
@@ -418,6 +424,7 @@ def split_from_scenes(scenes: list) -> ProbeSplit:
                       scene=torch.cat([torch.full((len(s.rgb),), i) for i, s in enumerate(scenes)]),
                       view=torch.cat([torch.arange(len(s.rgb)) for s in scenes]))
 
+# %% ../nbs/10_probes.ipynb #c448a676
 def probe_splits(cfg: ProbeConfig, cache_dir: str | Path | None = None, progress: bool = True) -> dict:
     "Train and test `ProbeSplit`s of procedural scenes for `cfg`, plus `n_classes` and `class_names`."
     from splat_and_distill import scenes as S
@@ -459,6 +466,7 @@ def standardize_features(feats: dict, stats: dict | None) -> dict:
     if cls is not None and 'cls_mean' in stats: cls = (cls - stats['cls_mean']) / stats['cls_std']
     return dict(tokens=(feats['tokens'] - stats['mean']) / stats['std'], cls=cls)
 
+# %% ../nbs/10_probes.ipynb #7ae86e1c
 def fit_probe(head: nn.Module, x: Tensor, loss_fn, cfg: ProbeConfig, desc: str | None = None, epochs: int | None = None) -> list[float]:
     "Train `head` on cached inputs `x [n,...]` with `loss_fn(head, x_batch, index_batch) -> loss` for `epochs` (default `cfg.epochs`); returns the per-epoch mean loss."
     set_seed(cfg.seed)
@@ -491,6 +499,7 @@ def training_labels(labels: Tensor, scale: float) -> Tensor:
     y = F.interpolate(x.float(), size=(max(1, round(h * scale)), max(1, round(w * scale))), mode='nearest-exact')
     return (y[:, 0] if labels.ndim == 3 else y).to(labels.dtype)
 
+# %% ../nbs/10_probes.ipynb #af3420f3
 def depth_input(feats: dict, cfg: ProbeConfig) -> Tensor:
     "The depth probe's input: tokens plus broadcast CLS (when the model has one and `cfg.use_cls`)."
     return probe_input(feats['tokens'], feats['cls'] if cfg.use_cls else None)
@@ -514,6 +523,7 @@ def evaluate_depth_probe(head: DepthProbe, feats: dict, split: ProbeSplit, cfg: 
     for i in _batches(len(x), 64): per.append(depth_metrics(head(x[i], split.depth.shape[-2:]), split.depth[i]))
     return average_metrics({k: torch.cat([p[k] for p in per]) for k in per[0]})
 
+# %% ../nbs/10_probes.ipynb #b31db5e3
 def train_normals_probe(feats: dict, split: ProbeSplit, cfg: ProbeConfig, desc: str | None = None) -> NormalsProbe:
     "Fit the linear normals probe with the uncertainty-aware angular loss (`cfg.normals_epochs` epochs)."
     with seeded(cfg.seed): head = NormalsProbe(feats['tokens'].shape[1])
@@ -545,6 +555,7 @@ def evaluate_normals_probe(head: NormalsProbe, feats: dict, split: ProbeSplit, c
     out = average_metrics({k: torch.cat([p[k] for p in per]) for k in per[0]})
     return {**out, **pooled_angular_stats(torch.cat(errs))}
 
+# %% ../nbs/10_probes.ipynb #3fe7b286
 def train_seg_probe(feats: dict, split: ProbeSplit, n_classes: int, cfg: ProbeConfig, desc: str | None = None) -> SegProbe:
     "Fit the BatchNorm + linear segmentation probe with cross-entropy (ignore -1)."
     with seeded(cfg.seed): head = SegProbe(feats['tokens'].shape[1], n_classes)
@@ -591,6 +602,10 @@ def feature_consistency(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: Prob
     cm, cr = torch.cat(cos_match), torch.cat(cos_rand)
     return dict(cos_match=float(cm.mean()), cos_random=float(cr.mean()), gap=float(cm.mean() - cr.mean()), pixels=len(cm))
 
+def multiview_consistency_score(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig) -> dict:
+    "Multi-view consistency of cached features on view pairs of a split (see `feature_consistency`)."
+    return feature_consistency(feats, split, pairs, cfg, seed=cfg.pairs_seed)
+
 # %% ../nbs/10_probes.ipynb #db1ef7fb
 MOTORCYCLE_CALIB = dict(f=994.978, cx=311.193, cy=254.877, doffs=31.086, baseline=0.193001)
 
@@ -615,6 +630,7 @@ def motorcycle_pair() -> dict:
     c2w = torch.eye(4).repeat(2, 1, 1); c2w[1, 0, 3] = c['baseline']
     return dict(rgb=rgb, depth=torch.stack([z0, z1]), K=torch.stack([K0, K1]), c2w=c2w, disparity=disp)
 
+# %% ../nbs/10_probes.ipynb #3feb9b0a
 def resize_to_stride(images: Float[Tensor, "b 3 h w"], width: int, stride: int) -> Float[Tensor, "b 3 hh ww"]:
     "Resize (antialiased bilinear, no crop) to `width` and the proportional height, both rounded to multiples of `stride`."
     h, w = images.shape[-2:]
@@ -633,6 +649,7 @@ def match_scale_shift(pred: Float[Tensor, "b h w"], gt: Float[Tensor, "b h w"], 
     shift = torch.where(ok, (a00 * b1 - a01 * b0) / torch.where(ok, det, torch.ones_like(det)), torch.zeros_like(det))
     return pred * scale[:, None, None] + shift[:, None, None]
 
+# %% ../nbs/10_probes.ipynb #0311529a
 def real_image_check(backbone: nn.Module, cfg: ProbeConfig, depth_probe: DepthProbe | None = None, pair: dict | None = None,
                      stats: dict | None = None) -> dict:
     "Correspondence recall on the Motorcycle pair and, given a probe trained on procedural scenes (on features standardised with `stats`), its depth error there."
@@ -652,55 +669,6 @@ def real_image_check(backbone: nn.Module, cfg: ProbeConfig, depth_probe: DepthPr
     return out
 
 # %% ../nbs/10_probes.ipynb #f1a82fc2
-FEATURES_VERSION = 1   # bump when what `extract_features` returns changes (which tokens, resizing): cached features are then not reused
-
-_HASHES = {}
-def file_identity(path: str | Path) -> dict:
-    "Size and SHA-256 of a weights file (hashed once per path, size and modification time in a process)."
-    p = Path(path).expanduser().resolve(); st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES: _HASHES[key] = sha256_file(p)
-    return dict(bytes=st.st_size, sha256=_HASHES[key])
-
-def model_key(spec: str, weights: str | None = None) -> dict:
-    "What the features of a model spec depend on: each backbone, the *content* of every weights file it loads, the library versions."
-    from splat_and_distill.backbones import BACKBONES, DINOV2_ENV, default_teacher_name, efficientnet_lite0_weights_path
-    import timm
-    from splat_and_distill import __version__
-    parts = []
-    for p in [p.strip() for p in spec.split('+') if p.strip()]:
-        name, _, arg = p.partition(':')
-        arg = arg or ('' if '+' in spec else weights or '')
-        name = default_teacher_name() if name == 'auto' else name
-        if name not in BACKBONES: raise ValueError(f'{spec!r}: unknown backbone {name!r}; choose one of {list(BACKBONES)}')
-        if arg == 'random': src = 'random init, seed 0'
-        elif arg in ('', 'pretrained'):
-            path = efficientnet_lite0_weights_path() if name == 'efficientnet_lite0' else os.environ.get(DINOV2_ENV.get(name, ''), '')
-            src = file_identity(path) if path and Path(path).expanduser().is_file() else 'built-in'
-        elif not Path(arg).expanduser().is_file(): raise FileNotFoundError(f'{spec!r}: weights file {arg!r} not found')
-        else: src = file_identity(arg)
-        parts.append(dict(name=name, weights=src))
-    return dict(spec=spec, models=parts, features_version=FEATURES_VERSION, torch=torch.__version__, timm=timm.__version__, package=__version__)
-
-def _feature_cache_path(cache_dir, key: dict) -> Path:
-    h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(cache_dir)/'features'/f'{h}.pt'
-
-def cached_features(backbone: nn.Module, images: Tensor, cfg: ProbeConfig, key: dict | None = None, cache_dir=None, desc=None) -> dict:
-    "`extract_features`, loaded from / saved to `cache_dir` when a cache `key` (`model_key` + data settings) is given."
-    path = _feature_cache_path(cache_dir, key) if cache_dir is not None and key is not None else None
-    if path is not None and path.is_file():
-        try: return torch.load(path, weights_only=True)
-        except Exception: pass                                       # unreadable (e.g. an interrupted copy): extract again
-    feats = extract_features(backbone, images, cfg.feature_batch_size, device=next(backbone.parameters()).device, desc=desc, pre_norm=cfg.pre_norm)
-    if path is not None:
-        with atomic_path(path) as tmp: torch.save(feats, tmp)
-    return feats
-
-def _data_key(cfg: ProbeConfig) -> dict:
-    from splat_and_distill.scenes import GENERATOR_VERSION
-    return {**{k: getattr(cfg, k) for k in ('image_size', 'n_views', 'n_train_scenes', 'n_test_scenes', 'pre_norm')}, 'scenes_version': GENERATOR_VERSION}
-
 def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = 'model', cache_key: dict | None = None,
                    cache_dir=None, progress: bool = True) -> dict:
     "Every probe for one backbone: depth, normals, segmentation, correspondence, consistency (+ Motorcycle check)."
@@ -741,11 +709,7 @@ def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str
                         cls=feats['train']['cls'] is not None, token_grid=list(feats['train']['tokens'].shape[-2:]))
     return out
 
-# %% ../nbs/10_probes.ipynb #9f32485e
-def multiview_consistency_score(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig) -> dict:
-    "Multi-view consistency of cached features on view pairs of a split (see `feature_consistency`)."
-    return feature_consistency(feats, split, pairs, cfg, seed=cfg.pairs_seed)
-
+# %% ../nbs/10_probes.ipynb #1cac4303
 # (key in the flattened results, column title, higher is better)
 TABLE_COLUMNS = [
     ('depth.abs_rel', 'depth AbsRel ↓', False), ('depth.rmse', 'depth RMSE ↓', False), ('depth.d1', 'δ1 ↑', True),
@@ -770,6 +734,7 @@ def flatten_metrics(d: dict, prefix: str = '') -> dict:
         elif isinstance(v, (int, float)) and not isinstance(v, bool): out[f'{prefix}{k}'] = v
     return out
 
+# %% ../nbs/10_probes.ipynb #6be8cdb4
 def results_table(results: dict, columns=TABLE_COLUMNS) -> str:
     "Markdown table: one row per model, one column per metric (present in at least one model), then config and date."
     rows = {name: flatten_metrics(r) for name, r in results['models'].items()}
@@ -793,14 +758,7 @@ def compare_models(results: dict, a: str, b: str, columns=TABLE_COLUMNS) -> dict
     return {k: (ra[k] > rb[k]) if hib else (ra[k] < rb[k]) for k, _, hib in columns
             if k in ra and k in rb and not (math.isnan(ra[k]) or math.isnan(rb[k]))}
 
-def write_results(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    "Write `results.json` and `results.md` atomically into `out_dir`."
-    out_dir = Path(out_dir)
-    return atomic_write_json(out_dir/'results.json', results, default=str), atomic_write_text(out_dir/'results.md', results_table(results))
-
-PROBE_RUN_FILES = ['run.json', 'config.json', 'results.json', 'results.md']
-PROBE_RESUME_MUTABLE = ('device', 'feature_batch_size')   # where features are computed, not what is measured
-
+# %% ../nbs/10_probes.ipynb #9f32485e
 def probe_models(specs: list[str], cfg: ProbeConfig, weights: list[str | None] | None = None, out_dir=None, cache_dir=None,
                  progress: bool = True, data: dict | None = None, resume: bool = False, overwrite: bool = False) -> dict:
     "Run every probe for each model spec on the same data (procedural, or a real benchmark from `read_probe_data`); write results.json/results.md to `out_dir` if given."
@@ -845,6 +803,66 @@ def probe_models(specs: list[str], cfg: ProbeConfig, weights: list[str | None] |
     results['timing_s']['total'] = round(time.perf_counter() - t0, 2)
     if out is not None: write_results(results, out)
     return results
+
+# %% ../nbs/10_probes.ipynb #1f72ceb3
+FEATURES_VERSION = 1   # bump when what `extract_features` returns changes (which tokens, resizing): cached features are then not reused
+
+_HASHES = {}
+def file_identity(path: str | Path) -> dict:
+    "Size and SHA-256 of a weights file (hashed once per path, size and modification time in a process)."
+    p = Path(path).expanduser().resolve(); st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES: _HASHES[key] = sha256_file(p)
+    return dict(bytes=st.st_size, sha256=_HASHES[key])
+
+def model_key(spec: str, weights: str | None = None) -> dict:
+    "What the features of a model spec depend on: each backbone, the *content* of every weights file it loads, the library versions."
+    from splat_and_distill.backbones import BACKBONES, DINOV2_ENV, default_teacher_name, efficientnet_lite0_weights_path
+    import timm
+    from splat_and_distill import __version__
+    parts = []
+    for p in [p.strip() for p in spec.split('+') if p.strip()]:
+        name, _, arg = p.partition(':')
+        arg = arg or ('' if '+' in spec else weights or '')
+        name = default_teacher_name() if name == 'auto' else name
+        if name not in BACKBONES: raise ValueError(f'{spec!r}: unknown backbone {name!r}; choose one of {list(BACKBONES)}')
+        if arg == 'random': src = 'random init, seed 0'
+        elif arg in ('', 'pretrained'):
+            path = efficientnet_lite0_weights_path() if name == 'efficientnet_lite0' else os.environ.get(DINOV2_ENV.get(name, ''), '')
+            src = file_identity(path) if path and Path(path).expanduser().is_file() else 'built-in'
+        elif not Path(arg).expanduser().is_file(): raise FileNotFoundError(f'{spec!r}: weights file {arg!r} not found')
+        else: src = file_identity(arg)
+        parts.append(dict(name=name, weights=src))
+    return dict(spec=spec, models=parts, features_version=FEATURES_VERSION, torch=torch.__version__, timm=timm.__version__, package=__version__)
+
+# %% ../nbs/10_probes.ipynb #e99848e2
+def _feature_cache_path(cache_dir, key: dict) -> Path:
+    h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cache_dir)/'features'/f'{h}.pt'
+
+def cached_features(backbone: nn.Module, images: Tensor, cfg: ProbeConfig, key: dict | None = None, cache_dir=None, desc=None) -> dict:
+    "`extract_features`, loaded from / saved to `cache_dir` when a cache `key` (`model_key` + data settings) is given."
+    path = _feature_cache_path(cache_dir, key) if cache_dir is not None and key is not None else None
+    if path is not None and path.is_file():
+        try: return torch.load(path, weights_only=True)
+        except Exception: pass                                       # unreadable (e.g. an interrupted copy): extract again
+    feats = extract_features(backbone, images, cfg.feature_batch_size, device=next(backbone.parameters()).device, desc=desc, pre_norm=cfg.pre_norm)
+    if path is not None:
+        with atomic_path(path) as tmp: torch.save(feats, tmp)
+    return feats
+
+def _data_key(cfg: ProbeConfig) -> dict:
+    from splat_and_distill.scenes import GENERATOR_VERSION
+    return {**{k: getattr(cfg, k) for k in ('image_size', 'n_views', 'n_train_scenes', 'n_test_scenes', 'pre_norm')}, 'scenes_version': GENERATOR_VERSION}
+
+# %% ../nbs/10_probes.ipynb #849625a4
+def write_results(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    "Write `results.json` and `results.md` atomically into `out_dir`."
+    out_dir = Path(out_dir)
+    return atomic_write_json(out_dir/'results.json', results, default=str), atomic_write_text(out_dir/'results.md', results_table(results))
+
+PROBE_RUN_FILES = ['run.json', 'config.json', 'results.json', 'results.md']
+PROBE_RESUME_MUTABLE = ('device', 'feature_batch_size')   # where features are computed, not what is measured
 
 # %% ../nbs/10_probes.ipynb #744d8cb4
 NYU_K = (518.8579, 519.4696, 325.5824, 253.7362)   # fx, fy, cx, cy of the NYUv2 colour camera at 640x480 (FiT3D's NYU config)
@@ -960,6 +978,7 @@ def read_scannetpp_probe(path: str | Path, image_size: int = 240, max_depth: flo
     return dict(tasks=tasks, n_classes=100, class_names=[str(i) for i in range(100)], max_depth=max_depth, kind='scannetpp',
                 summary='ScanNet++ probe splits (FiT3D): ' + ', '.join(f'{t} {len(a)} train / {len(b)} test' for t, (a, b) in tasks.items()))
 
+# %% ../nbs/10_probes.ipynb #9ba620d5
 def read_scannet1500(path: str | Path, image_size: int = 240, limit: int | None = None) -> dict:
     "ScanNet-1500-style pairs (LoFTR/SuperGlue test split as Probe3D reads it) for correspondence: RGB, depth, intrinsics, camera-to-world poses."
     from PIL import Image
@@ -1040,6 +1059,7 @@ def _probe_models_real(specs: list[str], cfg: ProbeConfig, weights: list, data: 
     if out_dir is not None: write_results(results, out_dir)
     return results
 
+# %% ../nbs/10_probes.ipynb #b69d1362
 def snd_probe(argv: list[str] | None = None) -> dict | None:
     "Command line: probe frozen features of one or more backbones/checkpoints; write results.json and a markdown table."
     p = cli_parser('snd_probe', 'Probe frozen features of one or more backbones/checkpoints; write results.json and a markdown table.',

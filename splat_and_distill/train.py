@@ -32,8 +32,8 @@ __all__ = ['PRESETS', 'TRAIN_RANGES', 'MIN_VALID_FRACTION', 'TIMM_NAMES', 'RUN_F
            'validate_config', 'step_seed', 'step_indices', 'StepSampler', 'step_batch', 'load_scenes',
            'real_scene_folders', 'make_dataset', 'build_models', 'make_criterion', 'make_optimizer', 'StepTimer',
            'autocast', 'lift_scale', 'downscale_batch', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency',
-           'validate', 'MetricsLog', 'check_depth', 'train', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
-           'export_student', 'init_distributed', 'plan_run', 'cli_config', 'snd_train']
+           'validate', 'check_depth', 'train', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
+           'export_student', 'init_distributed', 'plan_run', 'MetricsLog', 'cli_config', 'snd_train']
 
 # %% ../nbs/11_train.ipynb #47172dec
 @dataclass
@@ -102,6 +102,7 @@ class TrainConfig:
     tensorboard: bool = False # also log to TensorBoard (if installed)
     progress: bool = True # show a tqdm progress bar
 
+# %% ../nbs/11_train.ipynb #8b28def3
 def cpu_demo(**kw) -> TrainConfig:
     "Procedural scenes, EfficientNet-Lite0 teacher, ground-truth geometry: a few minutes on a CPU."
     return TrainConfig(**{**dict(preset='cpu_demo'), **kw})
@@ -272,6 +273,7 @@ def build_models(cfg: TrainConfig, device: torch.device) -> dict:
         recon = load_reconstructor(cfg.reconstructor, device=device).eval().requires_grad_(False)
     return dict(original=base.requires_grad_(False), student=student, teacher=teacher, reconstructor=recon)
 
+# %% ../nbs/11_train.ipynb #38b41cbf
 def make_criterion(cfg: TrainConfig) -> DistillLoss:
     "The distillation loss of `cfg`'s recipe (recipe defaults unless a temperature/momentum is set)."
     return DistillLoss(cfg.out_dim, cfg.recipe, warmup_steps=int(cfg.teacher_temp_warmup * cfg.steps),
@@ -314,6 +316,7 @@ def autocast(cfg: TrainConfig, device):
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp == 'bf16')
 
+# %% ../nbs/11_train.ipynb #f88cccc9
 def lift_scale(cfg: TrainConfig, image_hw: tuple[int, int], token_grid: tuple[int, int], reconstructor=None) -> float:
     "Resolution of lifting and splatting as a fraction of the image: `cfg.render_scale`, else auto (see text)."
     if cfg.render_scale is not None: return cfg.render_scale
@@ -339,6 +342,7 @@ def downscale_batch(batch: dict, scale: float) -> dict:
     for key in ('context_K', 'target_K'): out[key] = scale_intrinsics(batch[key], ws / w, hs / h)
     return out
 
+# %% ../nbs/11_train.ipynb #581ac20b
 @torch.no_grad()
 def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstructor: nn.Module | None = None,
                  timer: StepTimer | None = None) -> tuple[Tensor, Tensor]:
@@ -387,9 +391,10 @@ def geometry_pairs(val_batch: dict, cfg: TrainConfig, token_grid: tuple[int, int
     view = lambda p, i, k: {f'{p}_rgb': ctx[i, k], f'{p}_depth': depth[i, k], f'{p}_K': K[i, k], f'{p}_c2w': val_batch['context_c2w'][i, k]}
     return [{**view('a', i, 0), **view('b', i, 1)} for i in range(len(ctx))]
 
+# %% ../nbs/11_train.ipynb #a513758b
 @torch.no_grad()
 def consistency(backbone: nn.Module, pairs: list[dict], device, chunk: int = 8, rel_tol: float = 0.03) -> dict:
-    "Multi-view consistency of `backbone` over view `pairs`: co-visible cosine, chance-level cosine, and their difference."
+    "Multi-view consistency of `backbone` over view `pairs`: co-visible cosine, random-pair cosine, and their difference (the consistency gap)."
     from splat_and_distill.lift import covisible_cosines
     was = backbone.training; backbone.eval()
     match, chance = [], []
@@ -407,6 +412,7 @@ def consistency(backbone: nn.Module, pairs: list[dict], device, chunk: int = 8, 
     m, c = float(np.mean(match)), float(np.mean(chance))
     return dict(consistency=m, consistency_chance=c, consistency_contrast=m - c)
 
+# %% ../nbs/11_train.ipynb #db73c5e4
 @torch.no_grad()
 def validate(student: DistillModel, teacher: DistillModel, criterion: DistillLoss, cfg: TrainConfig, val_batch: dict,
              pairs: list[dict], reconstructor=None, device=None) -> dict:
@@ -428,26 +434,6 @@ def validate(student: DistillModel, teacher: DistillModel, criterion: DistillLos
                 **{f'val_{k}': v for k, v in mv.items()})
 
 # %% ../nbs/11_train.ipynb #a650e89b
-class MetricsLog:
-    "Append-only JSONL metrics (plus optional TensorBoard); on resume, rows past the checkpoint's step (and a torn last line) are dropped."
-    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False):
-        self.path = Path(path)
-        if resume_step is None: atomic_write_text(self.path, '')    # a new run (the folder was checked to hold no other)
-        else: write_jsonl(self.path, [r for r in read_jsonl(self.path) if r.get('step', 0) <= resume_step])
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(self.path.parent / 'tensorboard'))
-            except ImportError: print('tensorboard is not installed; logging to JSONL only', file=sys.stderr)
-    def write(self, row: dict):
-        with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != 'step': self.tb.add_scalar(k, v, row['step'])
-    def close(self):
-        if self.tb is not None: self.tb.close()
-
 MIN_VALID_FRACTION = 0.01   # below this share of target tokens with a splatted feature (over a logging window), training stops
 
 def check_depth(cfg: TrainConfig, scenes: list):
@@ -460,15 +446,34 @@ def check_depth(cfg: TrainConfig, scenes: list):
                              'the teacher features with ground-truth depth. Add depth maps (16-bit PNG, depth_file_path), '
                              'or train with --geometry reconstructor')
 
-# %% ../nbs/11_train.ipynb #2b91df15
-def _finished(cfg: TrainConfig) -> dict:
-    "What `train` returns for a run that has already finished: its results, untouched."
-    run = Path(cfg.out)
-    print(f'{run}: this run has finished ({cfg.steps} steps); nothing to do. Its results are in {run / "results.json"}', file=sys.stderr)
-    paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), student_timm=str(run / 'student_timm.safetensors'), results=str(run / 'results.json'))
-    return dict(config=asdict(cfg), results=read_json(run / 'results.json'), paths=paths, start_step=cfg.steps,
-                steps_done=cfg.steps, stopped=False, student=None, teacher=None)
+def _check_valid_fraction(window: list[dict], done: int, world: int, device):
+    "Stop the run if under `MIN_VALID_FRACTION` of the target tokens of a logging window (all ranks) got a splatted feature."
+    frac = torch.tensor(float(np.mean([w['valid_fraction'] for w in window])), device=device)
+    if world > 1: dist.all_reduce(frac); frac /= world
+    if frac < MIN_VALID_FRACTION:
+        raise ValueError(f'steps {done - len(window) + 1}-{done}: only {float(frac):.2%} of the target tokens received a splatted '
+                         f'teacher feature (threshold {MIN_VALID_FRACTION:.0%}); the geometry gives nothing to distil. '
+                         'Check the depth maps and depth_unit_scale_factor, or the reconstructor')
 
+# %% ../nbs/11_train.ipynb #8e080fb6
+def _run_device(cfg: TrainConfig, world: int, local_rank: int) -> torch.device:
+    "This process's device (its own GPU under DDP), with the CPU threads set as configured."
+    device = default_device(None if cfg.device == 'auto' else cfg.device)
+    if device.type == 'cuda' and world > 1: device = torch.device('cuda', local_rank)
+    if device.type == 'cuda': torch.cuda.set_device(device)
+    if device.type == 'cpu': set_threads(cfg.threads)
+    return device
+
+def _consistency_pairs(cfg: TrainConfig, val_ds, val_batch: dict, teacher: DistillModel, recon) -> list[dict] | None:
+    "View pairs on which validation measures multi-view consistency (None, said once, where no depth is available)."
+    from splat_and_distill.scenes import TripletDataset
+    if isinstance(val_ds, TripletDataset): return val_pairs(val_ds.scenes, cfg.val_pairs, cfg.gap)
+    pairs = geometry_pairs(val_batch, cfg, teacher.backbone.token_grid(cfg.height, cfg.width), recon)
+    if pairs is None: print('validation: the validation scenes have no depth and geometry is not a reconstructor: '
+                            'multi-view consistency is not measured (validation loss only)', file=sys.stderr)
+    return pairs
+
+# %% ../nbs/11_train.ipynb #2b91df15
 def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool = False, **overrides) -> dict:
     "Run Splat-and-Distill training for `cfg` (or the cpu_demo preset with `overrides`); returns results, paths and the models."
     if cfg is None: cfg = make_config('cpu_demo', overrides)
@@ -479,10 +484,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool 
     if world > 1: dist.barrier()                                   # every process has checked the folder before rank 0 writes
     if plan['finished']: return _finished(cfg)
     from splat_and_distill.scenes import TripletDataset
-    device = default_device(None if cfg.device == 'auto' else cfg.device)
-    if device.type == 'cuda' and world > 1: device = torch.device('cuda', local_rank)
-    if device.type == 'cuda': torch.cuda.set_device(device)
-    if device.type == 'cpu': set_threads(cfg.threads)
+    device = _run_device(cfg, world, local_rank)
     main, run, ckpt = rank == 0, Path(cfg.out), plan['checkpoint']
     t_start, cpu_start = time.time(), time.process_time()
     start = ckpt[0] if ckpt else 0
@@ -494,12 +496,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool 
     # models, loss, optimiser
     m = build_models(cfg, device)
     student, teacher, recon = m['student'], m['teacher'], m['reconstructor']
-    if val_scenes:
-        if isinstance(val_ds, TripletDataset): pairs = val_pairs(val_ds.scenes, cfg.val_pairs, cfg.gap)
-        else:
-            pairs = geometry_pairs(val_batch, cfg, teacher.backbone.token_grid(cfg.height, cfg.width), recon)
-            if pairs is None: print('validation: the validation scenes have no depth and geometry is not a reconstructor: '
-                                    'multi-view consistency is not measured (validation loss only)', file=sys.stderr)
+    if val_scenes: pairs = _consistency_pairs(cfg, val_ds, val_batch, teacher, recon)
     criterion = make_criterion(cfg).to(device)
     opt, sched = make_optimizer(cfg, student)
     timer, extra = StepTimer(), {}
@@ -546,12 +543,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool 
         done = step + 1
         fault_point('step', done)
         if done % cfg.log_every == 0 or done == cfg.steps:
-            frac = torch.tensor(float(np.mean([w['valid_fraction'] for w in window])), device=device)
-            if world > 1: dist.all_reduce(frac); frac /= world
-            if frac < MIN_VALID_FRACTION:
-                raise ValueError(f'steps {done - len(window) + 1}-{done}: only {float(frac):.2%} of the target tokens received a splatted '
-                                 f'teacher feature (threshold {MIN_VALID_FRACTION:.0%}); the geometry gives nothing to distil. '
-                                 'Check the depth maps and depth_unit_scale_factor, or the reconstructor')
+            _check_valid_fraction(window, done, world, device)
             if main:
                 row = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
                 row.update(step=done, lr=sched.get_last_lr()[0], sec_per_step=(time.time() - t_loop) / (done - start))
@@ -569,21 +561,9 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool 
                steps_done=done, stopped=stopped, student=student, teacher=teacher)
     if main:
         fault_point('results', done)                              # the final checkpoint is written, the results are not
-        wall, cpu = spent['wall_s'] + time.time() - t_start, spent['process_cpu_s'] + time.process_time() - cpu_start
-        loop_s, n = spent['loop_s'] + time.time() - t_loop, spent['steps'] + done - start
-        results = dict(recipe=criterion.hparams(), preset=cfg.preset, backbone=cfg.backbone, geometry=cfg.geometry,
-                       steps=done, batch_size=cfg.batch_size, world_size=world, device=str(device),
-                       threads=torch.get_num_threads(), wall_s=wall, process_cpu_s=cpu, steps_per_s=n / max(loop_s, 1e-9),
-                       time_per_step=timer.mean(), **baseline, **val)
-        if 'val_consistency' in val and 'original_consistency' in baseline:
-            results['consistency_gain'] = val['val_consistency'] - baseline['original_consistency']
-        paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), checkpoint=str(latest_checkpoint(run, run_id)))
-        if not stopped:
-            paths['student_timm'] = str(export_student(student, run / 'student_timm.safetensors', cfg))
-            if backbone_name(cfg.backbone)[0].startswith('dinov2'):     # also with the original DINOv2 (torch.hub) key names
-                paths['student_dinov2'] = str(export_student(student, run / 'student_dinov2.safetensors', cfg, names='dinov2'))
-            atomic_write_json(run / 'results.json', results)
-            paths['results'] = str(run / 'results.json')
+        clock = dict(wall_s=spent['wall_s'] + time.time() - t_start, process_cpu_s=spent['process_cpu_s'] + time.process_time() - cpu_start,
+                     loop_s=spent['loop_s'] + time.time() - t_loop, steps=spent['steps'] + done - start)
+        results, paths = _final_results(cfg, run, run_id, criterion, student, timer, baseline, val, done, world, device, clock, stopped)
         log.close()
         out.update(results=results, paths=paths)
     return out
@@ -694,6 +674,55 @@ def plan_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), asdict(cfg), RESUME_MUTABLE, str(found[1] / 'config.json'))
     run_id = info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id')
     return dict(checkpoint=found, run_id=run_id, finished=False)
+
+# %% ../nbs/11_train.ipynb #74a7dc30
+def _final_results(cfg: TrainConfig, run: Path, run_id, criterion: DistillLoss, student: DistillModel, timer: StepTimer,
+                   baseline: dict, val: dict, done: int, world: int, device, clock: dict, stopped: bool) -> tuple[dict, dict]:
+    "The results of a run and the paths it wrote; unless `stopped`, exports the student and writes `results.json` (rank 0)."
+    results = dict(recipe=criterion.hparams(), preset=cfg.preset, backbone=cfg.backbone, geometry=cfg.geometry,
+                   steps=done, batch_size=cfg.batch_size, world_size=world, device=str(device),
+                   threads=torch.get_num_threads(), wall_s=clock['wall_s'], process_cpu_s=clock['process_cpu_s'],
+                   steps_per_s=clock['steps'] / max(clock['loop_s'], 1e-9), time_per_step=timer.mean(), **baseline, **val)
+    if 'val_consistency' in val and 'original_consistency' in baseline:
+        results['consistency_gain'] = val['val_consistency'] - baseline['original_consistency']
+    paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), checkpoint=str(latest_checkpoint(run, run_id)))
+    if not stopped:
+        paths['student_timm'] = str(export_student(student, run / 'student_timm.safetensors', cfg))
+        if backbone_name(cfg.backbone)[0].startswith('dinov2'):     # also with the original DINOv2 (torch.hub) key names
+            paths['student_dinov2'] = str(export_student(student, run / 'student_dinov2.safetensors', cfg, names='dinov2'))
+        atomic_write_json(run / 'results.json', results)
+        paths['results'] = str(run / 'results.json')
+    return results, paths
+
+# %% ../nbs/11_train.ipynb #d730ea07
+def _finished(cfg: TrainConfig) -> dict:
+    "What `train` returns for a run that has already finished: its results, untouched."
+    run = Path(cfg.out)
+    print(f'{run}: this run has finished ({cfg.steps} steps); nothing to do. Its results are in {run / "results.json"}', file=sys.stderr)
+    paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), student_timm=str(run / 'student_timm.safetensors'), results=str(run / 'results.json'))
+    return dict(config=asdict(cfg), results=read_json(run / 'results.json'), paths=paths, start_step=cfg.steps,
+                steps_done=cfg.steps, stopped=False, student=None, teacher=None)
+
+# %% ../nbs/11_train.ipynb #16ce4c46
+class MetricsLog:
+    "Append-only JSONL metrics (plus optional TensorBoard); on resume, rows past the checkpoint's step (and a torn last line) are dropped."
+    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False):
+        self.path = Path(path)
+        if resume_step is None: atomic_write_text(self.path, '')    # a new run (the folder was checked to hold no other)
+        else: write_jsonl(self.path, [r for r in read_jsonl(self.path) if r.get('step', 0) <= resume_step])
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(self.path.parent / 'tensorboard'))
+            except ImportError: print('tensorboard is not installed; logging to JSONL only', file=sys.stderr)
+    def write(self, row: dict):
+        with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != 'step': self.tb.add_scalar(k, v, row['step'])
+    def close(self):
+        if self.tb is not None: self.tb.close()
 
 # %% ../nbs/11_train.ipynb #de9814b3
 def _cli_parser() -> argparse.ArgumentParser:
