@@ -34,6 +34,7 @@ def check_images(images: Tensor, name: str = 'images') -> Tensor:
     if images.dtype == torch.uint8: images = images.float() / 255
     return images
 
+# %% ../nbs/03_backbones.ipynb #25350ad4
 class Backbone(nn.Module):
     "A timm model seen as an image-to-token-map function: `forward(images [b,3,h,w] in [0,1]) -> tokens [b,d,hp,wp]`."
     def __init__(self, model: nn.Module, name: str, kind: str, dim: int, stride: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,

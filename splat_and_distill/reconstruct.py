@@ -201,6 +201,7 @@ class ReconConfig:
     n_val_triplets: int = 16
     preset: str = 'custom'
 
+# %% ../nbs/08_reconstruct.ipynb #51fae96f
 def cpu_default(**kw) -> ReconConfig:
     "64x64, 32 depth candidates, sized for minutes on a 2-core CPU; depth-supervised (`depth_weight=0.1`) to converge in that budget."
     return ReconConfig(**{**dict(preset='cpu_default', depth_weight=0.1), **kw})
@@ -419,6 +420,7 @@ def save_recon_checkpoint(out: Path, model: Reconstructor, step: int, opt, sched
     fault_point('publish', step)                                   # sealed, not yet published: resume publishes it
     return save_reconstructor(out, model, step)
 
+# %% ../nbs/08_reconstruct.ipynb #33345402
 def train_reconstructor(config: ReconConfig | None = None, scenes: list | None = None, val_scenes: list | None = None,
                         steps: int | None = None, out: str | Path | None = None, resume: bool = False, device=None,
                         progress: bool = True, evaluate: bool = True, stop_after: int | None = None,
@@ -551,6 +553,7 @@ def _rng_state(gen: torch.Generator) -> dict: return dict(rng_state(), data=gen.
 
 def _set_rng_state(s: dict, gen: torch.Generator): set_rng_state(s); gen.set_state(s['data'])
 
+# %% ../nbs/08_reconstruct.ipynb #d466a895
 def save_reconstructor(folder: str | Path, model: Reconstructor, step: int = 0, optimizer=None, scheduler=None,
                        gen: torch.Generator | None = None) -> Path:
     "Write `model.safetensors` + `config.json` (and `train_state.pt` when an optimiser is given) atomically into `folder`."
@@ -577,6 +580,7 @@ def _weights_path(path: Path) -> Path:
                                 'or pass the folder that contains model.safetensors')
     return path
 
+# %% ../nbs/08_reconstruct.ipynb #b8057c40
 def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
     "Load a trained `Reconstructor` (in eval mode) from a checkpoint folder or its `model.safetensors`."
     wpath = _weights_path(Path(path))
@@ -651,6 +655,7 @@ def real_recon_data(config: ReconConfig, data: str | Path) -> tuple:
     return (FolderTripletDataset(folders[:-1], gap=config.gap, size=hw, seed=config.seed),
             FolderTripletDataset(folders[-1:], gap=config.gap, size=hw, target='middle'))
 
+# %% ../nbs/08_reconstruct.ipynb #9277c812
 def run_recon(preset: str | None = None, out: str = 'runs/recon', sets: list[str] | dict | None = None, steps: int | None = None,
               resume: bool = False, overwrite: bool = False, device: str | None = None, threads: int = 0, eval_only: bool = False,
               data: str | None = None) -> dict:
@@ -689,6 +694,7 @@ def run_recon(preset: str | None = None, out: str = 'runs/recon', sets: list[str
     print(json.dumps(res, indent=2))
     return res
 
+# %% ../nbs/08_reconstruct.ipynb #420782be
 def snd_recon(argv: list[str] | None = None) -> dict | None:
     "Command line: train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone."
     p = cli_parser('snd_recon', 'Train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone.',

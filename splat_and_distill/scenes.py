@@ -55,6 +55,7 @@ def _room_hit(o, d, room):
     inst = torch.where(axis == 2, torch.where(pos, 1, 0), 2 + 2 * axis + (~pos).long())
     return t, normal, inst
 
+# %% ../nbs/02_scenes.ipynb #5236de61
 def _box_hit(o, d, boxes, eps=1e-6):
     "Nearest hit of rays `[n,3]` (origins `[n,3]` or one shared `[1,3]`) with yaw-rotated boxes `[m,7]` (cx,cy,cz,ex,ey,ez,yaw): depth `[n]` (inf: none), box index `[n]`."
     c, e, yaw = boxes[:, :3], boxes[:, 3:6], boxes[:, 6]
@@ -81,6 +82,7 @@ def _box_normal(p, box):
     nl = torch.zeros_like(p).scatter_(1, axis[:, None], sgn[:, None])
     return torch.stack([cs * nl[:, 0] - sn * nl[:, 1], sn * nl[:, 0] + cs * nl[:, 1], nl[:, 2]], -1)
 
+# %% ../nbs/02_scenes.ipynb #efbe4610
 def _sphere_hit(o, d, spheres, eps=1e-6):
     "Nearest hit of rays with spheres `[m,4]` (cx,cy,cz,r): depth `[n]`, sphere index `[n]`."
     oc = o[:, None, :] - spheres[:, :3]                            # (n, m, 3)
@@ -92,6 +94,7 @@ def _sphere_hit(o, d, spheres, eps=1e-6):
     t = torch.where((disc >= 0) & (t > eps), t, torch.inf)
     return t.min(-1)
 
+# %% ../nbs/02_scenes.ipynb #cc3867ca
 def _cylinder_hit(o, d, cyls, eps=1e-6):
     "Nearest hit of rays with vertical capped cylinders `[m,5]` (cx,cy,z0,z1,r): depth `[n]`, index `[n]`."
     ocx, ocy = o[:, None, 0] - cyls[:, 0], o[:, None, 1] - cyls[:, 1]       # (n, m)
@@ -172,6 +175,7 @@ def value_noise(p: Float[Tensor, "n 3"], salt: int = 0) -> Float[Tensor, "n"]:
             for cz in (0, 1): out = out + wxy * wz[cz] * _mix32(hxy ^ hz[cz])
     return out
 
+# %% ../nbs/02_scenes.ipynb #6accb76e
 def _fade(cycles_per_pixel: Tensor) -> Tensor:
     "Amplitude of a pattern component: 1 below 0.2 cycles/pixel, 0 at the Nyquist limit 0.5."
     return ((0.5 - cycles_per_pixel) / 0.3).clamp(0, 1)

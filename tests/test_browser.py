@@ -6,7 +6,7 @@ comes with the dev requirements). Playwright cannot download its own browser off
 through `executable_path`. JupyterLab works on a temporary copy of `nbs/` (it autosaves). Screenshots are kept in
 `test-artifacts/browser/` (gitignored) for a person to look at.
 """
-import os, shutil, socket, subprocess, sys, time, urllib.request
+import json, os, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 
@@ -30,11 +30,16 @@ def lab(tmp_path_factory):
     "JupyterLab on localhost, no token, on a copy of the notebooks; yields its URL."
     tmp = tmp_path_factory.mktemp('lab')
     shutil.copytree(ROOT/'nbs', tmp/'nbs')
+    # user settings: start the notebook's kernel without asking, and never fetch news (the network is closed)
+    for name, value in [('notebook-extension/tracker', {'autoStartDefaultKernel': True}),
+                        ('apputils-extension/notification', {'fetchNews': 'false', 'checkForUpdates': False})]:
+        f = tmp/'settings'/'@jupyterlab'/f'{name}.jupyterlab-settings'
+        f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(value))
     port = _free_port()
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])),
            'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), 'HF_HUB_OFFLINE': '1',
            'JUPYTER_RUNTIME_DIR': str(tmp/'runtime'), 'JUPYTERLAB_WORKSPACES_DIR': str(tmp/'workspaces'),
-           'JUPYTER_DATA_DIR': str(tmp/'data')}
+           'JUPYTER_DATA_DIR': str(tmp/'data'), 'JUPYTERLAB_SETTINGS_DIR': str(tmp/'settings')}
     env.pop('MPLBACKEND', None)   # the kernel's inline backend must draw
     cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1',
            f'--ServerApp.root_dir={tmp/"nbs"}', "--IdentityProvider.token=", "--ServerApp.password=",
@@ -80,56 +85,105 @@ def _difference(a: Path, b: Path) -> float:
     d = ImageChops.difference(x.crop((0, 0, w, h)), y.crop((0, 0, w, h)))
     return sum(i * n for i, n in enumerate(d.convert('L').histogram())) / (w * h)
 
-def test_walkthrough_runs_and_slider_redraws(lab, browser):
-    page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+def _log(msg):
+    print(f'[browser {time.strftime("%H:%M:%S")}] {msg}', flush=True)
+
+@pytest.fixture
+def page(browser, request):
+    "A fresh page; on failure its last state is saved as `failed_<test>.png`."
+    pg = browser.new_page(viewport={'width': 1400, 'height': 1000})
+    pg.set_default_timeout(60_000)
+    failed = request.session.testsfailed
+    yield pg
+    if request.session.testsfailed > failed:
+        try: pg.screenshot(path=ART/f'failed_{request.node.name}.png', full_page=True)
+        except Exception: pass
+    pg.close()
+
+def _accept_dialogs(page):
+    "Accept any modal dialog JupyterLab shows (it sometimes asks to 'Select Kernel' for a notebook that already has one)."
+    for _ in range(3):
+        dlg = page.locator('.jp-Dialog .jp-mod-accept')
+        if not dlg.count(): return
+        _log(f'accepting dialog: {page.locator(".jp-Dialog").first.inner_text()[:80]!r}')
+        dlg.first.click(); page.wait_for_timeout(500)
+
+FIG = '.widget-output img, .jupyter-widgets-output-area img'   # the panel's figure, drawn into an Output widget
+
+def _settled_figure(page, path) -> str:
+    "Wait until the panel's figure stops being redrawn (same image for 1.5 s), screenshot it to `path`; returns its src."
+    last, since = None, time.time()
+    for _ in range(120):
+        src = page.evaluate(f'() => {{ const i = document.querySelector("{FIG}"); return i ? i.getAttribute("src") : null }}')
+        if src is None or src != last: last, since = src, time.time()
+        elif time.time() - since >= 1.5: break
+        page.wait_for_timeout(500)
+    for attempt in range(5):                                    # a redraw may still replace the element under us
+        try:
+            fig = page.locator(FIG).first
+            fig.scroll_into_view_if_needed(timeout=10_000); fig.screenshot(path=path, timeout=10_000)
+            return fig.get_attribute('src')
+        except Exception:
+            if attempt == 4: raise
+            page.wait_for_timeout(1000)
+
+def test_walkthrough_runs_and_slider_redraws(lab, page):
     errors = []
     page.on('pageerror', lambda e: errors.append(str(e)))
+    _log(f'opening {NOTEBOOK}')
     page.goto(f'{lab}/lab/tree/{NOTEBOOK}', timeout=120_000)
     page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=120_000)
     page.wait_for_function('() => window.jupyterapp && document.querySelector(".jp-Notebook")', timeout=60_000)
     # wait for the kernel, then Run All; "Run All" sometimes does nothing right after the kernel reports idle: retry
     page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
+    page.wait_for_function('''() => { const w = window.jupyterapp.shell.currentWidget, s = w && w.sessionContext;
+        return s && s.isReady && s.session && s.session.kernel && s.session.kernel.status === 'idle' }''', timeout=120_000)
+    _log('kernel idle; Run All')
     for attempt in range(4):
-        page.click('.jp-Notebook .jp-Cell')
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        _accept_dialogs(page)
+        # fire and forget: the command's promise settles only when every cell has run (or never, if something blocks)
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         try:
             page.wait_for_function('''() => [...document.querySelectorAll('.jp-InputArea-prompt')]
                 .some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))''', timeout=20_000)
             break
         except Exception:
+            _log(f'Run All did not start (attempt {attempt + 1}); retrying')
+            page.screenshot(path=ART/f'run_all_attempt{attempt + 1}.png')
             if attempt == 3: pytest.fail('Run All never started executing')
+    _log('running')
+    _accept_dialogs(page)
     # done: the kernel is idle again, no cell is queued, and the panel's figure is there
-    page.wait_for_function('''() => { const p = [...document.querySelectorAll('.jp-InputArea-prompt')].map(e => e.textContent);
+    done = '''() => { const p = [...document.querySelectorAll('.jp-InputArea-prompt')].map(e => e.textContent);
         return p.some(t => /\\[\\d+\\]/.test(t)) && !p.some(t => t.includes('[*]')) &&
-               document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]') }''', timeout=540_000)
+               !!document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]') }'''
+    t0 = time.time()
+    while not page.evaluate(done):
+        if time.time() - t0 > 540: pytest.fail('the notebook did not finish running within 9 minutes')
+        _accept_dialogs(page); page.wait_for_timeout(1000)
+    _log('all cells ran')
     page.screenshot(path=ART/'walkthrough_ran.png', full_page=True)
     tracebacks = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]:has-text("Traceback")')
     assert tracebacks.count() == 0, f'a cell failed:\n{tracebacks.first.inner_text()[:3000]}'
     slider = page.locator('.widget-slider .noUi-handle, .widget-hslider .noUi-handle').first
     slider.wait_for(timeout=60_000)
-    fig = page.locator('.widget-output img, .jupyter-widgets-output-area img').first
-    fig.wait_for(timeout=60_000)
-    fig.scroll_into_view_if_needed()
-    fig.screenshot(path=ART/'walkthrough_before.png')
-    src0 = fig.get_attribute('src')
+    src0 = _settled_figure(page, ART/'walkthrough_before.png')
+    _log('moving the slider')
     slider.scroll_into_view_if_needed(); slider.click()
     for _ in range(4): page.keyboard.press('ArrowLeft')          # move the first slider (target pose) four steps
-    page.wait_for_function('(s0) => { const i = document.querySelector(".widget-output img, .jupyter-widgets-output-area img");'
-                           ' return i && i.getAttribute("src") !== s0 }', arg=src0, timeout=120_000)
-    fig = page.locator('.widget-output img, .jupyter-widgets-output-area img').first
-    fig.scroll_into_view_if_needed(); time.sleep(0.5)
-    fig.screenshot(path=ART/'walkthrough_after.png')
+    page.wait_for_function(f'(s0) => {{ const i = document.querySelector("{FIG}"); return i && i.getAttribute("src") !== s0 }}',
+                           arg=src0, timeout=120_000)
+    _settled_figure(page, ART/'walkthrough_after.png')
     page.screenshot(path=ART/'walkthrough_moved.png', full_page=True)
     diff = _difference(ART/'walkthrough_before.png', ART/'walkthrough_after.png')
     print(f'walkthrough: mean absolute pixel difference after moving the slider: {diff:.2f}')
     assert diff > 1.0, f'the figure did not change after moving the slider (difference {diff:.2f})'
     assert not errors, f'page errors: {errors}'
 
-def test_docs_page_shows_figures(browser, tmp_path):
+def test_docs_page_shows_figures(page, tmp_path):
     sys.path.insert(0, str(ROOT/'bench'))
     from build_docs import build
     build(tmp_path/'docs')
-    page = browser.new_page(viewport={'width': 1200, 'height': 900})
     page.goto((tmp_path/'docs'/'05_splat.html').as_uri())
     imgs = page.locator('.jp-OutputArea-output img')
     assert imgs.count() > 0, 'the chapter page has no figure'

@@ -8,7 +8,7 @@ of the source that produced the outputs and how many images it drew. Here:
 (c) the notebooks in `WITH_OUTPUTS` must have been executed: every code cell that is not skipped (`#| slow`, `#| cuda`,
     `#| eval: false`, the `nbdev_export()` cell) carries outputs made by its current source.
 """
-import re, sys
+import ast, re, sys
 from pathlib import Path
 import nbformat, pytest
 
@@ -23,6 +23,14 @@ NBS = sorted((ROOT/'nbs').glob('*.ipynb'))
 # Matplotlib calls that put a figure on screen (a cell that closes its figure or only saves it is not counted)
 DRAWS = re.compile(r'plt\.(subplots|figure|imshow|plot|scatter)\(|\.imshow\(')
 
+def draws(src: str) -> bool:
+    "Whether a cell draws with matplotlib when it runs: a drawing call outside any `def`/`class` it defines."
+    if 'plt.close(' in src: return False
+    try: tree = ast.parse(src)
+    except SyntaxError: return bool(DRAWS.search(src))
+    return any(DRAWS.search(ast.get_source_segment(src, st) or '') for st in tree.body
+               if not isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+
 def problems(path: Path, must_run: bool) -> list[str]:
     "Everything wrong with the stored outputs of the notebook at `path`."
     nb, out = nbformat.read(path, as_version=4), []
@@ -32,7 +40,7 @@ def problems(path: Path, must_run: bool) -> list[str]:
         if c.outputs or meta:
             if not meta: out.append(f'{where}: outputs made outside bench/run_notebooks.py (no source hash)')
             elif meta.get('source') != source_hash(c.source): out.append(f'{where}: stale, the source changed since it ran')
-            elif (meta.get('images', 0) or (DRAWS.search(c.source) and 'plt.close(' not in c.source)) and not n_images(c.outputs):
+            elif (meta.get('images', 0) or draws(c.source)) and not n_images(c.outputs):
                 out.append(f'{where}: draws a figure but has no image output')
         elif must_run and not skipped(c): out.append(f'{where}: not executed')
     return out
@@ -79,3 +87,6 @@ def test_the_check_can_fail(tmp_path):
     assert problems(never, False) == [] and 'not executed' in ' '.join(problems(never, True))
     slow = _fabricate(tmp_path/'slow.ipynb', '#| slow\nprint(1)', [], None)
     assert problems(slow, True) == []
+    defines = 'def show(x):\n    plt.imshow(x)'                 # defining a plotting function draws nothing
+    only_def = _fabricate(tmp_path/'def.ipynb', defines, [], {'source': source_hash(defines), 'images': 0})
+    assert problems(only_def, True) == []
