@@ -180,17 +180,14 @@ def test_walkthrough_runs_and_slider_redraws(lab, page):
     assert diff > 1.0, f'the figure did not change after moving the slider (difference {diff:.2f})'
     assert not errors, f'page errors: {errors}'
 
-def test_docs_page_shows_figures(page, tmp_path):
-    sys.path.insert(0, str(ROOT/'bench'))
-    from build_docs import build
-    build(tmp_path/'docs')
-    page.goto((tmp_path/'docs'/'05_splat.html').as_uri())
+def test_docs_page_shows_figures(page, docs_site):
+    page.goto((docs_site/'05_splat.html').as_uri())
     imgs = page.locator('.jp-OutputArea-output img')
     assert imgs.count() > 0, 'the chapter page has no figure'
     imgs.first.scroll_into_view_if_needed()
     w = imgs.first.evaluate('i => i.complete ? i.naturalWidth : 0')
     assert w > 50, f'the first figure did not load (width {w})'
     page.screenshot(path=ART/'docs_05_splat.png')
-    page.goto((tmp_path/'docs'/'index.html').as_uri())
+    page.goto((docs_site/'index.html').as_uri())
     assert page.locator('a[href="05_splat.html"]').count() >= 1, 'the index does not link the chapter'
     page.screenshot(path=ART/'docs_index.png')

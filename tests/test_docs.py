@@ -9,10 +9,7 @@ import build_docs
 from run_notebooks import n_images
 
 @pytest.fixture(scope='module')
-def site(tmp_path_factory):
-    out = tmp_path_factory.mktemp('site')/'_docs'
-    build_docs.build(out)
-    return out
+def site(docs_site): return docs_site
 
 def test_every_notebook_has_a_page(site):
     for p in build_docs.chapters(): assert (site/f'{p.stem}.html').is_file(), f'no page for {p.name}'
