@@ -215,6 +215,7 @@ def distill_step(student: nn.Module, teacher: nn.Module, criterion: DistillLoss,
     optimizer.step()
     if scheduler is not None: scheduler.step()
     if ema_due(step + 1, ema_every): ema_update(teacher, student, ema_momentum)
-    stats = distill_stats(s_logits.detach(), pt, v) if objective == 'dino' else {}
+    stats = distill_stats(s_logits.detach(), pt, v) if objective == 'dino' else \
+        dict(valid_fraction=1. if v is None else float(v.float().mean()))
     stats['cosine'] = float(masked_mean(token_cosines(out['tokens'].detach(), target_tokens), v))
     return dict(loss=float(loss.detach()), **stats, **({} if gnorm is None else dict(grad_norm=gnorm)))

@@ -95,3 +95,19 @@ def test_distill_stats_extremes():
     assert st['agreement'] == 1 and abs(st['teacher_mean_entropy']) < 1e-5
     uni = torch.full((1, 6, K), 1 / K)
     assert abs(distill_stats(uni, uni)['teacher_token_entropy'] - math.log(K)) < 1e-4
+
+def test_feature_objectives_report_the_valid_fraction():
+    "Every objective reports the fraction of valid target tokens (training stops when it is too small)."
+    import torch
+    from splat_and_distill.backbones import make_backbone, make_student
+    from splat_and_distill.distill import DINOHead, DistillModel, DistillLoss, make_ema_teacher, distill_step
+    torch.manual_seed(0)
+    base = make_backbone('tiny_vit', dim=16, depth=1, heads=2, patch_size=8)
+    for objective in ('dino', 'cosine', 'l1'):
+        student = DistillModel(make_student(base, 'lora', lora_rank=2), DINOHead(base.dim, 32, hidden_dim=16, bottleneck_dim=8))
+        teacher = make_ema_teacher(student)
+        opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=1e-3)
+        x = torch.rand(2, 3, 32, 32); target = teacher.tokens(x).detach()
+        valid = torch.ones(2, 4, 4, dtype=torch.bool); valid[0, :2] = False
+        stats = distill_step(student, teacher, DistillLoss(32), opt, x, target, valid, 0, objective=objective)
+        assert abs(stats['valid_fraction'] - 0.75) < 1e-6 and 'cosine' in stats, (objective, stats)
