@@ -67,7 +67,7 @@ class TrainConfig:
     blend_alpha: float = 1.0 # semantic blending a (1 = no blending; the paper's 0.5 smooths the targets, see chapter 17)
     mask_aware: bool = True # mask-aware upsampling of the context tokens (False: plain bilinear)
     render_scale: float | None = None # lift and splat at this fraction of the image size (None: auto, see lift_scale)
-    splat_backend: str = 'auto' # auto, torch or gsplat
+    splat_backend: str = 'auto' # auto, torch, gsplat or triton (chapter 06; auto never picks triton)
     channel_chunk: int | None = None # lift and splat this many feature channels at a time (bounds memory at full size; None: all)
     amp: str = 'none' # none or bf16 (autocast of teacher, student and loss on the device)
     # loss
