@@ -96,6 +96,7 @@ def validate_demo(cfg: DemoConfig, variants: dict | None = None) -> DemoConfig:
     P.validate_probe_config(P.probe_config(cfg.probe_preset, **cfg.probe_overrides))
     return cfg
 
+# %% ../nbs/15_demo.ipynb #ceae3126
 def demo_recon_config(cfg: DemoConfig) -> reconstruct.ReconConfig:
     "The reconstructor the demo trains when none is given: chapter 08's `cpu_default` at the demo's size."
     return reconstruct.cpu_default(size=cfg.recon_size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed, steps=cfg.recon_steps)
@@ -124,6 +125,7 @@ def reconstructor_eval(recon_path: str | None) -> dict:
     val = [r for r in read_jsonl(log) if 'val_delta1' in r]
     return {k: v for k, v in val[-1].items() if k == 'step' or k.startswith('val_')} if val else {}
 
+# %% ../nbs/15_demo.ipynb #bb6a1e89
 def demo_train_config(cfg: DemoConfig, recon_path: str | None, out: str | Path | None = None, **overrides) -> T.TrainConfig:
     "The distillation config of the demo: the `cpu_demo` preset at the demo's size, then `cfg.train_overrides`, then `overrides`."
     kw = dict(height=cfg.size, width=cfg.size, n_views=cfg.n_views, train_scenes=cfg.train_scenes, steps=cfg.train_steps,
@@ -190,6 +192,7 @@ def mean_std(xs) -> tuple[float, float]:
     a = np.asarray(xs, dtype=np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.
 
+# %% ../nbs/15_demo.ipynb #eefb3a99
 def paired_summary(teacher: dict, runs: dict, model: str = 'student', columns=STUDY_COLUMNS) -> dict:
     "Per metric: teacher and `model` mean ± std over seeds and the paired difference `model - teacher` (same seed)."
     seeds = sorted(set(teacher) & set(runs), key=int)                  # int seeds, or their JSON (string) keys
@@ -204,6 +207,7 @@ def paired_summary(teacher: dict, runs: dict, model: str = 'student', columns=ST
                         better=(dm > 0) == higher and abs(dm) > 2 * ds, worse=(dm > 0) != higher and abs(dm) > 2 * ds)
     return out
 
+# %% ../nbs/15_demo.ipynb #cd3b0a0a
 def _pm(m: float, s: float, digits: int) -> str: return f'{m:.{digits}f} ± {s:.{digits}f}'
 
 def _digits(key: str) -> int: return 1 if key.startswith(('corr.', 'normals.')) else 3
@@ -309,6 +313,7 @@ def demo_runs(cfg: DemoConfig, variants: dict, kind: str = 'snd_demo', resume: b
     timing['students'] = time.time() - t
     return dict(recon_path=recon_path, teacher=teacher, runs=runs, timing=timing)
 
+# %% ../nbs/15_demo.ipynb #ad2f5d81
 def demo_summary(teacher: dict, runs: dict, concat: bool) -> dict:
     "Paired summaries (model - teacher, same seed) of the student and, where probed, of student+teacher."
     out = {'student': paired_summary(teacher, runs, 'student')}
@@ -333,6 +338,7 @@ def demo_table(results: dict) -> str:
              'seed). Bold: the paired difference is beyond 2 std of the differences.']
     return '\n'.join(lines) + '\n'
 
+# %% ../nbs/15_demo.ipynb #131f17b4
 def demo_figures(cfg: DemoConfig, student_path: str, out: Path) -> None:
     "The demo's figures on an unseen test scene: features, the splatted target, and the effect figure at 256 px."
     teacher = make_backbone('efficientnet_lite0').eval()
@@ -393,6 +399,7 @@ def study_variants(cfg: DemoConfig, names: list[str] | None = None) -> dict:
         out[name] = ov
     return out
 
+# %% ../nbs/15_demo.ipynb #76ba3ca2
 def study_table(results: dict) -> str:
     "Markdown: per variant, the paired difference to the teacher (mean ± std over seeds); bold beyond 2 std."
     cols = [c for c in STUDY_COLUMNS if any(c[0] in s for s in results['summary'].values())]
@@ -420,6 +427,7 @@ def run_study(cfg: DemoConfig | None = None, variants: list[str] | None = None, 
     atomic_write_text(Path(cfg.out)/'study.md', study_table(res))
     return res
 
+# %% ../nbs/15_demo.ipynb #cab878e7
 def publish_results(out: str | Path, dest: str | Path) -> list[Path]:
     "Copy the small files of a finished demo or study in `out` (results JSON and markdown, figures, each run's metrics.jsonl) to `dest`, for committing."
     out, dest = Path(out), Path(dest)
@@ -473,6 +481,7 @@ def snd_demo(argv: list[str] | None = None) -> dict | None:
         return res
     return run_cli(p, argv, main)
 
+# %% ../nbs/15_demo.ipynb #542f5547
 def snd_study(argv: list[str] | None = None) -> dict | None:
     "Command line: the ablations of Splat and Distill at classroom scale, each over seeds and paired with the teacher."
     p = cli_parser('snd_study', 'The ablations of Splat and Distill at classroom scale (blending, geometry, recipe, EMA teacher, '
