@@ -158,7 +158,9 @@ def student_run(cfg: DemoConfig, seed: int, recon_path: str | None, data: dict, 
     "Distil (or, resuming, continue) the student of (`variant`, `seed`), then run every probe on it (and on student+teacher if `concat`)."
     run = study_run_dir(cfg.out, variant, seed)
     path = run/'probes.json'
-    if path.is_file(): return read_json(path, 'run results')               # finished earlier: kept as it is
+    if path.is_file():                                                    # finished earlier: kept as it is
+        print(f'{run}: finished earlier, kept as it is', file=sys.stderr)
+        return read_json(path, 'run results')
     tc = demo_train_config(dataclasses.replace(cfg, seed=seed), recon_path, out=run/'train', **(overrides or {}))
     t = time.time()
     r = T.train(tc, **_stage(run/'train', resume))
@@ -339,7 +341,8 @@ def demo_figures(cfg: DemoConfig, student_path: str, out: Path) -> None:
     feature_figure(teacher, student, scene, [0, cfg.n_views // 2], path=out/'features_teacher_vs_student.png')
     splat_figure(teacher, scene, (0, 8), 4, demo_train_config(cfg, None).blend_alpha, path=out/'splatted_target.png')
     big = make_scene(scene_seeds('test', 1)[0], n_views=cfg.n_views, size=256)      # a 16 x 16 token grid: structure is visible
-    effect_figure(teacher, student, big, 4, 10, path=out/'consistency_teacher_vs_student.png')
+    a = cfg.n_views // 6
+    effect_figure(teacher, student, big, a, min(a + 6, cfg.n_views - 1), path=out/'consistency_teacher_vs_student.png')
     plt.close('all')
 
 def run_demo(cfg: DemoConfig | None = None, resume: bool = False, overwrite: bool = False, command: str | None = None) -> dict:

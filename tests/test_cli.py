@@ -75,5 +75,6 @@ def test_demo_folder_contract(tmp_path, capsys):
     assert e.value.code == 2 and 'already holds a run' in capsys.readouterr().err
     again = run_demo(cfg, resume=True)
     dump = lambda x: json.dumps(x, sort_keys=True, default=str)
-    assert dump(again['train']) == dump(first['train']) and dump(again['probes']['models']) == dump(first['probes']['models'])
-    assert 'nothing to do' in capsys.readouterr().err
+    assert dump(again['runs']) == dump(first['runs']) and dump(again['teacher']) == dump(first['teacher'])
+    assert dump(again['summary']) == dump(first['summary'])
+    assert 'finished earlier, kept as it is' in capsys.readouterr().err
