@@ -461,9 +461,9 @@ def side_by_side(fit3d: dict, study: dict | None = None, variants=('default', 'g
     return rows, h2h
 
 def teacher_agreement(a: dict, b: dict, columns=STUDY_COLUMNS) -> float | None:
-    "Largest difference of a headline metric between two sets of teacher probe results (`{seed: results}`) on shared seeds: 0 when probe code and seeds agree."
+    "Largest relative difference of a headline metric between two sets of teacher probe results (`{seed: results}`) on shared seeds: ~0 when probe code and seeds agree."
     a, b = ({str(s): P.flatten_metrics(r) for s, r in x.items()} for x in (a, b))
-    d = [abs(a[s][k] - b[s][k]) for s in set(a) & set(b) for k, *_ in columns if k in a[s] and k in b[s]]
+    d = [abs(a[s][k] - b[s][k]) / max(abs(a[s][k]), abs(b[s][k]), 1e-12) for s in set(a) & set(b) for k, *_ in columns if k in a[s] and k in b[s]]
     return max(d) if d else None
 
 def _delta_cell(s: dict, key: str) -> str:
@@ -484,7 +484,7 @@ def fit3d_vs_snd_table(fit3d_results: dict, study_results: dict | None = None, v
     if study_results:
         agree = teacher_agreement(fit3d_results['teacher'], study_results['teacher'], columns)
         note.append('The teacher row is FiT3D\'s teacher probes; the study probed the same teacher itself, ' +
-                    ('with no shared seed.' if agree is None else f'largest headline difference {agree:.2g}.'))
+                    ('with no shared seed.' if agree is None else f'largest relative headline difference {agree:.1g} (FiT3D\'s JSON keeps 5 significant digits).'))
     else: note.append("The Splat-and-Distill rows await the study's results (chapter 15's study.json).")
     return '\n'.join(lines) + '\n\n' + ' '.join(note) + '\n'
 
