@@ -15,11 +15,11 @@ import timm
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TFLITE_MEAN', 'TFLITE_STD', 'DINOV2_ENV', 'DINOV2_TIMM', 'BACKBONES', 'check_images',
-           'Backbone', 'tiny_vit', 'load_state_dict_file', 'merge_lora_state_dict', 'convert_dinov2_state_dict',
-           'timm_to_dinov2_state_dict', 'load_weights_strict', 'dinov2', 'efficientnet_lite0_weights_path',
-           'load_efficientnet_lite0_weights', 'efficientnet_lite0', 'classify', 'default_teacher_name', 'make_backbone',
-           'LoRALinear', 'apply_lora', 'merge_lora', 'trainable_parameters', 'make_student', 'frozen_copy',
-           'describe_trainable']
+           'Backbone', 'tiny_vit', 'load_state_dict_file', 'load_weights_strict', 'dinov2',
+           'efficientnet_lite0_weights_path', 'load_efficientnet_lite0_weights', 'efficientnet_lite0', 'classify',
+           'default_teacher_name', 'make_backbone', 'LoRALinear', 'apply_lora', 'merge_lora', 'trainable_parameters',
+           'make_student', 'frozen_copy', 'describe_trainable', 'merge_lora_state_dict', 'convert_dinov2_state_dict',
+           'timm_to_dinov2_state_dict']
 
 # %% ../nbs/03_backbones.ipynb #3e6ba56e
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -34,6 +34,7 @@ def check_images(images: Tensor, name: str = 'images') -> Tensor:
     if images.dtype == torch.uint8: images = images.float() / 255
     return images
 
+# %% ../nbs/03_backbones.ipynb #25350ad4
 class Backbone(nn.Module):
     "A timm model seen as an image-to-token-map function: `forward(images [b,3,h,w] in [0,1]) -> tokens [b,d,hp,wp]`."
     def __init__(self, model: nn.Module, name: str, kind: str, dim: int, stride: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -124,46 +125,6 @@ def load_state_dict_file(path: str | Path) -> dict:
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise ValueError(f'{path}: expected a state dict of tensors, found {type(sd).__name__}')
     return dict(sd)
-
-_HEAD_PREFIXES = ('dino_head.', 'ibot_head.', 'head.mlp.', 'head.last_layer.')   # DINO-style projection heads (a classifier 'head.weight' is not dropped)
-
-def merge_lora_state_dict(sd: dict, scale: float = 1.0) -> dict:
-    "Fold unmerged LoRA pairs into their base weights: `W + scale * B @ A` (ours: `X.lora_A`/`X.lora_B`; peft: `X.lora_A.weight`, base `X.base_layer.weight`)."
-    out = {k: v for k, v in sd.items() if '.lora_' not in k}
-    for k in [k for k in sd if k.endswith(('.lora_A', '.lora_A.weight', '.lora_A.default.weight'))]:
-        stem, tail = k.split('.lora_A', 1)
-        A, B = sd[k], sd[f'{stem}.lora_B{tail}']
-        base = f'{stem}.base_layer.weight' if f'{stem}.base_layer.weight' in out else f'{stem}.weight'
-        if base not in out: raise ValueError(f'LoRA pair {k} has no base weight ({stem}.weight or {stem}.base_layer.weight)')
-        out[base] = out[base] + scale * (B.float() @ A.float()).to(out[base].dtype)
-    return {k.replace('.base_layer.', '.'): v for k, v in out.items()}
-
-def convert_dinov2_state_dict(sd: dict, model: nn.Module) -> dict:
-    "Rename original-DINOv2 (or wrapped: DDP, SnD/FiT3D student checkpoints, unmerged LoRA) keys to timm's and resample `pos_embed` to `model`'s grid."
-    drop_heads = lambda d: {k: v for k, v in d.items() if not k.startswith(_HEAD_PREFIXES)}   # projection heads are not the backbone
-    sd = drop_heads(merge_lora_state_dict(sd))
-    for prefix in ('module.', 'student.', 'teacher.', 'backbone.', 'encoder.', 'model.'):
-        if sd and all(k.startswith(prefix) for k in sd): sd = drop_heads({k[len(prefix):]: v for k, v in sd.items()})
-    out = {}
-    for k, v in sd.items():
-        if k == 'mask_token': continue
-        k = re.sub(r'^blocks\.\d+\.(\d+)\.', r'blocks.\1.', k) if re.match(r'^blocks\.\d+\.\d+\.', k) else k
-        k = k.replace('mlp.w12.', 'mlp.fc1.').replace('mlp.w3.', 'mlp.fc2.')
-        if k == 'register_tokens': k = 'reg_token'
-        out[k] = v
-    pe, target = out.get('pos_embed'), model.state_dict().get('pos_embed')
-    if pe is not None and target is not None and pe.shape != target.shape:
-        from timm.layers import resample_abs_pos_embed
-        n_prefix = 0 if getattr(model, 'no_embed_class', False) else model.num_prefix_tokens
-        side = int(round(math.sqrt(target.shape[1] - n_prefix)))
-        out['pos_embed'] = resample_abs_pos_embed(pe, (side, side), num_prefix_tokens=n_prefix)
-    return out
-
-def timm_to_dinov2_state_dict(sd: dict) -> dict:
-    "A timm DINOv2 ViT state dict with the original DINOv2 (torch.hub) key names: adds `mask_token` (zeros), `reg_token` -> `register_tokens`."
-    out = {('register_tokens' if k == 'reg_token' else k): v for k, v in sd.items()}
-    if 'mask_token' not in out: out['mask_token'] = torch.zeros(1, sd['cls_token'].shape[-1], dtype=sd['cls_token'].dtype)
-    return out
 
 def load_weights_strict(model: nn.Module, sd: dict, path) -> nn.Module:
     "Load `sd` into `model`; on any missing/unexpected key or shape mismatch raise an error naming `path` and the keys."
@@ -325,3 +286,44 @@ def describe_trainable(model: nn.Module) -> str:
     n_train = sum(p.numel() for p in trainable_parameters(model).values())
     n_all = sum(p.numel() for p in model.parameters())
     return f"{getattr(model, 'name', type(model).__name__)}: policy={getattr(model, 'policy', '?')}, trainable {n_train:,} / {n_all:,} parameters ({100 * n_train / max(n_all, 1):.2f}%)"
+
+# %% ../nbs/03_backbones.ipynb #4ea8b527
+_HEAD_PREFIXES = ('dino_head.', 'ibot_head.', 'head.mlp.', 'head.last_layer.')   # DINO-style projection heads (a classifier 'head.weight' is not dropped)
+
+def merge_lora_state_dict(sd: dict, scale: float = 1.0) -> dict:
+    "Fold unmerged LoRA pairs into their base weights: `W + scale * B @ A` (ours: `X.lora_A`/`X.lora_B`; peft: `X.lora_A.weight`, base `X.base_layer.weight`)."
+    out = {k: v for k, v in sd.items() if '.lora_' not in k}
+    for k in [k for k in sd if k.endswith(('.lora_A', '.lora_A.weight', '.lora_A.default.weight'))]:
+        stem, tail = k.split('.lora_A', 1)
+        A, B = sd[k], sd[f'{stem}.lora_B{tail}']
+        base = f'{stem}.base_layer.weight' if f'{stem}.base_layer.weight' in out else f'{stem}.weight'
+        if base not in out: raise ValueError(f'LoRA pair {k} has no base weight ({stem}.weight or {stem}.base_layer.weight)')
+        out[base] = out[base] + scale * (B.float() @ A.float()).to(out[base].dtype)
+    return {k.replace('.base_layer.', '.'): v for k, v in out.items()}
+
+def convert_dinov2_state_dict(sd: dict, model: nn.Module) -> dict:
+    "Rename original-DINOv2 (or wrapped: DDP, SnD/FiT3D student checkpoints, unmerged LoRA) keys to timm's and resample `pos_embed` to `model`'s grid."
+    drop_heads = lambda d: {k: v for k, v in d.items() if not k.startswith(_HEAD_PREFIXES)}   # projection heads are not the backbone
+    sd = drop_heads(merge_lora_state_dict(sd))
+    for prefix in ('module.', 'student.', 'teacher.', 'backbone.', 'encoder.', 'model.'):
+        if sd and all(k.startswith(prefix) for k in sd): sd = drop_heads({k[len(prefix):]: v for k, v in sd.items()})
+    out = {}
+    for k, v in sd.items():
+        if k == 'mask_token': continue
+        k = re.sub(r'^blocks\.\d+\.(\d+)\.', r'blocks.\1.', k) if re.match(r'^blocks\.\d+\.\d+\.', k) else k
+        k = k.replace('mlp.w12.', 'mlp.fc1.').replace('mlp.w3.', 'mlp.fc2.')
+        if k == 'register_tokens': k = 'reg_token'
+        out[k] = v
+    pe, target = out.get('pos_embed'), model.state_dict().get('pos_embed')
+    if pe is not None and target is not None and pe.shape != target.shape:
+        from timm.layers import resample_abs_pos_embed
+        n_prefix = 0 if getattr(model, 'no_embed_class', False) else model.num_prefix_tokens
+        side = int(round(math.sqrt(target.shape[1] - n_prefix)))
+        out['pos_embed'] = resample_abs_pos_embed(pe, (side, side), num_prefix_tokens=n_prefix)
+    return out
+
+def timm_to_dinov2_state_dict(sd: dict) -> dict:
+    "A timm DINOv2 ViT state dict with the original DINOv2 (torch.hub) key names: adds `mask_token` (zeros), `reg_token` -> `register_tokens`."
+    out = {('register_tokens' if k == 'reg_token' else k): v for k, v in sd.items()}
+    if 'mask_token' not in out: out['mask_token'] = torch.zeros(1, sd['cls_token'].shape[-1], dtype=sd['cls_token'].dtype)
+    return out

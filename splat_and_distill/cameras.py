@@ -149,6 +149,7 @@ def quat_to_rotmat(q: Float[Tensor, "*b 4"]) -> Float[Tensor, "*b 3 3"]:
         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(*q.shape[:-1], 3, 3)
 
+# %% ../nbs/01_cameras.ipynb #87a2bb6a
 def slerp(q0: Float[Tensor, "*b 4"], q1: Float[Tensor, "*b 4"], t: float | Tensor) -> Float[Tensor, "*b 4"]:
     "Spherical linear interpolation between unit quaternions, the short way round."
     t = torch.as_tensor(t, dtype=q0.dtype, device=q0.device)

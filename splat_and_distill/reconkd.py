@@ -465,6 +465,7 @@ RECONKD_RUN_FILES = ['run.json', 'config.json', 'runs.jsonl', 'results.json', 't
 # may differ when a run is resumed: they add runs, or only change how it runs (the teacher in reconstructor/ is kept either way)
 RESUME_MUTABLE = ('scenes', 'seeds', 'students', 'targets', 'timing_repeats', 'threads', 'device', 'progress', 'out', 'preset', 'reconstructor')
 
+# %% ../nbs/13_reconkd.ipynb #42afb5b9
 def run_experiment(cfg: ReconKDConfig | None = None, resume: bool = False, overwrite: bool = False, **overrides) -> dict:
     "Teacher, students, evaluation and the summary, as configured; results in `cfg.out` and returned. `resume` continues a run there."
     cfg = validate_config(dataclasses.replace(cfg or cpu_experiment(), **overrides))
@@ -545,6 +546,7 @@ def measure_times(recon: Reconstructor, scene: Scene, students: list[str], cfg: 
         out[s] = dict(s_per_frame=time_per_call(lambda: m(img), cfg.timing_repeats), params=n_parameters(m))
     return out
 
+# %% ../nbs/13_reconkd.ipynb #aa4d4a46
 def _mean_std(values: list) -> dict:
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
     ok = v[np.isfinite(v)]
@@ -560,6 +562,7 @@ def summarise(runs: list[dict], teacher_rows: list[dict], timing: dict) -> list[
                          **{m: _mean_std([r[m] for r in sel]) for m in METRICS}))
     return rows
 
+# %% ../nbs/13_reconkd.ipynb #3666ba65
 def compare(runs: list[dict], metrics=('gt_median_cm', 'loc_within_5cm_5deg', 'loc_median_cm')) -> list[dict]:
     "Paired differences A - B over the (scene, seed) pairs both ran: pretrained vs scratch, CNN vs ViT, teacher vs ground-truth targets."
     by = {_run_key(r): r for r in runs}

@@ -28,11 +28,11 @@ from .splat import render
 __all__ = ['HEAD_CHANNELS', 'PRESETS', 'RECON_RANGES', 'RECON_RUN_FILES', 'RECON_RESUME_MUTABLE', 'depth_candidates',
            'warp_to_depths', 'cost_volume', 'conv_block', 'FeatureExtractor', 'sincos_2d', 'CrossViewAttention',
            'UNet2d', 'depth_from_scores', 'quat_multiply', 'gaussian_params', 'ReconConfig', 'cpu_default', 'cpu_rgb',
-           'gpu_256', 'tiny', 'Reconstructor', 'n_parameters', 'to_gaussians', 'ssim', 'psnr', 'depth_metrics',
-           'depth_loss', 'make_recon_scenes', 'render_targets', 'recon_loss', 'fixed_triplets', 'fixed_items',
-           'evaluate_reconstructor', 'config_from_dict', 'save_reconstructor', 'load_reconstructor',
-           'validate_recon_config', 'plan_recon_run', 'save_recon_checkpoint', 'train_reconstructor',
-           'show_reconstruction', 'plot_recon_history', 'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
+           'gpu_256', 'tiny', 'validate_recon_config', 'Reconstructor', 'n_parameters', 'to_gaussians', 'ssim', 'psnr',
+           'depth_metrics', 'depth_loss', 'make_recon_scenes', 'render_targets', 'recon_loss', 'fixed_triplets',
+           'fixed_items', 'evaluate_reconstructor', 'save_recon_checkpoint', 'train_reconstructor',
+           'show_reconstruction', 'plot_recon_history', 'config_from_dict', 'save_reconstructor', 'load_reconstructor',
+           'plan_recon_run', 'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
 
 # %% ../nbs/08_reconstruct.ipynb #30a9db96
 def depth_candidates(near: float, far: float, n: int, device=None) -> Float[Tensor, "n"]:
@@ -201,6 +201,7 @@ class ReconConfig:
     n_val_triplets: int = 16
     preset: str = 'custom'
 
+# %% ../nbs/08_reconstruct.ipynb #51fae96f
 def cpu_default(**kw) -> ReconConfig:
     "64x64, 32 depth candidates, sized for minutes on a 2-core CPU; depth-supervised (`depth_weight=0.1`) to converge in that budget."
     return ReconConfig(**{**dict(preset='cpu_default', depth_weight=0.1), **kw})
@@ -222,6 +223,30 @@ def tiny(**kw) -> ReconConfig:
                                  ckpt_every=2, eval_every=1000), **kw})
 
 PRESETS = dict(cpu_default=cpu_default, cpu_rgb=cpu_rgb, gpu_256=gpu_256, tiny=tiny)
+
+# %% ../nbs/08_reconstruct.ipynb #71eab08f
+RECON_RANGES = dict(size='>= 8', width='>= 8', near='> 0', far='> 0', n_depths='>= 2', feat_ch='>= 4', attn_layers='>= 1', attn_heads='>= 1',
+                    unet_ch='>= 1', refine_ch='>= 1', scale_min='> 0', scale_max='> 0', n_views='>= 3', n_train_scenes='>= 1',
+                    n_val_scenes='>= 0', gap='>= 2', steps='>= 1', batch_size='>= 1', lr='(0, 1)', warmup='>= 0', weight_decay='>= 0',
+                    grad_clip='> 0', ssim_weight='>= 0', depth_weight='>= 0', seed='>= 0', log_every='>= 1', eval_every='>= 1',
+                    ckpt_every='>= 1', n_val_triplets='>= 1')
+
+def validate_recon_config(c: ReconConfig, procedural: bool = True) -> ReconConfig:
+    "Raise `ValueError` naming the field unless `c` describes a reconstructor that can be built and trained; touches no data."
+    check_ranges(c, RECON_RANGES, 'reconstructor config')
+    for k in ('size', 'width'):
+        if getattr(c, k) is not None and getattr(c, k) % 4:
+            raise ValueError(f'reconstructor config {k}={getattr(c, k)}: must be divisible by 4 (features live at 1/4 resolution)')
+    if c.far <= c.near: raise ValueError(f'reconstructor config: far={c.far} must exceed near={c.near}')
+    if c.scale_max < c.scale_min: raise ValueError(f'reconstructor config: scale_max={c.scale_max} must be >= scale_min={c.scale_min}')
+    if c.n_views <= c.gap: raise ValueError(f'reconstructor config: n_views={c.n_views} must exceed gap={c.gap}')
+    if c.backend not in ('auto', 'torch', 'gsplat', 'triton'): raise ValueError(f"reconstructor config backend={c.backend!r}: choose auto, torch, gsplat or triton")
+    if c.cross_attention and c.feat_ch % c.attn_heads:
+        raise ValueError(f'reconstructor config: feat_ch={c.feat_ch} must be divisible by attn_heads={c.attn_heads}')
+    n = c.n_train_scenes + c.n_val_scenes
+    if procedural: check_memory(n * scene_nbytes(c.n_views, c.size), f'{n} procedural scenes of {c.n_views} views at {c.size}x{c.size} (held in memory)',
+                 'use fewer scenes or views, or a smaller size')
+    return c
 
 # %% ../nbs/08_reconstruct.ipynb #e71f39f2
 class Reconstructor(nn.Module):
@@ -380,125 +405,6 @@ def evaluate_reconstructor(model: Reconstructor, batch: dict, backend: str = 'au
         res.update(psnr_oracle=float(psnr(orc, target).mean()), ssim_oracle=float(ssim(orc, target)))
     return res
 
-# %% ../nbs/08_reconstruct.ipynb #89d07961
-def config_from_dict(d: dict, source: str = 'config') -> ReconConfig:
-    "`ReconConfig` from a dict, refusing unknown keys."
-    names = {f.name for f in dataclasses.fields(ReconConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown: raise ValueError(f'{source}: unknown reconstructor config keys {unknown}; known keys are {sorted(names)}')
-    return ReconConfig(**d)
-
-def _rng_state(gen: torch.Generator) -> dict: return dict(rng_state(), data=gen.get_state())
-
-def _set_rng_state(s: dict, gen: torch.Generator): set_rng_state(s); gen.set_state(s['data'])
-
-def save_reconstructor(folder: str | Path, model: Reconstructor, step: int = 0, optimizer=None, scheduler=None,
-                       gen: torch.Generator | None = None) -> Path:
-    "Write `model.safetensors` + `config.json` (and `train_state.pt` when an optimiser is given) atomically into `folder`."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    cfg = asdict(model.config)
-    if optimizer is not None:
-        with atomic_path(folder / 'train_state.pt') as tmp:
-            torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
-                            rng=_rng_state(gen) if gen is not None else None), tmp)
-        fault_point('checkpoint_write', step)                    # a kill here leaves parts of two steps side by side
-    with atomic_path(folder / 'model.safetensors') as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata=dict(step=str(step), config=json.dumps(cfg), format='splat_and_distill.reconstruct'))
-    atomic_write_json(folder / 'config.json', cfg)
-    return folder
-
-def _weights_path(path: Path) -> Path:
-    if path.is_dir() and not (path / 'model.safetensors').exists():   # a run killed before it published its first weights
-        found = find_checkpoint(path)
-        if found: return found[1] / 'model.safetensors'
-    if path.is_dir(): path = path / 'model.safetensors'
-    if not path.exists():
-        raise FileNotFoundError(f'no reconstructor checkpoint at {path}; train one with `snd_recon --out {path.parent}` '
-                                'or pass the folder that contains model.safetensors')
-    return path
-
-def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
-    "Load a trained `Reconstructor` (in eval mode) from a checkpoint folder or its `model.safetensors`."
-    wpath = _weights_path(Path(path))
-    from safetensors import safe_open
-    try:
-        with safe_open(str(wpath), framework='pt') as f: meta = f.metadata() or {}
-        sd = load_file(str(wpath))
-    except Exception as e:   # safetensors raises its own error type for truncated headers and data
-        raise ValueError(f'{wpath}: not a readable safetensors file ({e}); it is truncated or corrupt') from None
-    cpath = wpath.parent / 'config.json'
-    embedded = config_from_dict(json.loads(meta['config']), f'{wpath} metadata') if 'config' in meta else None
-    if cpath.exists():
-        cfg = config_from_dict(read_json(cpath, 'reconstructor config'), str(cpath))
-        if embedded is not None and asdict(embedded) != asdict(cfg):
-            raise ValueError(f'{cpath} and the config embedded in {wpath.name} disagree: ' + '; '.join(config_changes(asdict(embedded), asdict(cfg)))
-                             + f'. Was config.json edited, or the weights copied from another run? Restore config.json, or delete it to use the embedded one')
-    elif embedded is not None: cfg = embedded
-    else: raise FileNotFoundError(f'{cpath} is missing and {wpath} carries no config in its metadata; cannot rebuild the model')
-    model = Reconstructor(cfg)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    shapes = [f'{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}' for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f'{wpath} does not match the reconstructor its config describes ({cpath.name}): '
-                         f'missing {missing[:5]}{"..." if len(missing) > 5 else ""}, unexpected {unexpected[:5]}{"..." if len(unexpected) > 5 else ""}, '
-                         f'shape mismatches {shapes[:5]}. Was the config edited, or the weights copied from another run?')
-    model.load_state_dict(sd)
-    model.step = int(meta.get('step', 0))
-    return model.to(default_device(device)).eval()
-
-# %% ../nbs/08_reconstruct.ipynb #d5295140
-RECON_RANGES = dict(size='>= 8', width='>= 8', near='> 0', far='> 0', n_depths='>= 2', feat_ch='>= 4', attn_layers='>= 1', attn_heads='>= 1',
-                    unet_ch='>= 1', refine_ch='>= 1', scale_min='> 0', scale_max='> 0', n_views='>= 3', n_train_scenes='>= 1',
-                    n_val_scenes='>= 0', gap='>= 2', steps='>= 1', batch_size='>= 1', lr='(0, 1)', warmup='>= 0', weight_decay='>= 0',
-                    grad_clip='> 0', ssim_weight='>= 0', depth_weight='>= 0', seed='>= 0', log_every='>= 1', eval_every='>= 1',
-                    ckpt_every='>= 1', n_val_triplets='>= 1')
-RECON_RUN_FILES = ['run.json', 'config.json', 'metrics.jsonl', 'checkpoints', 'model.safetensors', 'train_state.pt', 'eval.json',
-                   'reconstruction.png', 'learning_curve.png']
-RECON_RESUME_MUTABLE = ('log_every', 'eval_every', 'ckpt_every', 'backend', 'n_val_triplets')   # how it logs and runs, not what it learns
-
-def validate_recon_config(c: ReconConfig, procedural: bool = True) -> ReconConfig:
-    "Raise `ValueError` naming the field unless `c` describes a reconstructor that can be built and trained; touches no data."
-    check_ranges(c, RECON_RANGES, 'reconstructor config')
-    for k in ('size', 'width'):
-        if getattr(c, k) is not None and getattr(c, k) % 4:
-            raise ValueError(f'reconstructor config {k}={getattr(c, k)}: must be divisible by 4 (features live at 1/4 resolution)')
-    if c.far <= c.near: raise ValueError(f'reconstructor config: far={c.far} must exceed near={c.near}')
-    if c.scale_max < c.scale_min: raise ValueError(f'reconstructor config: scale_max={c.scale_max} must be >= scale_min={c.scale_min}')
-    if c.n_views <= c.gap: raise ValueError(f'reconstructor config: n_views={c.n_views} must exceed gap={c.gap}')
-    if c.backend not in ('auto', 'torch', 'gsplat', 'triton'): raise ValueError(f"reconstructor config backend={c.backend!r}: choose auto, torch, gsplat or triton")
-    if c.cross_attention and c.feat_ch % c.attn_heads:
-        raise ValueError(f'reconstructor config: feat_ch={c.feat_ch} must be divisible by attn_heads={c.attn_heads}')
-    n = c.n_train_scenes + c.n_val_scenes
-    if procedural: check_memory(n * scene_nbytes(c.n_views, c.size), f'{n} procedural scenes of {c.n_views} views at {c.size}x{c.size} (held in memory)',
-                 'use fewer scenes or views, or a smaller size')
-    return c
-
-def _published_step(out: Path) -> int | None:
-    "Step of the weights published in `out/model.safetensors` (None if there are none)."
-    try:
-        from safetensors import safe_open
-        with safe_open(str(out / 'model.safetensors'), framework='pt') as f: return int((f.metadata() or {}).get('step', -1))
-    except Exception: return None
-
-def plan_recon_run(out: Path, config: ReconConfig, resume: bool, overwrite: bool) -> dict:
-    "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id)`."
-    info = check_run_folder(out, 'snd_recon', RECON_RUN_FILES, resume, overwrite)
-    if not resume: return dict(checkpoint=None, run_id=None)
-    check_resume_config(read_json(out / 'config.json', 'run config'), asdict(config), RECON_RESUME_MUTABLE, str(out / 'config.json'))
-    found = find_checkpoint(out, info.get('run_id'))
-    if found is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            got = max([r.get('step', 0) for r in read_jsonl(out / 'metrics.jsonl')] + [0])
-        if got > 0 or any(s > 0 for s, _ in step_folders(out)) or (out / 'train_state.pt').exists():
-            raise FileNotFoundError(f'{out}: the run got to step {got} but no complete checkpoint (model.safetensors + train_state.pt, sealed) '
-                                    f'is left under {out / "checkpoints"}; nothing to resume from. Restore it, or start again with --overwrite')
-        return dict(checkpoint=None, run_id=info.get('run_id'))      # killed before its first checkpoint: start again
-    check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), asdict(config), RECON_RESUME_MUTABLE, str(found[1] / 'config.json'))
-    return dict(checkpoint=found, run_id=info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id'))
-
 # %% ../nbs/08_reconstruct.ipynb #d5400ef1
 def _lr_lambda(config: ReconConfig):
     return lambda s: min(1., (s + 1) / max(1, config.warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1., s / max(1, config.steps)))))
@@ -514,6 +420,7 @@ def save_recon_checkpoint(out: Path, model: Reconstructor, step: int, opt, sched
     fault_point('publish', step)                                   # sealed, not yet published: resume publishes it
     return save_reconstructor(out, model, step)
 
+# %% ../nbs/08_reconstruct.ipynb #33345402
 def train_reconstructor(config: ReconConfig | None = None, scenes: list | None = None, val_scenes: list | None = None,
                         steps: int | None = None, out: str | Path | None = None, resume: bool = False, device=None,
                         progress: bool = True, evaluate: bool = True, stop_after: int | None = None,
@@ -634,6 +541,105 @@ def plot_recon_history(records: list, path=None, title: str = ''):
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format='png')
     return fig
 
+# %% ../nbs/08_reconstruct.ipynb #89d07961
+def config_from_dict(d: dict, source: str = 'config') -> ReconConfig:
+    "`ReconConfig` from a dict, refusing unknown keys."
+    names = {f.name for f in dataclasses.fields(ReconConfig)}
+    unknown = sorted(set(d) - names)
+    if unknown: raise ValueError(f'{source}: unknown reconstructor config keys {unknown}; known keys are {sorted(names)}')
+    return ReconConfig(**d)
+
+def _rng_state(gen: torch.Generator) -> dict: return dict(rng_state(), data=gen.get_state())
+
+def _set_rng_state(s: dict, gen: torch.Generator): set_rng_state(s); gen.set_state(s['data'])
+
+# %% ../nbs/08_reconstruct.ipynb #d466a895
+def save_reconstructor(folder: str | Path, model: Reconstructor, step: int = 0, optimizer=None, scheduler=None,
+                       gen: torch.Generator | None = None) -> Path:
+    "Write `model.safetensors` + `config.json` (and `train_state.pt` when an optimiser is given) atomically into `folder`."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    cfg = asdict(model.config)
+    if optimizer is not None:
+        with atomic_path(folder / 'train_state.pt') as tmp:
+            torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
+                            rng=_rng_state(gen) if gen is not None else None), tmp)
+        fault_point('checkpoint_write', step)                    # a kill here leaves parts of two steps side by side
+    with atomic_path(folder / 'model.safetensors') as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata=dict(step=str(step), config=json.dumps(cfg), format='splat_and_distill.reconstruct'))
+    atomic_write_json(folder / 'config.json', cfg)
+    return folder
+
+def _weights_path(path: Path) -> Path:
+    if path.is_dir() and not (path / 'model.safetensors').exists():   # a run killed before it published its first weights
+        found = find_checkpoint(path)
+        if found: return found[1] / 'model.safetensors'
+    if path.is_dir(): path = path / 'model.safetensors'
+    if not path.exists():
+        raise FileNotFoundError(f'no reconstructor checkpoint at {path}; train one with `snd_recon --out {path.parent}` '
+                                'or pass the folder that contains model.safetensors')
+    return path
+
+# %% ../nbs/08_reconstruct.ipynb #b8057c40
+def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
+    "Load a trained `Reconstructor` (in eval mode) from a checkpoint folder or its `model.safetensors`."
+    wpath = _weights_path(Path(path))
+    from safetensors import safe_open
+    try:
+        with safe_open(str(wpath), framework='pt') as f: meta = f.metadata() or {}
+        sd = load_file(str(wpath))
+    except Exception as e:   # safetensors raises its own error type for truncated headers and data
+        raise ValueError(f'{wpath}: not a readable safetensors file ({e}); it is truncated or corrupt') from None
+    cpath = wpath.parent / 'config.json'
+    embedded = config_from_dict(json.loads(meta['config']), f'{wpath} metadata') if 'config' in meta else None
+    if cpath.exists():
+        cfg = config_from_dict(read_json(cpath, 'reconstructor config'), str(cpath))
+        if embedded is not None and asdict(embedded) != asdict(cfg):
+            raise ValueError(f'{cpath} and the config embedded in {wpath.name} disagree: ' + '; '.join(config_changes(asdict(embedded), asdict(cfg)))
+                             + f'. Was config.json edited, or the weights copied from another run? Restore config.json, or delete it to use the embedded one')
+    elif embedded is not None: cfg = embedded
+    else: raise FileNotFoundError(f'{cpath} is missing and {wpath} carries no config in its metadata; cannot rebuild the model')
+    model = Reconstructor(cfg)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    shapes = [f'{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}' for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f'{wpath} does not match the reconstructor its config describes ({cpath.name}): '
+                         f'missing {missing[:5]}{"..." if len(missing) > 5 else ""}, unexpected {unexpected[:5]}{"..." if len(unexpected) > 5 else ""}, '
+                         f'shape mismatches {shapes[:5]}. Was the config edited, or the weights copied from another run?')
+    model.load_state_dict(sd)
+    model.step = int(meta.get('step', 0))
+    return model.to(default_device(device)).eval()
+
+# %% ../nbs/08_reconstruct.ipynb #d5295140
+RECON_RUN_FILES = ['run.json', 'config.json', 'metrics.jsonl', 'checkpoints', 'model.safetensors', 'train_state.pt', 'eval.json',
+                   'reconstruction.png', 'learning_curve.png']
+RECON_RESUME_MUTABLE = ('log_every', 'eval_every', 'ckpt_every', 'backend', 'n_val_triplets')   # how it logs and runs, not what it learns
+
+def _published_step(out: Path) -> int | None:
+    "Step of the weights published in `out/model.safetensors` (None if there are none)."
+    try:
+        from safetensors import safe_open
+        with safe_open(str(out / 'model.safetensors'), framework='pt') as f: return int((f.metadata() or {}).get('step', -1))
+    except Exception: return None
+
+def plan_recon_run(out: Path, config: ReconConfig, resume: bool, overwrite: bool) -> dict:
+    "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id)`."
+    info = check_run_folder(out, 'snd_recon', RECON_RUN_FILES, resume, overwrite)
+    if not resume: return dict(checkpoint=None, run_id=None)
+    check_resume_config(read_json(out / 'config.json', 'run config'), asdict(config), RECON_RESUME_MUTABLE, str(out / 'config.json'))
+    found = find_checkpoint(out, info.get('run_id'))
+    if found is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            got = max([r.get('step', 0) for r in read_jsonl(out / 'metrics.jsonl')] + [0])
+        if got > 0 or any(s > 0 for s, _ in step_folders(out)) or (out / 'train_state.pt').exists():
+            raise FileNotFoundError(f'{out}: the run got to step {got} but no complete checkpoint (model.safetensors + train_state.pt, sealed) '
+                                    f'is left under {out / "checkpoints"}; nothing to resume from. Restore it, or start again with --overwrite')
+        return dict(checkpoint=None, run_id=info.get('run_id'))      # killed before its first checkpoint: start again
+    check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), asdict(config), RECON_RESUME_MUTABLE, str(found[1] / 'config.json'))
+    return dict(checkpoint=found, run_id=info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id'))
+
 # %% ../nbs/08_reconstruct.ipynb #cb142881
 def make_config(preset: str = 'cpu_default', overrides: dict | None = None) -> ReconConfig:
     "A preset's config with overrides applied (values may be strings, read as `--set` reads them)."
@@ -649,6 +655,7 @@ def real_recon_data(config: ReconConfig, data: str | Path) -> tuple:
     return (FolderTripletDataset(folders[:-1], gap=config.gap, size=hw, seed=config.seed),
             FolderTripletDataset(folders[-1:], gap=config.gap, size=hw, target='middle'))
 
+# %% ../nbs/08_reconstruct.ipynb #9277c812
 def run_recon(preset: str | None = None, out: str = 'runs/recon', sets: list[str] | dict | None = None, steps: int | None = None,
               resume: bool = False, overwrite: bool = False, device: str | None = None, threads: int = 0, eval_only: bool = False,
               data: str | None = None) -> dict:
@@ -687,6 +694,7 @@ def run_recon(preset: str | None = None, out: str = 'runs/recon', sets: list[str
     print(json.dumps(res, indent=2))
     return res
 
+# %% ../nbs/08_reconstruct.ipynb #420782be
 def snd_recon(argv: list[str] | None = None) -> dict | None:
     "Command line: train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone."
     p = cli_parser('snd_recon', 'Train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone.',

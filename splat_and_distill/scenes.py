@@ -25,11 +25,11 @@ from .cameras import (intrinsics_from_fov, look_at, pixel_rays, unproject_depth,
 __all__ = ['CLASS_NAMES', 'NUM_CLASSES', 'GENERATOR_VERSION', 'ROOM_INSTANCES', 'TEXTURES', 'SCENE_BYTES_PER_PIXEL',
            'OPENGL_TO_OPENCV', 'opengl_to_opencv', 'DEPTH_RANGE', 'cast_rays', 'value_noise', 'solid_texture',
            'trajectory', 'make_spec', 'render_views', 'Scene', 'make_scene', 'scene_montage', 'surface_clearance',
-           'plot_topdown', 'depth_reprojection', 'reprojection_benchmark', 'default_cache_dir', 'scene_cache_path',
-           'load_or_make_scene', 'scene_nbytes', 'scene_seeds', 'triplet_views', 'TripletDataset', 'ViewDataset',
-           'PairDataset', 'opencv_to_opengl', 'write_scene', 'frame_number', 'frame_records', 'read_frame',
-           'read_scene', 'resize_scene', 'make_fit3d_style_folder', 'scene_folders', 'FolderTripletDataset',
-           'make_snd_scannetpp_folder', 'write_scenes', 'snd_scenes']
+           'plot_topdown', 'depth_reprojection', 'reprojection_benchmark', 'scene_seeds', 'triplet_views',
+           'TripletDataset', 'ViewDataset', 'PairDataset', 'default_cache_dir', 'scene_cache_path',
+           'load_or_make_scene', 'scene_nbytes', 'opencv_to_opengl', 'write_scene', 'frame_number', 'frame_records',
+           'read_frame', 'read_scene', 'resize_scene', 'make_fit3d_style_folder', 'scene_folders',
+           'FolderTripletDataset', 'make_snd_scannetpp_folder', 'write_scenes', 'snd_scenes']
 
 # %% ../nbs/02_scenes.ipynb #104f5f80
 CLASS_NAMES = ['floor', 'wall', 'ceiling', 'table', 'cabinet', 'box', 'ball', 'pillar', 'barrel']
@@ -55,6 +55,7 @@ def _room_hit(o, d, room):
     inst = torch.where(axis == 2, torch.where(pos, 1, 0), 2 + 2 * axis + (~pos).long())
     return t, normal, inst
 
+# %% ../nbs/02_scenes.ipynb #5236de61
 def _box_hit(o, d, boxes, eps=1e-6):
     "Nearest hit of rays `[n,3]` (origins `[n,3]` or one shared `[1,3]`) with yaw-rotated boxes `[m,7]` (cx,cy,cz,ex,ey,ez,yaw): depth `[n]` (inf: none), box index `[n]`."
     c, e, yaw = boxes[:, :3], boxes[:, 3:6], boxes[:, 6]
@@ -81,6 +82,7 @@ def _box_normal(p, box):
     nl = torch.zeros_like(p).scatter_(1, axis[:, None], sgn[:, None])
     return torch.stack([cs * nl[:, 0] - sn * nl[:, 1], sn * nl[:, 0] + cs * nl[:, 1], nl[:, 2]], -1)
 
+# %% ../nbs/02_scenes.ipynb #efbe4610
 def _sphere_hit(o, d, spheres, eps=1e-6):
     "Nearest hit of rays with spheres `[m,4]` (cx,cy,cz,r): depth `[n]`, sphere index `[n]`."
     oc = o[:, None, :] - spheres[:, :3]                            # (n, m, 3)
@@ -92,6 +94,7 @@ def _sphere_hit(o, d, spheres, eps=1e-6):
     t = torch.where((disc >= 0) & (t > eps), t, torch.inf)
     return t.min(-1)
 
+# %% ../nbs/02_scenes.ipynb #cc3867ca
 def _cylinder_hit(o, d, cyls, eps=1e-6):
     "Nearest hit of rays with vertical capped cylinders `[m,5]` (cx,cy,z0,z1,r): depth `[n]`, index `[n]`."
     ocx, ocy = o[:, None, 0] - cyls[:, 0], o[:, None, 1] - cyls[:, 1]       # (n, m)
@@ -172,6 +175,7 @@ def value_noise(p: Float[Tensor, "n 3"], salt: int = 0) -> Float[Tensor, "n"]:
             for cz in (0, 1): out = out + wxy * wz[cz] * _mix32(hxy ^ hz[cz])
     return out
 
+# %% ../nbs/02_scenes.ipynb #6accb76e
 def _fade(cycles_per_pixel: Tensor) -> Tensor:
     "Amplitude of a pattern component: 1 below 0.2 cycles/pixel, 0 at the Nyquist limit 0.5."
     return ((0.5 - cycles_per_pixel) / 0.3).clamp(0, 1)
@@ -233,6 +237,7 @@ def trajectory(spec: dict, n_views: int) -> tuple[Tensor, Tensor]:
                     tp['target_height'] + 0.15 * np.sin(0.3 * k / 8 + tp['height_phase'])], -1)
     return torch.tensor(np.concatenate([xy, z[:, None]], -1), dtype=torch.float32), torch.tensor(tgt, dtype=torch.float32)
 
+# %% ../nbs/02_scenes.ipynb #fb25a962
 def _box_sdf2d(pts, cx, cy, ex, ey, yaw):
     "Signed distance of 2D points `[k,2]` to a yaw-rotated rectangle."
     q = pts - [cx, cy]; c, s = np.cos(yaw), np.sin(yaw)
@@ -253,97 +258,123 @@ def _instance_look(rng) -> dict:
     return dict(texture=int(rng.integers(len(TEXTURES))), colours=[c1, c2], freq=float(1 / rng.uniform(0.35, 0.9)),
                 rot=(Rx @ Rz).tolist(), offset=rng.uniform(0, 100, 3).tolist())
 
+# %% ../nbs/02_scenes.ipynb #795a29b7
 def make_spec(seed: int, margin: float = 0.45) -> dict:
     "JSON-able description of the room, objects, lighting, textures and camera path of scene `seed`."
     rng = np.random.default_rng([GENERATOR_VERSION, seed])
     hx, hy = rng.uniform(2.2, 3.5, 2); H = rng.uniform(2.5, 3.2)
-    tp = _trajectory_params(rng, hx, hy)
-    path = _path_xy(tp, np.linspace(0, 2 * np.pi, 360, endpoint=False))   # the whole ellipse: any trajectory length
-    boxes, spheres, cylinders, objects = [], [], [], []
-    footprints = []                                                       # (x, y, radius) of floor objects
-    tables = []                                                           # (cx, cy, ex, ey, yaw, top_z, [(u, v, r)])
+    room = _Room(rng, hx, hy, H, _trajectory_params(rng, hx, hy), margin)
     n_target = int(rng.integers(6, 15))
-
-    def free(x, y, r, sdf_path, inside_room=True):
-        if sdf_path < margin: return False
-        if inside_room and (abs(x) > hx - r - 0.02 or abs(y) > hy - r - 0.02): return False
-        return all(np.hypot(x - fx, y - fy) > r + fr + 0.05 for fx, fy, fr in footprints)
-
-    inner = 0.92 * min(tp['radii']) - margin                            # free disc inside the ellipse
-    def sample_xy():
-        "Floor position: inside the camera ellipse (in view of most frames) two times out of three."
-        if inner > 0.2 and rng.uniform() < 0.67:
-            r, a = inner * math.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
-            return tp['centre'][0] + r * math.cos(a), tp['centre'][1] + r * math.sin(a)
-        return rng.uniform(-hx, hx), rng.uniform(-hy, hy)
-
     tries, kind, fails = 0, None, 0
-    while len(objects) < n_target and tries < 2000:
+    while len(room.objects) < n_target and tries < 2000:
         tries += 1
         if kind is None or fails >= 30:            # a kind gets 30 placement attempts, so big objects are not crowded out
             kind, fails = str(rng.choice(_OBJECT_KINDS, p=_OBJECT_PROBS)), 0
-        if kind == 'cabinet' and sum(o['kind'] == 'cabinet' for o in objects) >= 3: kind = None; continue
+        if kind == 'cabinet' and sum(o['kind'] == 'cabinet' for o in room.objects) >= 3: kind = None; continue
         fails += 1
-        inst = 6 + len(objects)
-        if kind == 'table':
-            ex, ey, top = rng.uniform(0.35, 0.6), rng.uniform(0.25, 0.4), rng.uniform(0.7, 0.8)
-            yaw = float(rng.choice([0., rng.uniform(0, np.pi)]))
-            x, y = sample_xy()
-            if not free(x, y, math.hypot(ex, ey), _box_sdf2d(path, x, y, ex, ey, yaw).min()): continue
-            parts = [[x, y, top - 0.025, ex, ey, 0.025, yaw]]
-            c, s = math.cos(yaw), math.sin(yaw)
-            for u, v in [(ex - 0.06, ey - 0.06), (-ex + 0.06, ey - 0.06), (ex - 0.06, -ey + 0.06), (-ex + 0.06, -ey + 0.06)]:
-                parts.append([x + c * u - s * v, y + s * u + c * v, (top - 0.05) / 2, 0.04, 0.04, (top - 0.05) / 2, yaw])
-            boxes += [dict(box=[float(a) for a in b], instance=inst) for b in parts]
-            footprints.append((x, y, math.hypot(ex, ey))); tables.append([x, y, ex, ey, yaw, top, []])
-        elif kind == 'cabinet':
-            w, dep, ht = rng.uniform(0.25, 0.6), rng.uniform(0.18, 0.3), rng.uniform(1.0, 2.0)
-            wall = int(rng.integers(4))
-            along = rng.uniform(-1, 1)
-            if wall < 2:   # on an x wall: depth along x
-                x = (hx - dep - 0.01) * (1 if wall == 0 else -1); y = along * (hy - w - 0.02); ex, ey = dep, w
-            else:
-                y = (hy - dep - 0.01) * (1 if wall == 2 else -1); x = along * (hx - w - 0.02); ex, ey = w, dep
-            if not free(x, y, math.hypot(ex, ey) - 0.02, _box_sdf2d(path, x, y, ex, ey, 0.).min(), inside_room=False): continue  # placed against the wall
-            boxes.append(dict(box=[float(x), float(y), float(ht / 2), float(ex), float(ey), float(ht / 2), 0.], instance=inst))
-            footprints.append((x, y, math.hypot(ex, ey) - 0.02))
-        elif kind in ('pillar', 'barrel'):
-            r = rng.uniform(0.1, 0.25) if kind == 'pillar' else rng.uniform(0.18, 0.35)
-            z1 = H if kind == 'pillar' else rng.uniform(0.4, 0.9)
-            x, y = sample_xy() if kind == 'barrel' else (rng.uniform(-hx, hx), rng.uniform(-hy, hy))
-            clear = np.hypot(*(path - [x, y]).T).min() - r - (0.4 if kind == 'pillar' else 0.)  # tall occluders stay further away
-            if not free(x, y, r, clear): continue
-            cylinders.append(dict(cylinder=[float(x), float(y), 0., float(z1), float(r)], instance=inst))
-            footprints.append((x, y, r))
-        else:  # box or ball, on a table (if one exists, half the time) or on the floor
-            if kind == 'box':
-                s0 = rng.uniform(0.1, 0.25); e = s0 * rng.uniform(0.8, 1.2, 3); yaw = rng.uniform(0, np.pi); r = math.hypot(e[0], e[1])
-            else:
-                e = None; r = rng.uniform(0.1, 0.3)
-            if tables and rng.uniform() < 0.5:
-                tb = tables[int(rng.integers(len(tables)))]
-                tx, ty, tex, tey, tyaw, top, items = tb
-                if tex < r + 0.02 or tey < r + 0.02: continue
-                u, v = rng.uniform(-tex + r, tex - r), rng.uniform(-tey + r, tey - r)
-                if any(math.hypot(u - a, v - b) < r + rr + 0.03 for a, b, rr in items): continue
-                items.append((u, v, r))
-                x, y, z0 = tx + math.cos(tyaw) * u - math.sin(tyaw) * v, ty + math.sin(tyaw) * u + math.cos(tyaw) * v, top
-            else:
-                (x, y), z0 = sample_xy(), 0.
-                if not free(x, y, r, (np.hypot(*(path - [x, y]).T).min() - r)): continue
-                footprints.append((x, y, r))
-            if kind == 'box':
-                boxes.append(dict(box=[float(x), float(y), float(z0 + e[2]), *map(float, e), float(yaw)], instance=inst))
-            else:
-                spheres.append(dict(sphere=[float(x), float(y), float(z0 + r), float(r)], instance=inst))
-        objects.append(dict(kind=kind, instance=inst, cls=CLASS_NAMES.index(kind)))
+        inst = 6 + len(room.objects)
+        placed = (_place_table(room, inst) if kind == 'table' else _place_cabinet(room, inst) if kind == 'cabinet' else
+                  _place_cylinder(room, inst, kind) if kind in ('pillar', 'barrel') else _place_small(room, inst, kind))
+        if not placed: continue
+        room.objects.append(dict(kind=kind, instance=inst, cls=CLASS_NAMES.index(kind)))
         kind = None
-    inst_class = [0, 2, 1, 1, 1, 1] + [o['cls'] for o in objects]        # floor, ceiling, 4 walls, objects
+    inst_class = [0, 2, 1, 1, 1, 1] + [o['cls'] for o in room.objects]   # floor, ceiling, 4 walls, objects
     looks = [_instance_look(rng) for _ in inst_class]
     light = [float(rng.uniform(-0.5, 0.5) * hx), float(rng.uniform(-0.5, 0.5) * hy), float(0.8 * H)]
     return dict(seed=int(seed), version=GENERATOR_VERSION, room=[float(hx), float(hy), float(H)], fov_x=float(rng.uniform(55, 70)),
-                boxes=boxes, spheres=spheres, cylinders=cylinders, objects=objects, instance_class=inst_class, looks=looks,
-                light=light, ambient=0.35, trajectory=tp)
+                boxes=room.boxes, spheres=room.spheres, cylinders=room.cylinders, objects=room.objects, instance_class=inst_class,
+                looks=looks, light=light, ambient=0.35, trajectory=room.tp)
+
+# %% ../nbs/02_scenes.ipynb #70b32952
+class _Room:
+    "What object placement needs while it runs: the room, the camera path and everything placed so far."
+    def __init__(self, rng, hx, hy, H, tp, margin):
+        self.rng, self.hx, self.hy, self.H, self.tp, self.margin = rng, hx, hy, H, tp, margin
+        self.path = _path_xy(tp, np.linspace(0, 2 * np.pi, 360, endpoint=False))   # the whole ellipse: any trajectory length
+        self.boxes, self.spheres, self.cylinders, self.objects = [], [], [], []
+        self.footprints = []                                                  # (x, y, radius) of floor objects
+        self.tables = []                                                      # (cx, cy, ex, ey, yaw, top_z, [(u, v, r)])
+        self.inner = 0.92 * min(tp['radii']) - margin                         # free disc inside the ellipse
+
+    def free(self, x, y, r, sdf_path, inside_room=True):
+        "Clear of the camera path by `margin`, inside the room, and not overlapping another floor object."
+        if sdf_path < self.margin: return False
+        if inside_room and (abs(x) > self.hx - r - 0.02 or abs(y) > self.hy - r - 0.02): return False
+        return all(np.hypot(x - fx, y - fy) > r + fr + 0.05 for fx, fy, fr in self.footprints)
+
+    def sample_xy(self):
+        "Floor position: inside the camera ellipse (in view of most frames) two times out of three."
+        rng, tp = self.rng, self.tp
+        if self.inner > 0.2 and rng.uniform() < 0.67:
+            r, a = self.inner * math.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
+            return tp['centre'][0] + r * math.cos(a), tp['centre'][1] + r * math.sin(a)
+        return rng.uniform(-self.hx, self.hx), rng.uniform(-self.hy, self.hy)
+
+# %% ../nbs/02_scenes.ipynb #b75fea45
+def _place_table(room: _Room, inst: int) -> bool:
+    "A table (top slab and four legs, one instance) somewhere free; False if the spot drawn is taken."
+    rng = room.rng
+    ex, ey, top = rng.uniform(0.35, 0.6), rng.uniform(0.25, 0.4), rng.uniform(0.7, 0.8)
+    yaw = float(rng.choice([0., rng.uniform(0, np.pi)]))
+    x, y = room.sample_xy()
+    if not room.free(x, y, math.hypot(ex, ey), _box_sdf2d(room.path, x, y, ex, ey, yaw).min()): return False
+    parts = [[x, y, top - 0.025, ex, ey, 0.025, yaw]]
+    c, s = math.cos(yaw), math.sin(yaw)
+    for u, v in [(ex - 0.06, ey - 0.06), (-ex + 0.06, ey - 0.06), (ex - 0.06, -ey + 0.06), (-ex + 0.06, -ey + 0.06)]:
+        parts.append([x + c * u - s * v, y + s * u + c * v, (top - 0.05) / 2, 0.04, 0.04, (top - 0.05) / 2, yaw])
+    room.boxes += [dict(box=[float(a) for a in b], instance=inst) for b in parts]
+    room.footprints.append((x, y, math.hypot(ex, ey))); room.tables.append([x, y, ex, ey, yaw, top, []])
+    return True
+
+def _place_cabinet(room: _Room, inst: int) -> bool:
+    "A cabinet against one of the four walls."
+    rng, hx, hy = room.rng, room.hx, room.hy
+    w, dep, ht = rng.uniform(0.25, 0.6), rng.uniform(0.18, 0.3), rng.uniform(1.0, 2.0)
+    wall = int(rng.integers(4))
+    along = rng.uniform(-1, 1)
+    if wall < 2:   # on an x wall: depth along x
+        x = (hx - dep - 0.01) * (1 if wall == 0 else -1); y = along * (hy - w - 0.02); ex, ey = dep, w
+    else:
+        y = (hy - dep - 0.01) * (1 if wall == 2 else -1); x = along * (hx - w - 0.02); ex, ey = w, dep
+    if not room.free(x, y, math.hypot(ex, ey) - 0.02, _box_sdf2d(room.path, x, y, ex, ey, 0.).min(), inside_room=False): return False  # placed against the wall
+    room.boxes.append(dict(box=[float(x), float(y), float(ht / 2), float(ex), float(ey), float(ht / 2), 0.], instance=inst))
+    room.footprints.append((x, y, math.hypot(ex, ey) - 0.02))
+    return True
+
+# %% ../nbs/02_scenes.ipynb #bce11a68
+def _place_cylinder(room: _Room, inst: int, kind: str) -> bool:
+    "A pillar (floor to ceiling, kept further from the path) or a barrel."
+    rng = room.rng
+    r = rng.uniform(0.1, 0.25) if kind == 'pillar' else rng.uniform(0.18, 0.35)
+    z1 = room.H if kind == 'pillar' else rng.uniform(0.4, 0.9)
+    x, y = room.sample_xy() if kind == 'barrel' else (rng.uniform(-room.hx, room.hx), rng.uniform(-room.hy, room.hy))
+    clear = np.hypot(*(room.path - [x, y]).T).min() - r - (0.4 if kind == 'pillar' else 0.)  # tall occluders stay further away
+    if not room.free(x, y, r, clear): return False
+    room.cylinders.append(dict(cylinder=[float(x), float(y), 0., float(z1), float(r)], instance=inst))
+    room.footprints.append((x, y, r))
+    return True
+
+def _place_small(room: _Room, inst: int, kind: str) -> bool:
+    "A box or a ball, on a table (if one exists, half the time) or on the floor."
+    rng = room.rng
+    if kind == 'box':
+        s0 = rng.uniform(0.1, 0.25); e = s0 * rng.uniform(0.8, 1.2, 3); yaw = rng.uniform(0, np.pi); r = math.hypot(e[0], e[1])
+    else:
+        e = None; r = rng.uniform(0.1, 0.3)
+    if room.tables and rng.uniform() < 0.5:
+        tx, ty, tex, tey, tyaw, top, items = room.tables[int(rng.integers(len(room.tables)))]
+        if tex < r + 0.02 or tey < r + 0.02: return False
+        u, v = rng.uniform(-tex + r, tex - r), rng.uniform(-tey + r, tey - r)
+        if any(math.hypot(u - a, v - b) < r + rr + 0.03 for a, b, rr in items): return False
+        items.append((u, v, r))
+        x, y, z0 = tx + math.cos(tyaw) * u - math.sin(tyaw) * v, ty + math.sin(tyaw) * u + math.cos(tyaw) * v, top
+    else:
+        (x, y), z0 = room.sample_xy(), 0.
+        if not room.free(x, y, r, (np.hypot(*(room.path - [x, y]).T).min() - r)): return False
+        room.footprints.append((x, y, r))
+    if kind == 'box': room.boxes.append(dict(box=[float(x), float(y), float(z0 + e[2]), *map(float, e), float(yaw)], instance=inst))
+    else: room.spheres.append(dict(sphere=[float(x), float(y), float(z0 + r), float(r)], instance=inst))
+    return True
 
 # %% ../nbs/02_scenes.ipynb #1af1ce5d
 def render_views(spec: dict, K: Float[Tensor, "v 3 3"], c2w: Float[Tensor, "v 4 4"], h: int, w: int) -> dict:
@@ -517,6 +548,78 @@ def reprojection_benchmark(n_pairs: int = 10, n_views: int = 16, size: int = 96,
         out.append(dict(seed=s, a=a, b=b, median=r['median'], covisible_fraction=r['covisible_fraction']))
     return out
 
+# %% ../nbs/02_scenes.ipynb #ea8e2dc4
+_SPLIT_BASE = {'train': 0, 'val': 1_000_000, 'test': 2_000_000}
+
+def scene_seeds(split: str, n: int) -> list[int]:
+    "The first `n` scene seeds of `split` ('train', 'val' or 'test'); the ranges are disjoint."
+    if split not in _SPLIT_BASE: raise ValueError(f"split must be one of {list(_SPLIT_BASE)}, got {split!r}")
+    if not 0 <= n <= 1_000_000: raise ValueError(f'n must be in [0, 1000000], got {n}')
+    return [_SPLIT_BASE[split] + i for i in range(n)]
+
+# %% ../nbs/02_scenes.ipynb #48b94bda
+def _as_scene_list(scenes) -> list:
+    scenes = [scenes] if isinstance(scenes, Scene) else list(scenes)
+    if not scenes: raise ValueError('expected at least one Scene')
+    return scenes
+
+def _view_dict(scene: Scene, i: int, prefix: str = '') -> dict:
+    return {prefix + k: v for k, v in scene.view(i).items()}
+
+def triplet_views(i: int, gap: int, target: str, seed: int, idx: int) -> tuple[int, int, int]:
+    "(context 0, context 1, target) frame indices of the triplet starting at frame `i`: target in the middle, or drawn strictly between (fixed by `seed` and item `idx`)."
+    if target == 'middle': t = i + gap // 2
+    else: t = i + 1 + int(torch.randint(gap - 1, (1,), generator=torch.Generator().manual_seed(seed * 1_000_003 + idx)))
+    return i, i + gap, t
+
+# %% ../nbs/02_scenes.ipynb #98e5722a
+class TripletDataset(Dataset):
+    "(2 context views `gap` frames apart, 1 target strictly between) samples from a list of scenes."
+    def __init__(self, scenes, gap: int = 8, target: str = 'random', stride: int = 1, seed: int = 0):
+        # target: 'random' (a frame strictly between, fixed per item and `seed`) or 'middle'; stride: between first context frames
+        self.scenes, self.gap, self.target, self.seed = _as_scene_list(scenes), gap, target, seed
+        if gap < 2: raise ValueError(f'gap must be >= 2 so that a target fits strictly between the context views, got {gap}')
+        if target not in ('random', 'middle'): raise ValueError(f"target must be 'random' or 'middle', got {target!r}")
+        self.items = [(si, i) for si, s in enumerate(self.scenes) for i in range(0, len(s) - gap, stride)]
+        if not self.items: raise ValueError(f'no scene has more than gap={gap} views (longest has {max(len(s) for s in self.scenes)})')
+    def __len__(self): return len(self.items)
+    def view_indices(self, idx: int) -> tuple[int, tuple[int, int, int]]:
+        "Scene index and (context 0, context 1, target) frame indices of item `idx`."
+        si, i = self.items[idx]
+        return si, triplet_views(i, self.gap, self.target, self.seed, idx)
+    def __getitem__(self, idx: int) -> dict:
+        si, (i, j, t) = self.view_indices(idx)
+        s = self.scenes[si]
+        ctx = torch.tensor([i, j])
+        out = {f'context_{k}': getattr(s, k)[ctx] for k in Scene._TENSORS}
+        out.update(_view_dict(s, t, 'target_'))
+        out.update(scene_index=si, view_indices=torch.tensor([i, j, t]))
+        return out
+
+# %% ../nbs/02_scenes.ipynb #6f40a154
+class ViewDataset(Dataset):
+    "Every view of every scene: `rgb`, `depth`, `normals`, `semantic`, `instance`, `K`, `c2w`, `scene_index`, `view_index`."
+    def __init__(self, scenes):
+        self.scenes = _as_scene_list(scenes)
+        self.items = [(si, i) for si, s in enumerate(self.scenes) for i in range(len(s))]
+    def __len__(self): return len(self.items)
+    def __getitem__(self, idx: int) -> dict:
+        si, i = self.items[idx]
+        return {**_view_dict(self.scenes[si], i), 'scene_index': si, 'view_index': i}
+
+class PairDataset(Dataset):
+    "View pairs `gap` frames apart (keys prefixed `a_` and `b_`), for correspondence and consistency evaluation."
+    def __init__(self, scenes, gap: int = 8, stride: int = 1):
+        self.scenes, self.gap = _as_scene_list(scenes), gap
+        if gap < 1: raise ValueError(f'gap must be >= 1, got {gap}')
+        self.items = [(si, i) for si, s in enumerate(self.scenes) for i in range(0, len(s) - gap, stride)]
+        if not self.items: raise ValueError(f'no scene has more than gap={gap} views')
+    def __len__(self): return len(self.items)
+    def __getitem__(self, idx: int) -> dict:
+        si, i = self.items[idx]
+        s = self.scenes[si]
+        return {**_view_dict(s, i, 'a_'), **_view_dict(s, i + self.gap, 'b_'), 'scene_index': si, 'view_indices': torch.tensor([i, i + self.gap])}
+
 # %% ../nbs/02_scenes.ipynb #7a09228e
 def default_cache_dir() -> Path:
     "`$SND_CACHE` if set, else `~/.cache/splat_and_distill`."
@@ -544,76 +647,6 @@ def scene_nbytes(n_views: int, size: int | tuple[int, int]) -> int:
     "Bytes a `Scene` of `n_views` views at `size` holds in memory (for the fail-fast memory checks of the commands)."
     h, w = _hw(size)
     return n_views * h * w * SCENE_BYTES_PER_PIXEL
-
-# %% ../nbs/02_scenes.ipynb #ea8e2dc4
-_SPLIT_BASE = {'train': 0, 'val': 1_000_000, 'test': 2_000_000}
-
-def scene_seeds(split: str, n: int) -> list[int]:
-    "The first `n` scene seeds of `split` ('train', 'val' or 'test'); the ranges are disjoint."
-    if split not in _SPLIT_BASE: raise ValueError(f"split must be one of {list(_SPLIT_BASE)}, got {split!r}")
-    if not 0 <= n <= 1_000_000: raise ValueError(f'n must be in [0, 1000000], got {n}')
-    return [_SPLIT_BASE[split] + i for i in range(n)]
-
-# %% ../nbs/02_scenes.ipynb #48b94bda
-def _as_scene_list(scenes) -> list:
-    scenes = [scenes] if isinstance(scenes, Scene) else list(scenes)
-    if not scenes: raise ValueError('expected at least one Scene')
-    return scenes
-
-def _view_dict(scene: Scene, i: int, prefix: str = '') -> dict:
-    return {prefix + k: v for k, v in scene.view(i).items()}
-
-def triplet_views(i: int, gap: int, target: str, seed: int, idx: int) -> tuple[int, int, int]:
-    "(context 0, context 1, target) frame indices of the triplet starting at frame `i`: target in the middle, or drawn strictly between (fixed by `seed` and item `idx`)."
-    if target == 'middle': t = i + gap // 2
-    else: t = i + 1 + int(torch.randint(gap - 1, (1,), generator=torch.Generator().manual_seed(seed * 1_000_003 + idx)))
-    return i, i + gap, t
-
-class TripletDataset(Dataset):
-    "(2 context views `gap` frames apart, 1 target strictly between) samples from a list of scenes."
-    def __init__(self, scenes, gap: int = 8, target: str = 'random', stride: int = 1, seed: int = 0):
-        # target: 'random' (a frame strictly between, fixed per item and `seed`) or 'middle'; stride: between first context frames
-        self.scenes, self.gap, self.target, self.seed = _as_scene_list(scenes), gap, target, seed
-        if gap < 2: raise ValueError(f'gap must be >= 2 so that a target fits strictly between the context views, got {gap}')
-        if target not in ('random', 'middle'): raise ValueError(f"target must be 'random' or 'middle', got {target!r}")
-        self.items = [(si, i) for si, s in enumerate(self.scenes) for i in range(0, len(s) - gap, stride)]
-        if not self.items: raise ValueError(f'no scene has more than gap={gap} views (longest has {max(len(s) for s in self.scenes)})')
-    def __len__(self): return len(self.items)
-    def view_indices(self, idx: int) -> tuple[int, tuple[int, int, int]]:
-        "Scene index and (context 0, context 1, target) frame indices of item `idx`."
-        si, i = self.items[idx]
-        return si, triplet_views(i, self.gap, self.target, self.seed, idx)
-    def __getitem__(self, idx: int) -> dict:
-        si, (i, j, t) = self.view_indices(idx)
-        s = self.scenes[si]
-        ctx = torch.tensor([i, j])
-        out = {f'context_{k}': getattr(s, k)[ctx] for k in Scene._TENSORS}
-        out.update(_view_dict(s, t, 'target_'))
-        out.update(scene_index=si, view_indices=torch.tensor([i, j, t]))
-        return out
-
-class ViewDataset(Dataset):
-    "Every view of every scene: `rgb`, `depth`, `normals`, `semantic`, `instance`, `K`, `c2w`, `scene_index`, `view_index`."
-    def __init__(self, scenes):
-        self.scenes = _as_scene_list(scenes)
-        self.items = [(si, i) for si, s in enumerate(self.scenes) for i in range(len(s))]
-    def __len__(self): return len(self.items)
-    def __getitem__(self, idx: int) -> dict:
-        si, i = self.items[idx]
-        return {**_view_dict(self.scenes[si], i), 'scene_index': si, 'view_index': i}
-
-class PairDataset(Dataset):
-    "View pairs `gap` frames apart (keys prefixed `a_` and `b_`), for correspondence and consistency evaluation."
-    def __init__(self, scenes, gap: int = 8, stride: int = 1):
-        self.scenes, self.gap = _as_scene_list(scenes), gap
-        if gap < 1: raise ValueError(f'gap must be >= 1, got {gap}')
-        self.items = [(si, i) for si, s in enumerate(self.scenes) for i in range(0, len(s) - gap, stride)]
-        if not self.items: raise ValueError(f'no scene has more than gap={gap} views')
-    def __len__(self): return len(self.items)
-    def __getitem__(self, idx: int) -> dict:
-        si, i = self.items[idx]
-        s = self.scenes[si]
-        return {**_view_dict(s, i, 'a_'), **_view_dict(s, i + self.gap, 'b_'), 'scene_index': si, 'view_indices': torch.tensor([i, i + self.gap])}
 
 # %% ../nbs/02_scenes.ipynb #fe0bf8aa
 OPENGL_TO_OPENCV = torch.diag(torch.tensor([1., -1., -1., 1.]))
@@ -690,6 +723,7 @@ def _inside(folder: Path, p: Path, where: str, key: str, allow_outside: bool) ->
     raise ValueError(f'{where}: {key} leads to {p.resolve()}, outside the scene folder {folder.resolve()}; move the file into the '
                      'folder, or allow it explicitly (read_scene(..., allow_outside=True); snd_train --allow_outside_paths true)')
 
+# %% ../nbs/02_scenes.ipynb #bbcb09d9
 def _open_image(path: Path, what: str, load: bool = True) -> Image.Image:
     try:
         img = Image.open(path)
@@ -706,6 +740,7 @@ def _read_rgb(path: Path, where: str) -> Tensor:
                          'expected an 8-bit RGB or greyscale photo. Does file_path point at a depth map?')
     return torch.from_numpy(np.array(img.convert('RGB'))).permute(2, 0, 1).float() / 255
 
+# %% ../nbs/02_scenes.ipynb #43985ddd
 def _read_depth(path: Path, where: str, scale: float) -> Tensor:
     "Depth `[h,w]` in scene units from a 16-bit single-channel PNG in units of `scale`, checked against the declared scale."
     a = np.array(_open_image(path, 'depth map'))
@@ -721,6 +756,7 @@ def _read_depth(path: Path, where: str, scale: float) -> Tensor:
                          f'outside the plausible {DEPTH_RANGE[0]}..{DEPTH_RANGE[1]}; is depth_unit_scale_factor right?')
     return torch.from_numpy(d).float()
 
+# %% ../nbs/02_scenes.ipynb #ba2973e5
 def _read_labels(path: Path, where: str) -> np.ndarray:
     "Integer labels `[h,w]` from a single-channel 8- or 16-bit PNG."
     a = np.array(_open_image(path, 'label map'))
@@ -760,6 +796,7 @@ def frame_number(name: str, default: int) -> int:
     digits = re.findall(r'\d+', Path(name).stem)
     return int(digits[-1]) if digits else default
 
+# %% ../nbs/02_scenes.ipynb #360930bf
 def _intrinsics(get, where: str, W: int, H: int) -> Tensor:
     "Pixel intrinsics `[3,3]` from `fl_x`/`fl_y`/`cx`/`cy` or `camera_angle_x` (frame first, then the file's top level), checked."
     if get('fl_x') is not None:
@@ -775,6 +812,28 @@ def _intrinsics(get, where: str, W: int, H: int) -> Tensor:
     for k in ('k1', 'k2', 'k3', 'k4', 'p1', 'p2'): _number(where, k, get(k, 0) or 0)
     return torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1.]])
 
+# %% ../nbs/02_scenes.ipynb #4b47d631
+def _optional_path(folder: Path, fr: dict, where: str, key: str, sub: str, names: list, allow_outside: bool) -> str | None:
+    "An optional per-frame file: `fr[key]` if given (it must exist), else the first of `names` under `folder/sub`."
+    rel = fr.get(key)
+    if rel is not None:
+        if not isinstance(rel, str) or not rel: raise ValueError(f'{where}: "{key}" must be a non-empty string, got {rel!r}')
+        p = folder / rel
+        if not p.is_file(): raise FileNotFoundError(f'{where}: {key} "{rel}" not found under {folder}')
+        return str(_inside(folder, p, where, key, allow_outside))
+    for n in names:
+        p = folder / sub / n
+        if sub and p.is_file(): return str(_inside(folder, p, where, key, allow_outside))
+    return None
+
+def _frame_pose(fr: dict, where: str) -> Tensor:
+    "The frame's `transform_matrix` (3x4 or 4x4, camera-to-world, OpenGL axes) as a checked 4x4 float64 tensor."
+    try: T = torch.tensor(fr['transform_matrix'], dtype=torch.float64)
+    except (TypeError, ValueError): raise ValueError(f'{where}: transform_matrix must be a 4x4 list of numbers') from None
+    if T.shape == (3, 4): T = torch.cat([T, torch.tensor([[0, 0, 0, 1.]], dtype=T.dtype)])
+    return check_pose(T, f'{where}.transform_matrix')
+
+# %% ../nbs/02_scenes.ipynb #1ac23586
 def frame_records(folder: str | Path, split: str = 'train', normals: bool = True, allow_outside: bool = False) -> list[dict]:
     "Every usable frame of a capture folder as a small record (file paths, `K`, `c2w`, size): no pixels are read."
     folder = Path(folder)
@@ -800,6 +859,7 @@ def frame_records(folder: str | Path, split: str = 'train', normals: bool = True
             if img_path is None: raise FileNotFoundError(f'{where}: image "{fr["file_path"]}" not found under {folder} (also tried images/ and the usual extensions); fix file_path or add the file')
             img_path = _inside(folder, img_path, where, 'file_path', allow_outside)
             get = lambda k, d=None: fr.get(k, js.get(k, d))
+            optional = lambda key, sub, names: _optional_path(folder, fr, where, key, sub, names, allow_outside)
             w_decl = None if get('w') is None else _number(where, 'w', get('w'), positive=True, integer=True)
             h_decl = None if get('h') is None else _number(where, 'h', get('h'), positive=True, integer=True)
             if w_decl is None or h_decl is None:               # only the header is read
@@ -811,22 +871,8 @@ def frame_records(folder: str | Path, split: str = 'train', normals: bool = True
             K = _intrinsics(get, where, W, Hh)
             if any(abs(float(get(k, 0) or 0)) > 1e-6 for k in ('k1', 'k2', 'k3', 'k4', 'p1', 'p2')):
                 import warnings; warnings.warn(f'{tf}: lens distortion coefficients are ignored; undistort the images first (FiT3D does)')
-            try: T = torch.tensor(fr['transform_matrix'], dtype=torch.float64)
-            except (TypeError, ValueError): raise ValueError(f'{where}: transform_matrix must be a 4x4 list of numbers') from None
-            if T.shape == (3, 4): T = torch.cat([T, torch.tensor([[0, 0, 0, 1.]], dtype=T.dtype)])
-            check_pose(T, f'{where}.transform_matrix')
+            T = _frame_pose(fr, where)
             stem = img_path.stem
-            def optional(key, sub, names):
-                rel = fr.get(key)
-                if rel is not None:
-                    if not isinstance(rel, str) or not rel: raise ValueError(f'{where}: "{key}" must be a non-empty string, got {rel!r}')
-                    p = folder / rel
-                    if not p.is_file(): raise FileNotFoundError(f'{where}: {key} "{rel}" not found under {folder}')
-                    return str(_inside(folder, p, where, key, allow_outside))
-                for n in names:
-                    p = folder / sub / n
-                    if sub and p.is_file(): return str(_inside(folder, p, where, key, allow_outside))
-                return None
             # masks: the Splat-and-Distill authors name them <file_path>.png (DSC01234.JPG.png); FiT3D-style <stem>.png also works
             records.append(dict(
                 where=where, image=str(img_path), name=str(img_path.relative_to(folder)) if img_path.is_relative_to(folder) else str(img_path),
@@ -839,6 +885,7 @@ def frame_records(folder: str | Path, split: str = 'train', normals: bool = True
     if not records: raise ValueError(f'{folder}: the transforms file lists no usable frames')
     return records
 
+# %% ../nbs/02_scenes.ipynb #a377ea2a
 def read_frame(rec: dict, size: int | tuple[int, int] | None = None) -> dict:
     "Pixels of one frame record (`rgb`, `depth`, `normals`, `semantic`, `instance`, `K`, `c2w`), resized to `size` if given."
     img_path, where = Path(rec['image']), rec.get('where', rec['image'])
@@ -864,6 +911,7 @@ def read_frame(rec: dict, size: int | tuple[int, int] | None = None) -> dict:
         rgb, depth, nrm, sem, inst, K = one.rgb[0], one.depth[0], one.normals[0], one.semantic[0], one.instance[0], one.K[0]
     return dict(rgb=rgb, depth=depth, normals=nrm, semantic=sem.long(), instance=inst.long(), K=K, c2w=c2w)
 
+# %% ../nbs/02_scenes.ipynb #574d082e
 def read_scene(folder: str | Path, size: int | tuple[int, int] | None = None, split: str = 'train', normals: bool = True,
                allow_outside: bool = False) -> Scene:
     "Read a posed image folder in the nerfstudio `transforms.json` layout (ours, or a real capture such as FiT3D's ScanNet++) as a `Scene`."

@@ -88,6 +88,7 @@ def _composite_weights(dx, dy, conic, opac, T_in, done=None):
     T_excl = T_in[..., None] * torch.cumprod(torch.cat([torch.ones_like(a[..., :1]), one_minus[..., :-1]], -1), -1)
     return a * T_excl, T_excl[..., -1] * one_minus[..., -1], done_out
 
+# %% ../nbs/05_splat.ipynb #a2d3a618
 def rasterize_dense(
     means2d: Float[Tensor, "*b c n 2"], conics: Float[Tensor, "*b c n 3"], opacities: Float[Tensor, "*b n"],
     features: Float[Tensor, "*b n d"], depths: Float[Tensor, "*b c n"], radii: Int[Tensor, "*b c n 2"],
@@ -225,6 +226,7 @@ def _gsplat_render(g: Gaussians, viewmats, K, width, height, background, near_pl
         channel_chunk=g.d + 1 if g.d + 1 <= 513 else 512)
     return colors[..., :-1], alphas[..., 0], colors[..., -1]
 
+# %% ../nbs/05_splat.ipynb #a8fd6924
 def _check_cameras(g: Gaussians, c2w, K, width, height, background):
     b = g.batch_shape
     if not isinstance(c2w, Tensor) or c2w.ndim != len(b) + 3 or tuple(c2w.shape[:len(b)]) != b or c2w.shape[-2:] != (4, 4):
@@ -238,6 +240,7 @@ def _check_cameras(g: Gaussians, c2w, K, width, height, background):
     if background is not None and background.shape[-1] != g.d:
         raise ValueError(f'render: background must have d={g.d} channels ([d] or [*b, c, d]), got {list(background.shape)}')
 
+# %% ../nbs/05_splat.ipynb #6035900d
 def render(
     gaussians: Gaussians | list[Gaussians],   # [*b, n, ...] (or a list of unbatched sets, one per scene)
     c2w: Float[Tensor, "*b c 4 4"],           # camera-to-world (OpenCV); scene k is seen by cameras c2w[k]
