@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 from splat_and_distill.fit3d import (FeatureGaussians, render_feature_gaussians, rgb_loss, feature_loss, init_points, split_views,
                                      fit_scene, fit3d_config, validate_fit3d_config, render_targets, finetune, masked_l1, run_fit3d,
                                      save_scene_fit, load_scene_fit, snd_fit3d, like_train, FiT3DConfig, FIT3D_PRESETS,
-                                     lift_metrics, fit3d_vs_snd_table, side_by_side, teacher_agreement)
+                                     lift_metrics, fit3d_vs_snd_table, side_by_side, teacher_agreement, load_results,
+                                     fit3d_summary, stage1_table, FIT3D_ROWS)
 from splat_and_distill.backbones import make_backbone, make_student
 from splat_and_distill.scenes import make_scene, write_scene
 
@@ -225,6 +226,24 @@ def test_side_by_side_table_pairs_each_row_with_its_teacher():
     assert 'SnD' not in alone.split('\n\n')[0] and 'await' in alone
     demo = dict(teacher=study['teacher'], runs=study['runs']['default'])           # a demo's results.json: one variant
     assert set(side_by_side(fit3d, demo)[0]) == {'FiT3D student', 'FiT3D student + teacher', 'SnD student (default)', 'SnD student + teacher (default)'}
+
+def test_committed_study_is_complete_and_renders():
+    "The committed study (nbs/results/fit3d/study.json, small form) has every seed's scenes and probes; its summary matches its own numbers; the chapter's tables render from it."
+    study = load_results(Path(__file__).resolve().parents[1] / 'nbs' / 'results' / 'fit3d')
+    assert study, 'nbs/results/fit3d/study.json is missing: copy the study.json of a finished `snd_fit3d --seeds 0 1 2 --probe_preset cpu_default` run there'
+    seeds = sorted(study['runs'], key=int)
+    assert len(seeds) >= 3 and seeds == sorted(study['teacher'], key=int), 'every seed is probed, the teacher included'
+    for r in study['runs'].values():
+        assert len(r['stage1']['scenes']) == study['config']['train_scenes'] and set(r['models']) == set(FIT3D_ROWS)
+        assert set(r['stage1']['scenes'][0]['curve']) == {'step', 'cpu_seconds', 'token_cos'}
+    again = fit3d_summary(study)
+    for row in FIT3D_ROWS.values():
+        for k, s in study['summary'][row].items():
+            tol = 2e-4 * max(1., abs(s['teacher'][0]))              # the JSON keeps 5 significant digits of each metric
+            assert again[row][k]['delta'] == pytest.approx(s['delta'], abs=tol) and again[row][k]['seeds'] == [int(x) for x in seeds]
+    assert stage1_table(study).strip().count('\n') == 1 + len(seeds)
+    table = fit3d_vs_snd_table(study, {})
+    assert 'FiT3D student + teacher − teacher' in table and 'await' in table
 
 def test_reconstructor_geometry_runs(tmp_path):
     "geometry='reconstructor': initial points from a (here untrained, tiny) reconstructor's depth, lifting from its Gaussians."
