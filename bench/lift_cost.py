@@ -3,14 +3,15 @@ optimisation (stage 1 of chapter 12, to convergence) against Splat and Distill's
 (chapter 07's `lift_and_splat_details`), with the feature error each reaches (token cosine to the teacher's own
 features of the held-out views).
 
-    python bench/lift_cost.py                         # 2 procedural scenes, 64 px, 24 views, cpu_fit3d stage 1 (300 steps)
+    python bench/lift_cost.py                         # 2 procedural scenes, 128 px, 24 views, cpu_fit3d stage 1 (300 steps), lifting at 64 px
     python bench/lift_cost.py --scenes 1 --steps 100  # quicker
     python bench/lift_cost.py --reconstructor runs/recon   # geometry from chapter 08's reconstructor for both methods
 
 Timing: stage 1 counts initialisation (teacher on the training views, initial points, optimiser) and the optimisation
 steps, not the held-out evaluations that draw its curve; "converged" is the first evaluation within 0.005 of the best
 held-out cosine the run reaches (`converged_at`). Lifting counts the teacher on the two context views, the geometry
-(ground-truth depth, or the reconstructor's forward pass), upsampling, splatting, blending and downsampling; median over
+(ground-truth depth, or the reconstructor's forward pass) at `--lift_scale` of the image size as the study's
+distillation runs it (teacher on the full-size views), upsampling, splatting, blending and downsampling; median over
 the held-out triplets after one warm-up. Both are reported as wall seconds and as process CPU seconds; with one thread
 on a machine shared with other jobs, CPU seconds are the better estimate of unloaded wall time, and the ratio of the
 two methods measured in this one run is meaningful either way.
@@ -27,7 +28,8 @@ from splat_and_distill.scenes import load_or_make_scene, scene_seeds
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--scenes', type=int, default=2, help='procedural training scenes (scene_seeds train 0..n-1)')
-    p.add_argument('--size', type=int, default=64, help='image size (square)')
+    p.add_argument('--size', type=int, default=None, help='image size (square; default: cpu_fit3d, 128)')
+    p.add_argument('--lift_scale', type=float, default=None, help="lifting and splatting at this fraction of the size (default: cpu_fit3d, 0.5: the study's 64 px)")
     p.add_argument('--views', type=int, default=24, help='views per scene')
     p.add_argument('--steps', type=int, default=None, help='stage-1 steps (default: cpu_fit3d, 300)')
     p.add_argument('--reconstructor', default=None, help="checkpoint of chapter 08's reconstructor: geometry for both methods")
@@ -35,7 +37,9 @@ def main(argv=None):
     p.add_argument('--out', default=None, help='optional JSON file for the results')
     a = p.parse_args(argv)
     set_threads(a.threads)
-    kw = dict(height=a.size, width=a.size, n_views=a.views, threads=a.threads, progress=False)
+    kw = dict(n_views=a.views, threads=a.threads, progress=False)
+    if a.size: kw.update(height=a.size, width=a.size)
+    if a.lift_scale: kw['lift_scale'] = a.lift_scale
     if a.steps: kw['fit_steps'] = a.steps
     if a.reconstructor: kw.update(geometry='reconstructor', reconstructor=a.reconstructor)
     try: cfg = validate_fit3d_config(fit3d_config('cpu_fit3d', **kw))
@@ -51,9 +55,9 @@ def main(argv=None):
     for seed in scene_seeds('train', a.scenes):
         scene = load_or_make_scene(seed, cfg.n_views, cfg.height)
         fit = fit_scene(scene, teacher, cfg, recon, progress=False)
-        lift_metrics(teacher, scene, fit['triplets'][:1], 0.5, geo)                      # warm-up
-        lift = lift_metrics(teacher, scene, fit['triplets'], 0.5, geo)
-        lift1 = lift_metrics(teacher, scene, fit['triplets'], 1.0, geo)
+        lift_metrics(teacher, scene, fit['triplets'][:1], 0.5, geo, scale=cfg.lift_scale)   # warm-up
+        lift = lift_metrics(teacher, scene, fit['triplets'], 0.5, geo, scale=cfg.lift_scale)
+        lift1 = lift_metrics(teacher, scene, fit['triplets'], 1.0, geo, scale=cfg.lift_scale)
         last = fit['curve'][-1]
         rows.append(dict(scene=seed, n_gaussians=fit['n_gaussians'], steps=cfg.fit_steps, fit_wall_s=fit['fit_seconds'], fit_cpu_s=fit['fit_cpu_seconds'],
                          converged_step=fit['converged_step'], converged_wall_s=fit['converged_seconds'], converged_cpu_s=fit['converged_cpu_seconds'],
@@ -73,7 +77,7 @@ def main(argv=None):
                    ratio_converged_wall=m('converged_wall_s') / m('lift_wall_s'),
                    fit3d_token_cos=m('fit3d_token_cos'), lift_token_cos=m('lift_token_cos'), lift_noblend_token_cos=m('lift_noblend_token_cos'))
     geom = 'reconstructor' if recon is not None else 'ground-truth depth'
-    print(f"\n{len(rows)} procedural scene(s), {cfg.n_views} views at {cfg.height}x{cfg.width}, geometry: {geom}, teacher {cfg.backbone}, "
+    print(f"\n{len(rows)} procedural scene(s), {cfg.n_views} views at {cfg.height}x{cfg.width} (lifting at {cfg.lift_scale:g} of it), geometry: {geom}, teacher {cfg.backbone}, "
           f"{torch.get_num_threads()} thread(s); load average {load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     print(f"{'':34} {'CPU s':>9} {'wall s':>9} {'held-out token cos':>19}")
     print(f"{'FiT3D stage 1, to convergence':34} {summary['converged_cpu_s']:9.2f} {summary['converged_wall_s']:9.2f} {summary['fit3d_token_cos']:19.3f}")
@@ -82,7 +86,8 @@ def main(argv=None):
           f"  (no blending: {summary['lift_noblend_token_cos']:.3f})")
     print(f"ratio per scene-to-convergence / per triplet: {summary['ratio_converged_cpu']:.0f}x (CPU), {summary['ratio_converged_wall']:.0f}x (wall); "
           f"full {cfg.fit_steps}-step run: {summary['ratio_full_cpu']:.0f}x (CPU)")
-    if a.out: atomic_write_json(a.out, dict(rows=rows, summary=summary, config=vars(a), loadavg_start=load0, loadavg_end=os.getloadavg(),
+    if a.out: atomic_write_json(a.out, dict(rows=rows, summary=summary, config={**vars(a), 'size': cfg.height, 'lift_scale': cfg.lift_scale},
+                                            loadavg_start=load0, loadavg_end=os.getloadavg(),
                                             threads=torch.get_num_threads(), geometry=geom))
 
 

@@ -21,23 +21,25 @@ from safetensors.torch import save_file, load_file
 from .core import (set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
     show_images, typed_overrides, parse_sets, check_ranges, check_device, cli_parser, add_option, add_run_options, run_cli, read_json,
     check_run_folder, start_run_folder, check_resume_config)
-from .cameras import unproject_depth
+from .cameras import unproject_depth, scale_intrinsics
 from .gaussians import Gaussians
 from .splat import render, hwc_to_chw
 from .lift import downsample_to_tokens, hole_mask, lift_and_splat_details
 from .reconstruct import ssim, psnr
 from .backbones import make_backbone, make_student, describe_trainable, BACKBONES
+from . import probes as P
+from .demo import demo_default, demo_train_config, probe_seeded, paired_summary, summary_table, STUDY_COLUMNS, _pm, _digits
 
 # %% auto #0
-__all__ = ['FIT3D_PRESETS', 'HEADLINE', 'FIT3D_RANGES', 'FIT_KEYS', 'FIT3D_RUN_FILES', 'FIT3D_RESUME_MUTABLE', 'split_views',
+__all__ = ['FIT3D_PRESETS', 'FIT3D_ROWS', 'FIT3D_RANGES', 'FIT_KEYS', 'FIT3D_RUN_FILES', 'FIT3D_RESUME_MUTABLE', 'split_views',
            'knn_scales', 'FeatureGaussians', 'init_points', 'scene_extent', 'render_feature_gaussians', 'rgb_loss',
            'feature_loss', 'token_cosine', 'pixel_cosine', 'holdout_metrics', 'lift_metrics', 'FiT3DConfig',
-           'cpu_fit3d', 'tiny_fit3d', 'paper_fit3d', 'fit3d_config', 'like_train', 'stage1_optimizer',
-           'stage1_schedule', 'teacher_tokens', 'scene_depth', 'converged_at', 'fit_scene', 'fit_figure',
-           'curve_figure', 'render_targets', 'masked_l1', 'finetune', 'fit3d_specs', 'probe_seed', 'seed_summary',
-           'seed_table', 'load_fit3d_results', 'stage1_table', 'validate_fit3d_config', 'fit3d_scenes',
-           'save_scene_fit', 'load_scene_fit', 'reconstructor_geometry', 'stage1', 'stage2', 'run_fit3d', 'fit3d_study',
-           'cli_config', 'snd_fit3d']
+           'cpu_fit3d', 'tiny_fit3d', 'paper_fit3d', 'fit3d_config', 'train_lift_scale', 'like_train',
+           'stage1_optimizer', 'stage1_schedule', 'teacher_tokens', 'scene_depth', 'converged_at', 'fit_scene',
+           'fit_figure', 'curve_figure', 'render_targets', 'masked_l1', 'finetune', 'fit3d_probe_specs', 'probe_fit3d',
+           'fit3d_summary', 'study_runs', 'side_by_side', 'teacher_agreement', 'fit3d_vs_snd_table', 'load_results',
+           'stage1_table', 'validate_fit3d_config', 'fit3d_scenes', 'save_scene_fit', 'load_scene_fit',
+           'reconstructor_geometry', 'stage1', 'stage2', 'run_fit3d', 'fit3d_study', 'cli_config', 'snd_fit3d']
 
 # %% ../nbs/12_fit3d.ipynb #6ba6ca77
 def split_views(n_views: int, gap: int = 8, holdout_every: int = 6) -> tuple[list[int], list[tuple[int, int, int]]]:
@@ -146,15 +148,21 @@ def holdout_metrics(fg: FeatureGaussians, scene, triplets: list, tokens: Float[T
                 psnr=float(psnr(out['rgb'].clamp(0, 1), scene.rgb[views]).mean()))
 
 @torch.no_grad()
-def lift_metrics(teacher: nn.Module, scene, triplets: list, blend: float = 0.5, geometry=None, backend: str = 'auto') -> dict:
-    "Feed-forward lifting into the held-out views: token and pixel cosine to the teacher, and median wall and CPU seconds per triplet (teacher included)."
+def lift_metrics(teacher: nn.Module, scene, triplets: list, blend: float = 0.5, geometry=None, backend: str = 'auto', scale: float = 1.0) -> dict:
+    "Feed-forward lifting into the held-out views as `snd_train` makes its targets (teacher on the full-size context views, lifting and splatting at `scale` of the size): token and pixel cosine to the teacher, median wall and CPU seconds per triplet (teacher included)."
+    from splat_and_distill.train import downscale_batch
     tok, pix, secs, cpu = [], [], [], []
     for c0, t, c1 in triplets:
         ctx, tgt = scene.select([c0, c1]), scene.select([t])
+        batch = dict(context_rgb=ctx.rgb[None], context_depth=ctx.depth[None], context_instance=ctx.instance[None], context_K=ctx.K[None],
+                     context_c2w=ctx.c2w[None], target_rgb=tgt.rgb, target_instance=tgt.instance, target_K=tgt.K, target_c2w=tgt.c2w)
         t0, p0 = time.perf_counter(), time.process_time()
-        geo = dict(context_depth=ctx.depth[None]) if geometry is None else dict(gaussians=geometry(ctx))
-        res = lift_and_splat_details(teacher, ctx.rgb[None], ctx.instance[None], ctx.K[None], ctx.c2w[None], tgt.K, tgt.c2w,
-                                     tgt.instance, blend=blend, backend=backend, **geo)
+        ctx_tokens = teacher(ctx.rgb)                                                    # (2, d, hp, wp) from the full-size views
+        small = downscale_batch(batch, scale)                                            # lifting and splatting at `scale`
+        geo = dict(context_depth=small['context_depth']) if geometry is None else dict(gaussians=geometry(small))
+        res = lift_and_splat_details(lambda _: ctx_tokens, small['context_rgb'], small['context_instance'], small['context_K'],
+                                     small['context_c2w'], small['target_K'], small['target_c2w'], small['target_instance'], blend=blend,
+                                     token_grid=tuple(ctx_tokens.shape[-2:]), backend=backend, **geo)
         secs.append(time.perf_counter() - t0); cpu.append(time.process_time() - p0)
         own = teacher(tgt.rgb)                                                           # (1, d, hp, wp) the reference
         tok.append(float(F.cosine_similarity(res['tokens'], own, dim=1)[res['valid']].mean()))
@@ -167,12 +175,12 @@ def lift_metrics(teacher: nn.Module, scene, triplets: list, blend: float = 0.5, 
 class FiT3DConfig:
     "Every option of a FiT3D run: per-scene feature Gaussians (stage 1) and fine-tuning (stage 2)."
     preset: str = 'cpu_fit3d' # name of the preset these values started from (recorded, not used)
-    # data: the same as the Splat-and-Distill run compared with (cpu_demo)
+    # data: the same as the Splat-and-Distill run compared with (chapter 15's demo and study)
     data: str = 'procedural' # 'procedural', or a folder of scenes (sub-folders with transforms.json)
     train_scenes: int = 8 # procedural scenes scene_seeds('train', n); real data: the first n folders (0 = all)
     n_views: int = 24 # views per procedural scene
-    height: int = 64 # image height in pixels
-    width: int = 64 # image width in pixels
+    height: int = 128 # image height in pixels (stage 1 fits, stage 2 trains at this size)
+    width: int = 128 # image width in pixels
     gap: int = 8 # frames between the two context views of Splat and Distill; held-out views sit gap/2 from two training views
     holdout_every: int = 6 # hold out every this-many-th view from stage 1 (the feature-error curve); 0 = fit every view
     cache_dir: str | None = None # where procedural scenes are cached (None: the default cache folder)
@@ -200,6 +208,7 @@ class FiT3DConfig:
     lr_features: float = 3e-2 # per-Gaussian features, cosine to 10% (FiT3D: 6.25e-5 over 30k steps)
     lr_decoder: float = 3e-3 # 3x3 conv decoder, cosine to 10% (FiT3D: 6.25e-5)
     eval_every: int = 25 # held-out metrics every this many steps (the curve)
+    lift_scale: float = 0.5 # the feed-forward lifting compared with (and a reconstructor's depth) runs at this fraction of the image size (snd_train's render_scale)
     splat_backend: str = 'auto' # auto (gsplat on CUDA, else torch), torch, gsplat or triton
     # stage 2
     ft_steps: int = 300 # fine-tuning steps (0: one epoch over the training views, as FiT3D)
@@ -216,18 +225,18 @@ class FiT3DConfig:
     stop_after_scenes: int | None = None # stop (as if killed) after fitting this many scenes in this invocation; for tests
 
 def cpu_fit3d(**kw) -> FiT3DConfig:
-    "The scenes, size, trainable part and step budget of snd_train's cpu_demo: about 10 minutes of stage 1 on one core."
+    "The scenes, size, trainable part and step budget of the Splat-and-Distill demo and study (chapter 15): about 10 minutes of stage 1 on one core."
     return FiT3DConfig(**{**dict(preset='cpu_fit3d'), **kw})
 
 def tiny_fit3d(**kw) -> FiT3DConfig:
     "Tests and lessons: one 48 px scene of 8 views, 40 stage-1 steps."
     return FiT3DConfig(**{**dict(preset='tiny', train_scenes=1, n_views=8, height=48, width=48, gap=4, holdout_every=4,
-                                 max_gaussians=1500, fit_steps=40, eval_every=10, ft_steps=4, ft_batch_size=2), **kw})
+                                 max_gaussians=1500, fit_steps=40, eval_every=10, lift_scale=1.0, ft_steps=4, ft_batch_size=2), **kw})
 
 def paper_fit3d(**kw) -> FiT3DConfig:
     "FiT3D's published stage-1 and stage-2 values (GPU, real scenes from --data; DINOv2 from --weights; whole model trained)."
     return FiT3DConfig(**{**dict(preset='paper_fit3d', data='', train_scenes=0, backbone='dinov2_vits14', policy='full',
-                                 height=576, width=880, geometry='depth', max_gaussians=300_000, fit_steps=30_000, lr_colour=2.5e-3,
+                                 height=576, width=880, lift_scale=1.0, geometry='depth', max_gaussians=300_000, fit_steps=30_000, lr_colour=2.5e-3,
                                  lr_features=6.25e-5, lr_decoder=6.25e-5, eval_every=1000, ft_steps=0, ft_batch_size=2, ft_lr=1e-5,
                                  out='runs/paper_fit3d'), **kw})
 
@@ -239,11 +248,21 @@ def fit3d_config(preset: str = 'cpu_fit3d', overrides: dict | None = None, **kw)
     if preset not in FIT3D_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(FIT3D_PRESETS)}')
     return FIT3D_PRESETS[preset](**typed_overrides(FiT3DConfig, {**(overrides or {}), **kw}))
 
+def train_lift_scale(train_cfg) -> float:
+    "The fraction of the image size at which a Splat-and-Distill `TrainConfig` lifts and splats (its `render_scale`, or chapter 11's auto rule)."
+    if train_cfg.render_scale is not None: return train_cfg.render_scale
+    from splat_and_distill.train import lift_scale
+    from splat_and_distill.reconstruct import load_reconstructor
+    recon = load_reconstructor(train_cfg.reconstructor, 'cpu') if train_cfg.geometry == 'reconstructor' and train_cfg.reconstructor else None
+    grid = make_backbone(train_cfg.backbone.partition(':')[0], pretrained=False).token_grid(train_cfg.height, train_cfg.width)
+    return lift_scale(train_cfg, (train_cfg.height, train_cfg.width), grid, recon)
+
 def like_train(train_cfg, **kw) -> FiT3DConfig:
-    "The `cpu_fit3d` config on the data, backbone, trainable part and step budget of a Splat-and-Distill `TrainConfig`."
+    "The `cpu_fit3d` config on the data, size, backbone, trainable part, geometry and step budget of a Splat-and-Distill `TrainConfig`."
     same = ('data', 'train_scenes', 'n_views', 'height', 'width', 'gap', 'cache_dir', 'backbone', 'weights', 'policy', 'lora_rank',
             'last_stages', 'geometry', 'reconstructor', 'seed', 'threads', 'splat_backend')
-    return cpu_fit3d(**{**{k: getattr(train_cfg, k) for k in same}, 'ft_steps': train_cfg.steps, 'ft_batch_size': train_cfg.batch_size, **kw})
+    return cpu_fit3d(**{**{k: getattr(train_cfg, k) for k in same}, 'ft_steps': train_cfg.steps, 'ft_batch_size': train_cfg.batch_size,
+                        'lift_scale': train_lift_scale(train_cfg), **kw})
 
 # %% ../nbs/12_fit3d.ipynb #766685f4
 def stage1_optimizer(fg: FeatureGaussians, cfg: FiT3DConfig, extent: float) -> torch.optim.Optimizer:
@@ -268,14 +287,16 @@ def teacher_tokens(teacher: nn.Module, images: Float[Tensor, "v 3 h w"], batch_s
     return torch.cat([teacher(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
 
 def scene_depth(scene, cfg: FiT3DConfig, views: list[int], reconstructor=None) -> Float[Tensor, "v h w"]:
-    "Depth of `views` for the initial points: the scene's own (ground truth or depth files), or the reconstructor's from view pairs `gap` apart."
+    "Depth of `views` for the initial points: the scene's own (ground truth or depth files), or the reconstructor's from view pairs `gap` apart (at `lift_scale` of the size, as snd_train runs it)."
     if reconstructor is None: return scene.depth[views]
-    n, k = scene.n_views, cfg.gap
+    n, k, (h, w) = scene.n_views, cfg.gap, (scene.height, scene.width)
+    hs, ws = max(4, round(h * cfg.lift_scale / 4) * 4), max(4, round(w * cfg.lift_scale / 4) * 4)   # its features live at 1/4
     out = []
     for v in views:
-        other = v + k if v + k < n else v - k                                      # a context partner gap frames away
-        pair = scene.select([v, other])
-        with torch.no_grad(): out.append(reconstructor(pair.rgb[None], pair.K[None], pair.c2w[None])['depth'][0, 0])
+        pair = scene.select([v, v + k if v + k < n else v - k])                         # a context partner gap frames away
+        rgb = pair.rgb if (hs, ws) == (h, w) else F.interpolate(pair.rgb, size=(hs, ws), mode='area')
+        with torch.no_grad(): d = reconstructor(rgb[None], scale_intrinsics(pair.K, ws / w, hs / h)[None], pair.c2w[None])['depth'][0, :1]
+        out.append(F.interpolate(d[None], size=(h, w), mode='nearest')[0, 0])           # nearest: no depths between surfaces
     return torch.stack(out)
 
 # %% ../nbs/12_fit3d.ipynb #14a55735
@@ -397,65 +418,88 @@ def finetune(student: nn.Module, images: Float[Tensor, "n 3 h w"], targets: Floa
     return log
 
 # %% ../nbs/12_fit3d.ipynb #48b32521
-def fit3d_specs(student_path: str | Path, backbone: str = 'efficientnet_lite0') -> dict:
-    "Probe specs (chapter 10) of the teacher, the FiT3D student and FiT3D's concatenation, by row name."
-    return {'teacher': backbone, 'FiT3D student': f'{backbone}:{student_path}',
-            'FiT3D student + teacher': f'{backbone}+{backbone}:{student_path}'}
+FIT3D_ROWS = {'student': 'FiT3D student', 'student+teacher': 'FiT3D student + teacher'}   # model key (15_demo's names) -> table row
 
-def probe_seed(specs: dict, seed: int, preset: str = 'cpu_default', overrides: dict | None = None, cache_dir=None, progress: bool = True) -> dict:
-    "Every probe of chapter 10 for each model in `specs` (row name -> spec) with probe seed `seed`: `{row: flat metrics}`."
-    from splat_and_distill import probes as P
-    pc = P.probe_config(preset, **{**(overrides or {}), 'seed': seed})
-    res = P.probe_models(list(specs.values()), pc, cache_dir=cache_dir, progress=progress)
-    labels = [P.spec_label(s) for s in specs.values()]
-    return {row: P.flatten_metrics(res['models'][lab]) for row, lab in zip(specs, labels)}
+def fit3d_probe_specs(student_path: str | Path, backbone: str = 'efficientnet_lite0') -> dict:
+    "Chapter 10's probe specs of the FiT3D student and of FiT3D's assembly (teacher and student concatenated), by model key."
+    return {'student': f'{backbone}:{student_path}', 'student+teacher': f'{backbone}+{backbone}:{student_path}'}
+
+def probe_fit3d(student_path: str | Path, seed: int, demo_cfg, data: dict, backbone: str = 'efficientnet_lite0', weights: str | None = None) -> dict:
+    "Every probe with probe seed `seed` (15_demo's `probe_seeded`) on the teacher, the FiT3D student and student+teacher: `{'teacher': ..., 'models': {...}}`."
+    pc = probe_seeded(demo_cfg, seed)
+    teacher = P.probe_backbone(P.load_probe_backbone(backbone, weights), data, pc, 'teacher', cache_key=P.model_key(backbone, weights),
+                               cache_dir=demo_cfg.cache_dir, progress=demo_cfg.progress)
+    models = {k: P.probe_backbone(P.load_probe_backbone(spec), data, pc, k, progress=demo_cfg.progress)
+              for k, spec in fit3d_probe_specs(student_path, backbone.partition(':')[0]).items()}
+    return dict(teacher=teacher, models=models)
 
 # %% ../nbs/12_fit3d.ipynb #fa56c71c
-def seed_summary(per_seed: dict, reference: str = 'teacher', keys: list | None = None) -> dict:
-    "`{seed: {row: metrics}}` -> `{row: {key: dict(mean, std, diff_mean, diff_std, n)}}`; diff = row - reference, paired per seed."
-    seeds = sorted(per_seed)
-    rows = list(per_seed[seeds[0]])
-    keys = keys or sorted(set.intersection(*[set(per_seed[s][r]) for s in seeds for r in rows]))
-    out = {}
-    for r in rows:
-        out[r] = {}
-        for k in keys:
-            v = np.array([per_seed[s][r][k] for s in seeds], dtype=float)
-            d = v - np.array([per_seed[s][reference][k] for s in seeds], dtype=float)
-            sd = lambda x: float(x.std(ddof=1)) if len(x) > 1 else float('nan')
-            out[r][k] = dict(mean=float(v.mean()), std=sd(v), diff_mean=float(d.mean()), diff_std=sd(d), n=len(seeds))
-    return out
+def _probed(runs: dict, model: str) -> dict:
+    "The seeds of `runs` (`{seed: run}`) whose `model` has probe results."
+    return {s: r for s, r in runs.items() if model in r.get('models', {})}
 
-HEADLINE = ['depth.abs_rel', 'depth.d1', 'normals.rmse', 'normals.pct_11', 'seg.miou', 'corr.recall_5px', 'corr.recall_10px',
-            'corr.recall_20px', 'consistency.gap', 'consistency.cos_match', 'real.corr.recall_10px', 'real.depth_scale_shift.abs_rel']
+def fit3d_summary(results: dict) -> dict:
+    "Paired summaries (`paired_summary`: model − teacher, same seed) of the FiT3D student and of student+teacher, by table row."
+    return {row: paired_summary(results['teacher'], _probed(results['runs'], key), key) for key, row in FIT3D_ROWS.items()
+            if _probed(results.get('runs', {}), key)}
 
-def seed_table(summary: dict, columns: list | None = None, reference: str = 'teacher') -> str:
-    "Markdown: one row per model, `mean ± std` per metric (default: the `HEADLINE` probes); other rows add the paired `Δ mean ± std` to `reference`."
-    from splat_and_distill.probes import TABLE_COLUMNS
-    columns = columns or [c for k in HEADLINE for c in TABLE_COLUMNS if c[0] == k]
-    ok = lambda k: all(k in m and math.isfinite(m[k]['mean']) for m in summary.values())
-    cols = [c for c in columns if ok(c[0])]
-    f = lambda x: '–' if not math.isfinite(x) else (f'{x:.3f}' if abs(x) < 10 else f'{x:.1f}')
-    lines = ['| model | ' + ' | '.join(c[1] for c in cols) + ' |', '|---|' + '---|' * len(cols)]
-    for row, m in summary.items():
-        cells = [f"{f(m[k]['mean'])} ± {f(m[k]['std'])}" for k, *_ in cols]
-        if row != reference:
-            cells = [c + f"<br>Δ {m[k]['diff_mean']:+.3f} ± {f(m[k]['diff_std'])}" for c, (k, *_) in zip(cells, cols)]
-        lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines) + '\n'
+def study_runs(study: dict) -> dict:
+    "`{variant: {seed: run}}` of chapter 15's study results (a demo's results.json: its one variant, as 'default')."
+    runs = study.get('runs', {})
+    return {'default': runs} if runs and all('models' in r for r in runs.values()) else runs
+
+def side_by_side(fit3d: dict, study: dict | None = None, variants=('default', 'gt_geometry')) -> tuple[dict, dict]:
+    "Summaries of every row (FiT3D's, then the study's `variants`: student, and student+teacher where probed), each paired with its own teacher; and SnD − FiT3D, paired per seed."
+    rows, h2h, runs = fit3d_summary(fit3d), {}, study_runs(study or {})
+    fit3d_models = {key: {s: r['models'][key] for s, r in _probed(fit3d['runs'], key).items()} for key in FIT3D_ROWS}
+    for v in variants:
+        for key, name in (('student', 'SnD student'), ('student+teacher', 'SnD student + teacher')):
+            r = _probed(runs.get(v, {}), key)
+            if not r: continue
+            rows[f'{name} ({v})'] = paired_summary(study['teacher'], r, key)
+            if fit3d_models[key]: h2h[f'{name} ({v}) − {FIT3D_ROWS[key]}'] = paired_summary(fit3d_models[key], r, key)
+    return rows, h2h
+
+def teacher_agreement(a: dict, b: dict, columns=STUDY_COLUMNS) -> float | None:
+    "Largest relative difference of a headline metric between two sets of teacher probe results (`{seed: results}`) on shared seeds: ~0 when probe code and seeds agree."
+    a, b = ({str(s): P.flatten_metrics(r) for s, r in x.items()} for x in (a, b))
+    d = [abs(a[s][k] - b[s][k]) / max(abs(a[s][k]), abs(b[s][k]), 1e-12) for s in set(a) & set(b) for k, *_ in columns if k in a[s] and k in b[s]]
+    return max(d) if d else None
+
+def _delta_cell(s: dict, key: str) -> str:
+    "A paired difference `+m ± s` (bold beyond 2 std), as `summary_table` writes it."
+    if key not in s: return '-'
+    txt = ('+' if s[key]['delta'][0] >= 0 else '') + _pm(*s[key]['delta'], _digits(key))
+    return f'**{txt}**' if s[key]['better'] or s[key]['worse'] else txt
+
+def fit3d_vs_snd_table(fit3d_results: dict, study_results: dict | None = None, variants=('default', 'gt_geometry'), columns=STUDY_COLUMNS) -> str:
+    "Markdown: teacher, FiT3D student and the study's SnD students (alone and with the teacher), mean ± std and paired Δ to the teacher; then SnD − FiT3D, paired per seed."
+    rows, h2h = side_by_side(fit3d_results, study_results, variants)
+    lines = [summary_table(rows, columns)]
+    cols = [c for c in columns if any(c[0] in s for s in rows.values())]
+    lines += [f'| {name} | ' + ' | '.join(_delta_cell(s, k) for k, _, _ in cols) + ' |' for name, s in h2h.items()]
+    seeds = sorted({x for s in rows.values() for m in s.values() for x in m['seeds']})
+    note = [f'Seeds {seeds}; mean ± std over seeds; "− teacher" rows: paired differences to the teacher probed with the same probe seed; '
+            '"SnD − FiT3D" rows: paired per seed. Bold: beyond 2 std of the differences.']
+    if study_results:
+        agree = teacher_agreement(fit3d_results['teacher'], study_results['teacher'], columns)
+        note.append('The teacher row is FiT3D\'s teacher probes; the study probed the same teacher itself, ' +
+                    ('with no shared seed.' if agree is None else f'largest relative headline difference {agree:.1g} (FiT3D\'s JSON keeps 5 significant digits).'))
+    else: note.append("The Splat-and-Distill rows await the study's results (chapter 15's study.json).")
+    return '\n'.join(lines) + '\n\n' + ' '.join(note) + '\n'
 
 # %% ../nbs/12_fit3d.ipynb #9e694ae0
-def load_fit3d_results(folder: str | Path = 'nbs/results/fit3d') -> dict:
-    "The committed study: `study.json` (per seed: stage-1 summary, probe metrics) if present, else `{}`."
-    p = Path(folder) / 'study.json'
-    return json.loads(p.read_text()) if p.is_file() else {}
+def load_results(folder: str | Path = 'nbs/results/fit3d', name: str = 'study.json') -> dict:
+    "Committed results (`folder/name`: FiT3D's study.json, or chapter 15's study's) as a dict; `{}` if absent."
+    p = Path(folder) / name
+    return read_json(p, 'results file') if p.is_file() else {}
 
 def stage1_table(study: dict) -> str:
     "Markdown: per seed (means over scenes), stage 1's held-out token cosine and cost against feed-forward lifting's on the same views."
     lines = ['| seed | scenes | FiT3D stage 1: held-out cos | converged after: CPU s (wall s) | full run: CPU s | '
              'lifting a=0.5: cos | lifting, no blending: cos | lifting one triplet: CPU s (wall s) | converged / lifting (CPU) |',
              '|---|---|---|---|---|---|---|---|---|']
-    for seed, r in sorted(study.get('seeds', {}).items(), key=lambda kv: int(kv[0])):
+    for seed, r in sorted(study.get('runs', {}).items(), key=lambda kv: int(kv[0])):
         sc = r['stage1']['scenes']
         m = lambda k: float(np.mean([s[k] for s in sc]))
         lines.append(f"| {seed} | {len(sc)} | {m('token_cos'):.3f} | {m('converged_cpu_seconds'):.1f} ({m('converged_seconds'):.1f}) | "
@@ -561,9 +605,9 @@ def _scene_summary(fit: dict, lift: dict, lift_noblend: dict) -> dict:
                 lift_noblend_token_cos=lift_noblend.get('token_cos'), lift_seconds_per_triplet=lift.get('seconds_per_triplet'))
 
 def reconstructor_geometry(recon):
-    "Lifting geometry from the reconstructor: pixel-aligned Gaussians of a context pair."
+    "Lifting geometry from the reconstructor: pixel-aligned Gaussians of the context pair of a triplet batch (`lift_metrics`)."
     from splat_and_distill.reconstruct import to_gaussians
-    return lambda ctx: to_gaussians(recon(ctx.rgb[None], ctx.K[None], ctx.c2w[None]))
+    return lambda batch: to_gaussians(recon(batch['context_rgb'], batch['context_K'], batch['context_c2w']))
 
 def stage1(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, reconstructor=None, device='cpu') -> tuple[dict, bool]:
     "Fit (or load) every scene on `device`; returns `({name: summary}, stopped)`."
@@ -576,8 +620,8 @@ def stage1(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, recons
         scene = scene.to(device)
         fit = fit_scene(scene, teacher, cfg, reconstructor, progress=cfg.progress, desc=name)
         geo = None if reconstructor is None else reconstructor_geometry(reconstructor)
-        lift = lift_metrics(teacher, scene, fit['triplets'], 0.5, geo, cfg.splat_backend) if fit['triplets'] else {}
-        lift1 = lift_metrics(teacher, scene, fit['triplets'], 1.0, geo, cfg.splat_backend) if fit['triplets'] else {}
+        lift = lift_metrics(teacher, scene, fit['triplets'], 0.5, geo, cfg.splat_backend, cfg.lift_scale) if fit['triplets'] else {}
+        lift1 = lift_metrics(teacher, scene, fit['triplets'], 1.0, geo, cfg.splat_backend, cfg.lift_scale) if fit['triplets'] else {}
         done[name] = _scene_summary(fit, lift, lift1)
         save_scene_fit(path, fit['model'], done[name], cfg)
         fitted += 1
@@ -648,12 +692,13 @@ def run_fit3d(cfg: FiT3DConfig | None = None, resume: bool = False, overwrite: b
     return dict(results=results, paths=_paths(out), stopped=False)
 
 # %% ../nbs/12_fit3d.ipynb #8745165b
-def _compact_stage1(results: dict) -> dict:
-    "A run's stage-1 summary without what the study tables do not read (curves as columns: step, CPU seconds, cosine)."
+def _compact_run(results: dict) -> dict:
+    "A run's stage-1 and stage-2 summary without what the study tables do not read (curves as columns: step, CPU seconds, cosine)."
     keep = ('fit_seconds', 'converged_seconds', 'converged_step', 'fit_cpu_seconds', 'converged_cpu_seconds', 'lift_cpu_seconds_per_triplet',
             'n_gaussians', 'token_cos', 'pixel_cos', 'psnr', 'lift_token_cos', 'lift_pixel_cos', 'lift_noblend_token_cos', 'lift_seconds_per_triplet')
-    return dict(scenes=[dict({k: s[k] for k in keep}, name=n, curve={k: [r[k] for r in s['curve']] for k in ('step', 'cpu_seconds', 'token_cos')})
-                        for n, s in results['scenes'].items()], mean=results['mean'], stage2={k: v for k, v in results['stage2'].items()})
+    scenes = [dict({k: s[k] for k in keep}, name=n, curve={k: [r[k] for r in s['curve']] for k in ('step', 'cpu_seconds', 'token_cos')})
+              for n, s in results['scenes'].items()]
+    return dict(stage1=dict(scenes=scenes, mean=results['mean']), stage2=dict(results['stage2']))
 
 def _rounded(x, digits: int = 5):
     "Floats rounded to `digits` significant digits, recursively (small committed JSON)."
@@ -669,11 +714,11 @@ def _dumps(obj) -> str:
     return re.sub(r'\[\s+([-+\d.eE,\s]+?)\s+\]', lambda m: '[' + ' '.join(m.group(1).split()) + ']', text) + '\n'
 
 def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = 'cpu_default', probe_overrides: dict | None = None,
-                out: str | Path | None = None, extra_rows: dict | None = None, resume: bool = False, overwrite: bool = False,
-                reprobe: bool = False) -> dict:
-    "The study protocol: for each seed a full FiT3D run (`OUT/seed_k`) and (if `probe_preset`) every probe with that probe seed; writes `study.json`."
-    from splat_and_distill.probes import TABLE_COLUMNS, probe_config
-    if probe_preset is not None: probe_config(probe_preset, **(probe_overrides or {}))   # bad probe options fail before any work
+                out: str | Path | None = None, resume: bool = False, overwrite: bool = False, reprobe: bool = False) -> dict:
+    "The study protocol of chapter 15: for each seed a full FiT3D run (`OUT/seed_k`) and (if `probe_preset`) every probe with that probe seed; writes `study.json`."
+    dcfg = demo_default(probe_preset=probe_preset or 'cpu_default', probe_overrides=dict(probe_overrides or {}), seeds=tuple(seeds),
+                        cache_dir=cfg.cache_dir, progress=cfg.progress)
+    if probe_preset is not None: P.validate_probe_config(probe_seeded(dcfg, seeds[0]))     # bad probe options fail before any work
     out = Path(out or cfg.out)
     own = ['run.json', 'config.json', 'study.json'] + [f'seed_{k}' for k in seeds]
     check_run_folder(out, 'snd_fit3d_study', own, resume, overwrite)
@@ -681,23 +726,25 @@ def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = '
     else: start_run_folder(out, 'snd_fit3d_study', own, overwrite)
     atomic_write_json(out / 'config.json', asdict(cfg))
     path = out / 'study.json'
-    study = read_json(path, 'study file') if path.is_file() else dict(config=asdict(cfg), seeds={})
+    study = read_json(path, 'study file') if path.is_file() else dict(config=asdict(cfg), teacher={}, runs={})
+    if 'runs' not in study: raise ValueError(f'{path} was written by an older snd_fit3d (no "runs"); start a new study with another --out')
     if probe_preset is not None and (reprobe or study.get('probe_preset') not in (None, probe_preset)
                                      or study.get('probe_overrides', {}) != (probe_overrides or {})):
-        for e in study['seeds'].values(): e.pop('probes', None)                # probe again: stage 1 and 2 are reused
-        study.pop('summary', None)
+        for e in study['runs'].values(): e.pop('models', None)                  # probe again: stage 1 and 2 are reused
+        study['teacher'] = {}; study.pop('summary', None)
     if probe_preset is not None: study.update(probe_preset=probe_preset, probe_overrides=probe_overrides or {})
+    data = None
     for seed in seeds:
-        entry = study['seeds'].get(str(seed), {})
+        entry = study['runs'].get(str(seed), {})
         run_dir = out / f'seed_{seed}'
         run = run_fit3d(dataclasses.replace(cfg, seed=seed, out=str(run_dir), stop_after_scenes=None), resume=(run_dir / 'config.json').is_file())
-        entry['stage1'] = _compact_stage1(run['results'])
-        if probe_preset is not None and 'probes' not in entry:
-            specs = {**fit3d_specs(run['paths']['student_timm'], cfg.backbone.partition(':')[0]), **((extra_rows or {}).get(seed, {}))}
-            entry['probes'] = probe_seed(specs, seed, probe_preset, probe_overrides, cfg.cache_dir, cfg.progress)
-        study['seeds'][str(seed)] = entry
-        probed = {int(s): e['probes'] for s, e in study['seeds'].items() if 'probes' in e}
-        if probed: study['summary'] = seed_summary(probed, keys=[k for k, *_ in TABLE_COLUMNS if all(k in r for p in probed.values() for r in p.values())])
+        entry.update(seed=seed, **_compact_run(run['results']))
+        if probe_preset is not None and 'models' not in entry:
+            data = data or P.probe_splits(probe_seeded(dcfg, seeds[0]), cfg.cache_dir, cfg.progress)   # the same test set for every seed
+            res = probe_fit3d(run['paths']['student_timm'], seed, dcfg, data, cfg.backbone, cfg.weights)
+            study['teacher'][str(seed)], entry['models'] = res['teacher'], res['models']
+        study['runs'][str(seed)] = entry
+        study['summary'] = fit3d_summary(study)
         atomic_write_text(path, _dumps(study))
     return study
 
@@ -744,7 +791,7 @@ def snd_fit3d(argv: list[str] | None = None) -> dict | None:
         if args.print_config: print(json.dumps(asdict(cfg), indent=2)); return dict(config=asdict(cfg))
         if args.seeds is not None:
             study = fit3d_study(cfg, args.seeds, args.probe_preset, resume=args.resume, overwrite=args.overwrite, reprobe=args.reprobe)
-            if study.get('summary'): print(seed_table(study['summary']))
+            if study.get('summary'): print(summary_table(study['summary']))
             print(stage1_table(study))
             return dict(study=study)
         res = run_fit3d(cfg, resume=args.resume, overwrite=args.overwrite)

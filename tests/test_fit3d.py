@@ -6,7 +6,9 @@ import torch
 from safetensors.torch import load_file
 from splat_and_distill.fit3d import (FeatureGaussians, render_feature_gaussians, rgb_loss, feature_loss, init_points, split_views,
                                      fit_scene, fit3d_config, validate_fit3d_config, render_targets, finetune, masked_l1, run_fit3d,
-                                     save_scene_fit, load_scene_fit, snd_fit3d, seed_summary, like_train, FiT3DConfig, FIT3D_PRESETS)
+                                     save_scene_fit, load_scene_fit, snd_fit3d, like_train, FiT3DConfig, FIT3D_PRESETS,
+                                     lift_metrics, fit3d_vs_snd_table, side_by_side, teacher_agreement, load_results,
+                                     fit3d_summary, stage1_table, FIT3D_ROWS)
 from splat_and_distill.backbones import make_backbone, make_student
 from splat_and_distill.scenes import make_scene, write_scene
 
@@ -173,29 +175,82 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert not out.exists(), 'nothing may be written before the config is known to be good'
 
 def test_configs_and_train_alignment():
-    from splat_and_distill.train import cpu_demo
-    demo = cpu_demo()
-    cfg = like_train(demo)
-    assert (cfg.height, cfg.width, cfg.n_views, cfg.train_scenes, cfg.gap, cfg.policy) == (demo.height, demo.width, demo.n_views,
-                                                                                             demo.train_scenes, demo.gap, demo.policy)
-    assert (cfg.ft_steps, cfg.ft_batch_size) == (demo.steps, demo.batch_size)
-    base = fit3d_config('cpu_fit3d')
-    assert (base.height, base.n_views, base.train_scenes, base.ft_steps, base.ft_batch_size) == (64, 24, 8, demo.steps, demo.batch_size)
+    "cpu_fit3d is the study's setting: like_train of the study's distillation run (ground-truth geometry) gives it exactly."
+    from splat_and_distill.demo import demo_default, demo_train_config
+    from splat_and_distill.train import lift_scale
+    run = demo_train_config(demo_default(), None, geometry='gt')
+    cfg = like_train(run)
+    assert cfg == fit3d_config('cpu_fit3d')
+    assert (cfg.height, cfg.width, cfg.n_views, cfg.train_scenes, cfg.gap, cfg.policy) == (run.height, run.width, run.n_views,
+                                                                                             run.train_scenes, run.gap, run.policy) == (128, 128, 24, 8, 8, 'auto')
+    assert (cfg.ft_steps, cfg.ft_batch_size, cfg.lift_scale) == (run.steps, run.batch_size, run.render_scale) == (300, 4, 0.5)
+    # a run that leaves render_scale to chapter 11's auto rule: the same rule decides FiT3D's lifting scale
+    auto = demo_train_config(demo_default(), None, geometry='gt', render_scale=None, height=64, width=64)
+    assert like_train(auto).lift_scale == lift_scale(auto, (64, 64), (4, 4)) == 0.25          # 4 x 4 pixels per token
     for name in FIT3D_PRESETS:
         if name != 'paper_fit3d': validate_fit3d_config(fit3d_config(name))
 
-def test_seed_summary_is_paired():
-    per = {k: {'teacher': {'m': 1.0 + k}, 'x': {'m': 1.5 + k + 0.1 * (k == 2)}} for k in range(3)}
-    s = seed_summary(per)
-    assert s['x']['m']['diff_mean'] == pytest.approx(0.5 + 0.1 / 3)
-    assert s['x']['m']['std'] > s['x']['m']['diff_std'] > 0 and s['teacher']['m']['diff_mean'] == 0
+def test_lifting_at_a_smaller_scale_keeps_the_token_grid():
+    "lift_metrics(scale=0.5): the teacher sees the full-size views, lifting and splatting run at half size, the targets land on the same grid."
+    teacher = make_backbone('efficientnet_lite0').eval()
+    scene = make_scene(2, n_views=12, size=64)
+    trip = [(2, 6, 10)]
+    full, half = lift_metrics(teacher, scene, trip, 1.0), lift_metrics(teacher, scene, trip, 1.0, scale=0.5)
+    assert 0.6 < half['token_cos'] and abs(full['token_cos'] - half['token_cos']) < 0.1, (full, half)
+    assert full['token_cos'] != half['token_cos'], 'scale must change where lifting runs'
+
+def _probes(v):
+    "Made-up probe results with one headline metric."
+    return {'depth': {'d1': v}, 'consistency': {'gap': 0.3}}
+
+def test_side_by_side_table_pairs_each_row_with_its_teacher():
+    noise = {'0': 0.0, '1': 0.05, '2': -0.03}
+    teacher = {s: _probes(0.5 + n) for s, n in noise.items()}
+    fit3d = dict(teacher=teacher, runs={s: {'models': {'student': _probes(0.51 + n), 'student+teacher': _probes(0.52 + n)}} for s, n in noise.items()})
+    study = dict(teacher={s: _probes(0.5 + n + (0.001 if s == '2' else 0)) for s, n in noise.items()},
+                 runs={'default': {s: {'models': {'student': _probes(0.53 + n), 'student+teacher': _probes(0.54 + n)}} for s, n in noise.items()},
+                       'gt_geometry': {s: {'models': {'student': _probes(0.55 + n)}} for s, n in noise.items() if s != '2'},
+                       'no_blending': {s: {'models': {'student': _probes(0.9)}} for s in noise}})
+    rows, h2h = side_by_side(fit3d, study)
+    assert list(rows) == ['FiT3D student', 'FiT3D student + teacher', 'SnD student (default)', 'SnD student + teacher (default)',
+                          'SnD student (gt_geometry)'], 'other variants stay out; gt_geometry has no concatenation'
+    assert rows['SnD student (gt_geometry)']['depth.d1']['seeds'] == [0, 1] and rows['FiT3D student']['depth.d1']['seeds'] == [0, 1, 2]
+    assert rows['SnD student (default)']['depth.d1']['delta'][0] == pytest.approx(0.03 - 0.001 / 3)   # paired with the study's own teacher
+    assert h2h['SnD student (default) − FiT3D student']['depth.d1']['delta'] == pytest.approx((0.02, 0), abs=1e-9)
+    assert h2h['SnD student + teacher (default) − FiT3D student + teacher']['depth.d1']['delta'][0] == pytest.approx(0.02)
+    assert 'SnD student + teacher (gt_geometry) − FiT3D student + teacher' not in h2h
+    assert teacher_agreement(fit3d['teacher'], study['teacher']) == pytest.approx(0.001 / 0.471)    # relative: seed 2's d1, 0.47 vs 0.471
+    table = fit3d_vs_snd_table(fit3d, study)
+    assert '| SnD student (gt_geometry) − FiT3D student | **+0.040 ± 0.000**' in table and 'largest relative headline difference 0.002' in table
+    alone = fit3d_vs_snd_table(fit3d, None)
+    assert 'SnD' not in alone.split('\n\n')[0] and 'await' in alone
+    demo = dict(teacher=study['teacher'], runs=study['runs']['default'])           # a demo's results.json: one variant
+    assert set(side_by_side(fit3d, demo)[0]) == {'FiT3D student', 'FiT3D student + teacher', 'SnD student (default)', 'SnD student + teacher (default)'}
+
+def test_committed_study_is_complete_and_renders():
+    "The committed study (nbs/results/fit3d/study.json, small form) has every seed's scenes and probes; its summary matches its own numbers; the chapter's tables render from it."
+    study = load_results(Path(__file__).resolve().parents[1] / 'nbs' / 'results' / 'fit3d')
+    assert study, 'nbs/results/fit3d/study.json is missing: copy the study.json of a finished `snd_fit3d --seeds 0 1 2 --probe_preset cpu_default` run there'
+    seeds = sorted(study['runs'], key=int)
+    assert len(seeds) >= 3 and seeds == sorted(study['teacher'], key=int), 'every seed is probed, the teacher included'
+    for r in study['runs'].values():
+        assert len(r['stage1']['scenes']) == study['config']['train_scenes'] and set(r['models']) == set(FIT3D_ROWS)
+        assert set(r['stage1']['scenes'][0]['curve']) == {'step', 'cpu_seconds', 'token_cos'}
+    again = fit3d_summary(study)
+    for row in FIT3D_ROWS.values():
+        for k, s in study['summary'][row].items():
+            tol = 2e-4 * max(1., abs(s['teacher'][0]))              # the JSON keeps 5 significant digits of each metric
+            assert again[row][k]['delta'] == pytest.approx(s['delta'], abs=tol) and again[row][k]['seeds'] == [int(x) for x in seeds]
+    assert stage1_table(study).strip().count('\n') == 1 + len(seeds)
+    table = fit3d_vs_snd_table(study, {})
+    assert 'FiT3D student + teacher − teacher' in table and 'await' in table
 
 def test_reconstructor_geometry_runs(tmp_path):
     "geometry='reconstructor': initial points from a (here untrained, tiny) reconstructor's depth, lifting from its Gaussians."
     from splat_and_distill.reconstruct import Reconstructor, tiny as recon_tiny, save_reconstructor
     save_reconstructor(tmp_path / 'recon', Reconstructor(recon_tiny(size=32)))
     res = run_fit3d(fit3d_config('tiny', **{**FAST, 'train_scenes': 1}, backbone='efficientnet_lite0:random', geometry='reconstructor',
-                                 reconstructor=str(tmp_path / 'recon'), out=str(tmp_path / 'run')))
+                                 reconstructor=str(tmp_path / 'recon'), lift_scale=0.5, out=str(tmp_path / 'run')))   # the reconstructor at 16 px
     s = res['results']['scenes']['scene_0000000']
     assert s['lift_token_cos'] is not None and s['n_gaussians'] > 0 and res['results']['config']['geometry'] == 'reconstructor'
 
@@ -203,36 +258,48 @@ def test_study_protocol_seeds_and_resume(tmp_path, monkeypatch):
     "For seed k: runs with seed k, every model (teacher included) probed with probe seed k; paired summary; a rerun reuses everything."
     import splat_and_distill.fit3d as f3
     calls = []
-    def fake_probe(specs, seed, preset, overrides=None, cache_dir=None, progress=True):
-        calls.append((dict(specs), seed, preset))
-        return {row: {'depth.d1': 0.5 + 0.1 * seed + 0.01 * i} for i, row in enumerate(specs)}
-    monkeypatch.setattr(f3, 'probe_seed', fake_probe)
+    def fake_probe(student_path, seed, demo_cfg, data, backbone='efficientnet_lite0', weights=None):
+        calls.append((str(student_path), seed, f3.probe_seeded(demo_cfg, seed), backbone))
+        return dict(teacher=_probes(0.5 + 0.1 * seed), models={'student': _probes(0.51 + 0.1 * seed), 'student+teacher': _probes(0.52 + 0.1 * seed)})
+    monkeypatch.setattr(f3, 'probe_fit3d', fake_probe)
+    monkeypatch.setattr(f3.P, 'probe_splits', lambda *a, **k: {'test set': True})
     cfg = fit3d_config('tiny', **{**FAST, 'train_scenes': 1, 'fit_steps': 3}, backbone='efficientnet_lite0:random', out=str(tmp_path))
-    study = f3.fit3d_study(cfg, [0, 1], probe_preset='tiny')
-    assert [c[1] for c in calls] == [0, 1] and all(c[2] == 'tiny' for c in calls)
-    assert all(c[0]['teacher'] == 'efficientnet_lite0' and c[0]['FiT3D student'].endswith(f'seed_{s}/student_timm.safetensors')
-               and c[0]['FiT3D student + teacher'].startswith('efficientnet_lite0+efficientnet_lite0:') for c, s in zip(calls, (0, 1)))
+    study = f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', probe_overrides=dict(epochs=3))
+    assert [c[1] for c in calls] == [0, 1] and [c[2].seed for c in calls] == [0, 1], 'seed k is probed with probe seed k'
+    assert all(c[2].name == 'tiny' and c[2].epochs == 3 and c[3] == 'efficientnet_lite0:random' for c in calls)
+    assert all(c[0].endswith(f'seed_{s}/student_timm.safetensors') for c, s in zip(calls, (0, 1)))
     assert json.loads((tmp_path / 'seed_1' / 'results.json').read_text())['config']['seed'] == 1
+    assert set(study['teacher']) == set(study['runs']) == {'0', '1'} and 'stage1' in study['runs']['1']
     d = study['summary']['FiT3D student']['depth.d1']
-    assert d['diff_mean'] == pytest.approx(0.01) and d['diff_std'] == pytest.approx(0, abs=1e-12) and d['n'] == 2
-    with pytest.raises(FileExistsError): f3.fit3d_study(cfg, [0, 1], probe_preset='tiny')
-    again = f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', resume=True)
-    assert len(calls) == 2 and again['summary'] == study['summary']
-    f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', resume=True, reprobe=True)
+    assert d['delta'] == pytest.approx((0.01, 0), abs=1e-9) and d['seeds'] == [0, 1]
+    written = json.loads((tmp_path / 'study.json').read_text())
+    assert written['summary']['FiT3D student']['depth.d1']['delta'] == pytest.approx([0.01, 0], abs=1e-6) and set(written['runs']) == {'0', '1'}
+    with pytest.raises(FileExistsError): f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', probe_overrides=dict(epochs=3))
+    again = f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', probe_overrides=dict(epochs=3), resume=True)
+    assert len(calls) == 2 and f3._rounded(again['summary']) == f3._rounded(json.loads(json.dumps(study['summary'])))
+    f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', probe_overrides=dict(epochs=3), resume=True, reprobe=True)
     assert len(calls) == 4
+    f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', resume=True)                 # other probe options: probed again
+    assert len(calls) == 6
 
-def test_probe_seed_uses_the_probe_seed():
-    from splat_and_distill.fit3d import probe_seed
-    from splat_and_distill.probes import ProbeConfig
-    kw = dict(epochs=2, real_image=False, n_train_scenes=1)
-    if 'normals_epochs' in ProbeConfig.__dataclass_fields__: kw['normals_epochs'] = 2
-    specs = {'teacher': 'efficientnet_lite0:random'}
-    a, b = probe_seed(specs, 0, 'tiny', kw, progress=False), probe_seed(specs, 1, 'tiny', kw, progress=False)
-    assert set(a) == {'teacher'} and 'depth.d1' in a['teacher'] and 'corr.recall_10px' in a['teacher']
-    trained = ('depth.abs_rel', 'depth.d1', 'normals.rmse', 'seg.miou')
-    assert any(a['teacher'][k] != b['teacher'][k] for k in trained), 'the probe seed must change the trained probes'
-    fixed = ('corr.recall_10px', 'consistency.gap', 'consistency.cos_random')   # the test pairs belong to the test set (pairs_seed)
-    assert all(a['teacher'][k] == b['teacher'][k] for k in fixed), 'the probe seed must not change the test pairs'
+def test_probe_fit3d_uses_the_probe_seed(tmp_path):
+    "The teacher, the student and FiT3D's concatenation, probed with chapter 15's seeded probe config: the seed moves the trained heads only."
+    from splat_and_distill.fit3d import probe_fit3d
+    from splat_and_distill.demo import demo_default
+    from splat_and_distill.probes import probe_splits, ProbeConfig
+    from splat_and_distill.train import export_student
+    import types
+    torch.manual_seed(1)
+    export_student(types.SimpleNamespace(backbone=make_backbone('efficientnet_lite0', pretrained=False)), tmp_path / 's.safetensors',
+                   fit3d_config('tiny'))
+    kw = dict(epochs=2, normals_epochs=2, real_image=False, n_train_scenes=1)
+    dcfg = demo_default(probe_preset='tiny', probe_overrides=kw, progress=False)
+    data = probe_splits(ProbeConfig(**{**dict(name='tiny', image_size=64, n_views=8, n_test_scenes=1), **kw}), progress=False)
+    a, b = (probe_fit3d(tmp_path / 's.safetensors', s, dcfg, data, 'efficientnet_lite0:random') for s in (0, 1))
+    assert set(a['models']) == {'student', 'student+teacher'} and 'd1' in a['teacher']['depth']
+    assert a['models']['student+teacher']['model']['dim'] == 2 * a['teacher']['model']['dim']
+    assert json.dumps(a['teacher']['corr']) == json.dumps(b['teacher']['corr']), 'test pairs are fixed by pairs_seed, not by the probe seed'
+    assert a['teacher']['depth'] != b['teacher']['depth'], 'the probe seed must change the trained probes'
 
 def test_gradient_separation_option_is_wired(scene, teacher):
     "`gradient_separation=False` (the ablation) lets the feature loss move the geometry: the fits differ in geometry only through it."
