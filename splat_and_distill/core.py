@@ -18,7 +18,8 @@ __all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'set_seed', 'rng_state', 'set
            'total_memory', 'check_memory', 'CLIParser', 'cli_parser', 'option_type', 'add_option', 'add_run_options',
            'check_device', 'run_cli', 'sha256_file', 'read_json', 'fault_point', 'step_folder', 'step_folders',
            'begin_checkpoint', 'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints',
-           'check_run_folder', 'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl']
+           'check_run_folder', 'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl',
+           'config_from_args']
 
 # %% ../nbs/00_core.ipynb #1205d73e
 def set_seed(seed: int = 0):
@@ -469,3 +470,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def write_jsonl(path: str | Path, rows: list[dict]):
     "Write `rows` as a JSONL file atomically."
     return atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in rows))
+
+# %% ../nbs/00_core.ipynb #119aa0e1
+def config_from_args(cls, args, presets: dict, default: str, make, validate, pause: str | None = None):
+    "The `cls` config a parsed command line describes; on `--resume` without `--preset`, the run's saved config is the start (`pause`: a field of the last invocation only, not inherited)."
+    given = {**parse_sets(cls, args.set),
+             **typed_overrides(cls, {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                                     if f.name != 'preset' and getattr(args, f.name) is not None})}
+    if args.preset is not None and args.preset not in presets: raise ValueError(f'unknown preset {args.preset!r}; choose one of {sorted(presets)}')
+    saved = Path(given.get('out') or presets[args.preset or default]().out) / 'config.json'
+    if args.resume and args.preset is None and saved.is_file():
+        base = typed_overrides(cls, read_json(saved, 'run config'))
+        if pause: base.pop(pause, None)
+        return validate(make(base.get('preset', default), {**base, **given}))
+    return validate(make(args.preset or default, given))

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import (set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
+from .core import (config_from_args, set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
     show_images, typed_overrides, parse_sets, check_ranges, check_device, cli_parser, add_option, add_run_options, run_cli, read_json,
     check_run_folder, start_run_folder, check_resume_config)
 from .cameras import unproject_depth, scale_intrinsics
@@ -771,16 +771,7 @@ def _cli_parser() -> argparse.ArgumentParser:
 
 def cli_config(args) -> FiT3DConfig:
     "The config a `snd_fit3d` command line describes; on `--resume` without `--preset`, the run's saved config is the start."
-    given = {**parse_sets(FiT3DConfig, args.set),
-             **typed_overrides(FiT3DConfig, {f.name: getattr(args, f.name) for f in fields(FiT3DConfig)
-                                             if f.name != 'preset' and getattr(args, f.name) is not None})}
-    if args.preset is not None and args.preset not in FIT3D_PRESETS: raise ValueError(f'unknown preset {args.preset!r}; choose one of {sorted(FIT3D_PRESETS)}')
-    saved = Path(given.get('out') or FIT3D_PRESETS[args.preset or 'cpu_fit3d']().out) / 'config.json'
-    if args.resume and args.preset is None and saved.is_file():
-        base = typed_overrides(FiT3DConfig, read_json(saved, 'run config'))
-        base.pop('stop_after_scenes', None)                     # a pause of the last invocation, not a setting of the run
-        return validate_fit3d_config(fit3d_config(base.get('preset', 'cpu_fit3d'), {**base, **given}))
-    return validate_fit3d_config(fit3d_config(args.preset or 'cpu_fit3d', given))
+    return config_from_args(FiT3DConfig, args, FIT3D_PRESETS, 'cpu_fit3d', fit3d_config, validate_fit3d_config, pause='stop_after_scenes')
 
 def snd_fit3d(argv: list[str] | None = None) -> dict | None:
     "Command-line entry point: `snd_fit3d [--preset P] [--out DIR] [--resume] [--KEY VALUE ...] [--set KEY=VALUE ...] [--seeds 0 1 2 --probe_preset cpu_default]`."

@@ -17,7 +17,7 @@ from fastcore.docments import docments
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
-from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, batch_to,
+from .core import (config_from_args, set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, batch_to,
     seeded, rng_state, set_rng_state, typed_overrides, parse_sets, unknown_keys, check_ranges, check_memory, cli_parser, add_option,
     add_run_options, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders,
     check_run_folder, start_run_folder, check_resume_config, read_jsonl, write_jsonl)
@@ -743,16 +743,7 @@ def _cli_parser() -> argparse.ArgumentParser:
 
 def cli_config(args) -> TrainConfig:
     "The config a `snd_train` command line describes; on `--resume` without `--preset`, the run's saved config is the start."
-    given = {**parse_sets(TrainConfig, args.set),
-             **typed_overrides(TrainConfig, {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                                             if f.name != 'preset' and getattr(args, f.name) is not None})}
-    if args.preset is not None and args.preset not in PRESETS: raise ValueError(f'unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}')
-    saved = Path(given.get('out') or PRESETS[args.preset or 'cpu_demo']().out) / 'config.json'
-    if args.resume and args.preset is None and saved.is_file():
-        base = typed_overrides(TrainConfig, read_json(saved, 'run config'))
-        base.pop('stop_after', None)                                  # a pause of the last invocation, not a setting of the run
-        return validate_config(make_config(base.get('preset', 'cpu_demo'), {**base, **given}))
-    return validate_config(make_config(args.preset or 'cpu_demo', given))
+    return config_from_args(TrainConfig, args, PRESETS, 'cpu_demo', make_config, validate_config, pause='stop_after')
 
 def snd_train(argv: list[str] | None = None) -> dict | None:
     "Command-line entry point: `snd_train --preset cpu_demo --out runs/demo [--key value ...] [--set key=value ...]`."
