@@ -28,19 +28,15 @@ def chapters() -> list[Path]:
     "Chapter notebooks in reading order (their number prefix)."
     return sorted(p for p in NBS.glob('[0-9]*.ipynb'))
 
-def title(nb) -> str:
+def _first_markdown_match(nb, pattern: str) -> str:
+    "The first group of `pattern` in the first markdown cell that matches it, or ''."
     for c in nb.cells:
-        if c.cell_type == 'markdown':
-            m = re.search(r'^#\s+(.+)$', c.source, re.M)
-            if m: return m.group(1).strip()
+        m = re.search(pattern, c.source, re.M) if c.cell_type == 'markdown' else None
+        if m: return m.group(1).strip()
     return ''
 
-def summary(nb) -> str:
-    for c in nb.cells:
-        if c.cell_type == 'markdown':
-            m = re.search(r'^>\s*(.+)$', c.source, re.M)
-            if m: return m.group(1).strip()
-    return ''
+def title(nb) -> str: return _first_markdown_match(nb, r'^#\s+(.+)$')
+def summary(nb) -> str: return _first_markdown_match(nb, r'^>\s*(.+)$')
 
 def _visible(nb):
     "Drop hidden cells (`#| hide`), as nbdev's own docs do; directive lines stay in code (they say what is exported)."

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
+from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'set_seed', 'rng_state', 'set_rng_state', 'seeded', 'default_device',
@@ -19,7 +20,7 @@ __all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'set_seed', 'rng_state', 'set
            'check_device', 'run_cli', 'sha256_file', 'read_json', 'fault_point', 'step_folder', 'step_folders',
            'begin_checkpoint', 'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints',
            'check_run_folder', 'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl',
-           'config_from_args']
+           'add_config_options', 'config_from_args']
 
 # %% ../nbs/00_core.ipynb #1205d73e
 def set_seed(seed: int = 0):
@@ -472,6 +473,13 @@ def write_jsonl(path: str | Path, rows: list[dict]):
     return atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in rows))
 
 # %% ../nbs/00_core.ipynb #119aa0e1
+def add_config_options(parser, cls, base, title: str):
+    "One `--field` option per field of the dataclass `cls` but `preset`, in the argument group `title`: help from the field's comment, the default shown from the config `base`."
+    docs, g = docments(cls), parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name != 'preset':
+            add_option(g, f.name, default=None, metavar=f.name.upper(), help=f'{docs.get(f.name) or ""} [default: {getattr(base, f.name)!r}]'.replace('%', '%%'))
+
 def config_from_args(cls, args, presets: dict, default: str, make, validate, pause: str | None = None):
     "The `cls` config a parsed command line describes; on `--resume` without `--preset`, the run's saved config is the start (`pause`: a field of the last invocation only, not inherited)."
     given = {**parse_sets(cls, args.set),

@@ -5,7 +5,7 @@
 # %% ../nbs/12_fit3d.ipynb #9d382c9c
 from __future__ import annotations
 import argparse, dataclasses, json, math, sys, time, types, typing
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,12 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float, Int, Bool
-from fastcore.docments import docments
 from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import (config_from_args, set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
+from .core import (config_from_args, add_config_options, set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
     show_images, typed_overrides, parse_sets, check_ranges, check_device, cli_parser, add_option, add_run_options, run_cli, read_json,
     check_run_folder, start_run_folder, check_resume_config)
 from .cameras import unproject_depth, scale_intrinsics
@@ -750,7 +749,6 @@ def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = '
 
 # %% ../nbs/12_fit3d.ipynb #b8dc0bd2
 def _cli_parser() -> argparse.ArgumentParser:
-    docs = docments(FiT3DConfig)
     p = cli_parser('snd_fit3d', 'FiT3D baseline: per-scene feature Gaussians (stage 1), then fine-tuning the 2D model to their renders (stage 2).',
                    'presets: ' + ', '.join(f'{k} ({v.__doc__})' for k, v in FIT3D_PRESETS.items()) +
                    '\nExamples:\n  snd_fit3d --out runs/fit3d                     both stages, cpu_fit3d (add --resume after an interruption)\n'
@@ -762,11 +760,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     add_option(p, 'probe_preset', default=None, help="with --seeds: probe every model with chapter 10's preset (e.g. cpu_default, tiny)")
     add_option(p, 'reprobe', action='store_true', help='with --seeds --resume: probe every seed again (after the probes changed); stage 1 and 2 are reused')
     add_option(p, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
-    g = p.add_argument_group('config fields (defaults shown are cpu_fit3d values; see --preset)')
-    base = cpu_fit3d()
-    for f in fields(FiT3DConfig):
-        if f.name != 'preset':
-            add_option(g, f.name, default=None, metavar=f.name.upper(), help=f'{docs.get(f.name) or ""} [default: {getattr(base, f.name)!r}]'.replace('%', '%%'))
+    add_config_options(p, FiT3DConfig, cpu_fit3d(), 'config fields (defaults shown are cpu_fit3d values; see --preset)')
     return p
 
 def cli_config(args) -> FiT3DConfig:

@@ -15,8 +15,7 @@ from torch import Tensor
 from jaxtyping import Float, Bool
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
-from fastcore.docments import docments
-from .core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, to_numpy_image, read_json,
+from .core import (add_config_options, set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, to_numpy_image, read_json,
     read_jsonl, typed_overrides, parse_sets, check_device, cli_parser, add_option, add_run_options, run_cli, check_run_folder,
     start_run_folder, check_resume_config)
 from .cameras import unproject_depth, project_points, invert_pose, relative_rotation_deg, scale_intrinsics, frustum_points
@@ -633,10 +632,7 @@ def _cli_parser():
     add_option(p, 'preset', default='cpu_experiment', help=f'starting values: {", ".join(PRESETS)} (default: cpu_experiment)')
     add_run_options(p, 'experiment')
     add_option(p, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
-    g = p.add_argument_group('config fields (defaults shown are cpu_experiment values)')
-    base, docs = cpu_experiment(), docments(ReconKDConfig)
-    for f in fields(ReconKDConfig):
-        if f.name != 'preset': add_option(g, f.name, default=None, metavar=f.name.upper(), help=f'{docs.get(f.name) or ""} [default: {getattr(base, f.name)!r}]')
+    add_config_options(p, ReconKDConfig, cpu_experiment(), 'config fields (defaults shown are cpu_experiment values)')
     return p
 
 def snd_reconkd(argv: list[str] | None = None) -> dict | None:

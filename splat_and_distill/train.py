@@ -5,7 +5,7 @@
 # %% ../nbs/11_train.ipynb #29db5396
 from __future__ import annotations
 import argparse, copy, dataclasses, json, math, os, pickle, random, sys, time, types, typing, warnings
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,11 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
 from torch import Tensor
-from fastcore.docments import docments
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
-from .core import (config_from_args, set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, batch_to,
+from .core import (config_from_args, add_config_options, set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, batch_to,
     seeded, rng_state, set_rng_state, typed_overrides, parse_sets, unknown_keys, check_ranges, check_memory, cli_parser, add_option,
     add_run_options, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders,
     check_run_folder, start_run_folder, check_resume_config, read_jsonl, write_jsonl)
@@ -726,7 +725,6 @@ class MetricsLog:
 
 # %% ../nbs/11_train.ipynb #de9814b3
 def _cli_parser() -> argparse.ArgumentParser:
-    docs = docments(TrainConfig)
     presets = ', '.join(f'{k} ({v.__doc__})' for k, v in PRESETS.items())
     p = cli_parser('snd_train', 'Splat-and-Distill training: distil multi-view-consistent, splatted teacher features into a 2D model.',
                    f'presets: {presets}\nExample: snd_train --preset cpu_demo --steps 200 --out runs/demo\n'
@@ -734,11 +732,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     add_option(p, 'preset', default=None, help=f'starting values: {", ".join(PRESETS)} (default: cpu_demo; on --resume: the run\'s saved config)')
     add_run_options(p)
     add_option(p, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
-    g = p.add_argument_group('config fields (defaults shown are cpu_demo values; see --preset)')
-    demo = cpu_demo()
-    for f in fields(TrainConfig):
-        if f.name == 'preset': continue
-        add_option(g, f.name, default=None, metavar=f.name.upper(), help=f'{docs.get(f.name) or ""} [default: {getattr(demo, f.name)!r}]')
+    add_config_options(p, TrainConfig, cpu_demo(), 'config fields (defaults shown are cpu_demo values; see --preset)')
     return p
 
 def cli_config(args) -> TrainConfig:
