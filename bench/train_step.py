@@ -14,7 +14,8 @@ On a machine shared with other jobs, process CPU seconds are the better estimate
 """
 import argparse, sys, tempfile, time
 import torch
-from splat_and_distill.core import set_threads, batch_to, parse_sets
+from splat_and_distill.core import set_threads, batch_to
+from splat_and_distill.runs import parse_sets
 from splat_and_distill.train import (make_config, validate_config, load_scenes, build_models, make_criterion, make_optimizer, step_batch,
                                      lift_scale, teacher_side, autocast, StepTimer, backbone_name, TrainConfig)
 from splat_and_distill.distill import distill_step

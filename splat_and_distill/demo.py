@@ -14,9 +14,10 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from torch import Tensor
 from tqdm.auto import tqdm
-from .core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, pca_rgb, show_images,
-    colorize_depth, read_json, read_jsonl, check_ranges, parse_sets, cli_parser, add_option, add_run_options, option_type, run_cli,
-    check_run_folder, start_run_folder, check_resume_config)
+from .core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
+    show_images, colorize_depth)
+from .runs import (read_json, read_jsonl, check_ranges, parse_sets, cli_parser, add_option,
+    add_run_options, option_type, run_cli, check_run_folder, start_run_folder, check_resume_config)
 from .scenes import make_scene, scene_seeds, TripletDataset
 from .backbones import make_backbone
 from .lift import lift_and_splat_details

@@ -17,9 +17,11 @@ from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import (config_from_args, add_config_options, set_seed, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
-    show_images, typed_overrides, parse_sets, check_ranges, check_device, cli_parser, add_option, add_run_options, run_cli, read_json,
-    check_run_folder, start_run_folder, check_resume_config)
+from splat_and_distill.runs import (config_from_args, add_config_options, typed_overrides, parse_sets, check_ranges,
+    check_device, cli_parser, add_option, add_run_options, run_cli, read_json, check_run_folder, start_run_folder,
+    check_resume_config)
+from .core import (set_seed, set_threads, default_device, atomic_path, atomic_write_json,
+    atomic_write_text, pca_rgb, show_images)
 from .cameras import unproject_depth, scale_intrinsics
 from .gaussians import Gaussians
 from .splat import render, hwc_to_chw

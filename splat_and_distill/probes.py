@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
-from .core import (set_seed, seeded, set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text,
-    sha256_file, read_json, check_ranges, check_memory, check_device, parse_sets, cli_parser, add_option, add_run_options, option_type,
-    run_cli, check_run_folder, start_run_folder, check_resume_config)
+from splat_and_distill.core import (set_seed, seeded, set_threads, default_device, atomic_path, atomic_write_json,
+    atomic_write_text)
+from splat_and_distill.runs import (sha256_file, read_json, check_ranges, check_memory, check_device, parse_sets,
+    cli_parser, add_option, add_run_options, option_type, run_cli, check_run_folder, start_run_folder,
+    check_resume_config)
 from .cameras import (pixel_centers, unproject_depth, project_points, scale_intrinsics, make_intrinsics,
                                        relative_rotation_deg)
 

@@ -15,9 +15,11 @@ from torch import Tensor
 from jaxtyping import Float, Bool
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
-from .core import (add_config_options, set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, to_numpy_image, read_json,
-    read_jsonl, typed_overrides, parse_sets, check_device, cli_parser, add_option, add_run_options, run_cli, check_run_folder,
-    start_run_folder, check_resume_config)
+from splat_and_distill.runs import (add_config_options, read_json, read_jsonl, typed_overrides, parse_sets,
+    check_device, cli_parser, add_option, add_run_options, run_cli, check_run_folder, start_run_folder,
+    check_resume_config)
+from splat_and_distill.core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text,
+    to_numpy_image)
 from .cameras import unproject_depth, project_points, invert_pose, relative_rotation_deg, scale_intrinsics, frustum_points
 from .scenes import Scene, load_or_make_scene, scene_seeds, read_scene
 from .backbones import efficientnet_lite0, tiny_vit, dinov2

@@ -15,10 +15,12 @@ from torch import Tensor
 from jaxtyping import Float
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
-from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, colorize_depth,
-    show_images, batch_to, seeded, rng_state, set_rng_state, typed_overrides, parse_sets, check_ranges, check_memory, check_device,
-    cli_parser, add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
-    find_checkpoint, step_folders, check_run_folder, start_run_folder, check_resume_config, config_changes, read_jsonl, write_jsonl)
+from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
+    atomic_write_text, colorize_depth, show_images, batch_to, seeded, rng_state, set_rng_state)
+from splat_and_distill.runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser,
+    add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
+    find_checkpoint, step_folders, check_run_folder, start_run_folder, check_resume_config, config_changes, read_jsonl,
+    write_jsonl)
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
 from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes
 from .gaussians import Gaussians, gaussians_from_depth

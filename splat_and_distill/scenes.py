@@ -16,8 +16,9 @@ from torch.utils.data import Dataset
 from jaxtyping import Float, Int
 from PIL import Image
 import matplotlib.pyplot as plt
-from .core import (atomic_path, atomic_write_json, colorize_depth, colorize_normals, colorize_labels, show_images,
-                                    check_ranges, check_memory, cli_parser, add_option, option_type, run_cli)
+from splat_and_distill.core import (atomic_path, atomic_write_json, colorize_depth, colorize_normals, colorize_labels,
+    show_images)
+from .runs import check_ranges, check_memory, cli_parser, add_option, option_type, run_cli
 from .cameras import (intrinsics_from_fov, look_at, pixel_rays, unproject_depth, project_points,
                                        check_pose, scale_intrinsics, relative_rotation_deg)
 

@@ -16,10 +16,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
-from .core import (config_from_args, add_config_options, set_seed, default_device, set_threads, atomic_path, atomic_write_json, atomic_write_text, batch_to,
-    seeded, rng_state, set_rng_state, typed_overrides, parse_sets, unknown_keys, check_ranges, check_memory, cli_parser, add_option,
-    add_run_options, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders,
-    check_run_folder, start_run_folder, check_resume_config, read_jsonl, write_jsonl)
+from .runs import (config_from_args, add_config_options, typed_overrides, parse_sets, unknown_keys,
+    check_ranges, check_memory, cli_parser, add_option, add_run_options, run_cli, read_json, fault_point,
+    begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders, check_run_folder, start_run_folder,
+    check_resume_config, read_jsonl, write_jsonl)
+from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
+    atomic_write_text, batch_to, seeded, rng_state, set_rng_state)
 from .reconstruct import fixed_triplets, fixed_items
 from .backbones import make_backbone, make_student, merge_lora, BACKBONES
 from .distill import (DINOHead, DistillLoss, DistillModel, make_ema_teacher, ema_update, ema_due, distill_stats,

@@ -40,7 +40,7 @@ def test_one_set_syntax_everywhere():
     "The same `--set KEY=VALUE` strings mean the same thing in every command that takes a config."
     cfg = snd_train(['--print_config', '--set', 'steps=3e2', '--set', 'grad_clip=none', '--set', 'tensorboard=yes'])['config']
     assert (cfg['steps'], cfg['grad_clip'], cfg['tensorboard']) == (300, None, True)
-    from splat_and_distill.core import parse_sets
+    from splat_and_distill.runs import parse_sets
     from splat_and_distill.reconstruct import ReconConfig
     from splat_and_distill.probes import ProbeConfig
     from splat_and_distill.demo import DemoConfig

@@ -157,7 +157,7 @@ def test_concat_backbone():
 def test_config_cli_helpers_and_table():
     assert probe_config('cpu_default').corr_matches(160, 120) == 1000
     with pytest.raises(ValueError, match='unknown probe preset'): probe_config('nope')
-    from splat_and_distill.core import parse_sets
+    from splat_and_distill.runs import parse_sets
     assert parse_sets(ProbeConfig, ['epochs=3', 'real_image=false', 'corr_gaps=[1,2]', 'name=x', 'corr_num=none']) == \
         dict(epochs=3, real_image=False, corr_gaps=(1, 2), name='x', corr_num=None)
     with pytest.raises(ValueError, match='expected true or false'): parse_sets(ProbeConfig, ['real_image=ture'])

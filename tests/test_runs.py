@@ -101,7 +101,7 @@ def test_torn_metrics_line_dropped_with_a_warning(tmp_path):
     steps = [json.loads(l)['step'] for l in (run / 'metrics.jsonl').read_text().splitlines() if '"loss"' in l]
     assert steps == [2, 4, 6]
     (run / 'metrics.jsonl').write_text('{"step": 0}\n{"step": 2, "lo\n{"step": 4}\n')              # damage in the middle: an error
-    from splat_and_distill.core import read_jsonl
+    from splat_and_distill.runs import read_jsonl
     with pytest.raises(ValueError, match='metrics.jsonl: line 2'): read_jsonl(run / 'metrics.jsonl')
 
 def test_mixed_step_checkpoint_falls_back(tmp_path):
