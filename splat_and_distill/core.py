@@ -11,9 +11,9 @@ import torch
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['set_seed', 'rng_state', 'set_rng_state', 'seeded', 'default_device', 'batch_to', 'set_threads', 'atomic_path',
-           'atomic_write_text', 'atomic_write_json', 'to_numpy_image', 'colorize_depth', 'colorize_normals',
-           'label_palette', 'colorize_labels', 'fit_pca', 'pca_rgb', 'show_images']
+__all__ = ['WRITE_HOOKS', 'set_seed', 'rng_state', 'set_rng_state', 'seeded', 'default_device', 'batch_to', 'set_threads',
+           'atomic_path', 'atomic_write_text', 'atomic_write_json', 'to_numpy_image', 'colorize_depth',
+           'colorize_normals', 'label_palette', 'colorize_labels', 'fit_pca', 'pca_rgb', 'show_images']
 
 # %% ../nbs/00_core.ipynb #1205d73e
 def set_seed(seed: int = 0):
@@ -55,6 +55,8 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 # %% ../nbs/00_core.ipynb #6d431e56
+WRITE_HOOKS: list = []   # called with the path of every file `atomic_path` completes (chapter 00a logs what a run wrote)
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     "Yield a temporary path beside `path`; on success rename it over `path`, on error remove it."
@@ -66,6 +68,7 @@ def atomic_path(path: str | Path):
         umask = os.umask(0); os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files; give the result the permissions of an ordinary file
         os.replace(tmp, path)
+        for hook in WRITE_HOOKS: hook(path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 

@@ -19,7 +19,7 @@ from .core import (set_seed, default_device, set_threads, atomic_path, atomic_wr
     atomic_write_text, colorize_depth, show_images, batch_to, seeded, rng_state, set_rng_state)
 from splat_and_distill.runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser,
     add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
-    find_checkpoint, step_folders, check_run_folder, start_run_folder, check_resume_config, config_changes, read_jsonl,
+    find_checkpoint, step_folders, open_run, check_resume_config, config_changes, read_jsonl,
     write_jsonl)
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
 from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes
@@ -439,6 +439,15 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
         if _published_step(out) != ckpt[0]: save_reconstructor(out, load_reconstructor(ckpt[1]), ckpt[0])
         print(f'{out}: this reconstructor has finished ({config.steps} steps); nothing to train', file=sys.stderr)
         return load_reconstructor(out, device), read_jsonl(out / 'metrics.jsonl')
+    folder = plan.get('folder')
+    try: return _train_reconstructor_run(config, plan, scenes, val_scenes, out, device, progress, evaluate, stop_after)
+    finally:
+        if folder is not None: folder.release()                    # the folder's lock: held for the whole run
+
+def _train_reconstructor_run(config: ReconConfig, plan: dict, scenes, val_scenes, out: Path | None, device, progress: bool,
+                             evaluate: bool, stop_after: int | None) -> tuple[Reconstructor, list]:
+    "The body of `train_reconstructor` once the run folder has been checked."
+    ckpt = plan['checkpoint']
     set_seed(config.seed)
     scenes = scenes if scenes is not None else make_recon_scenes(config, 'train')
     if evaluate and val_scenes is None: val_scenes = make_recon_scenes(config, 'val')
@@ -454,6 +463,7 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
     gen = torch.Generator().manual_seed(config.seed)
     step, history, run_id = 0, [], plan['run_id']
+    if out is not None: started = plan['folder'].start()           # lock the folder; a new run writes run.json
     if ckpt is not None:
         try: st = torch.load(ckpt[1] / 'train_state.pt', map_location='cpu', weights_only=False)
         except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
@@ -465,7 +475,7 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
         history = [r for r in read_jsonl(out / 'metrics.jsonl') if r['step'] <= step]   # drop records logged after it
         write_jsonl(out / 'metrics.jsonl', history)
     elif out is not None:                                          # a new run (or one killed before its first checkpoint)
-        run_id = start_run_folder(out, 'snd_recon', RECON_RUN_FILES, overwrite=overwrite or resume)
+        run_id = started
         atomic_write_json(out / 'config.json', asdict(config))
         atomic_write_text(out / 'metrics.jsonl', '')
         save_recon_checkpoint(out, model, 0, opt, sched, gen, run_id)
@@ -626,10 +636,10 @@ def _published_step(out: Path) -> int | None:
     except Exception: return None
 
 def plan_recon_run(out: Path, config: ReconConfig, resume: bool, overwrite: bool) -> dict:
-    "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id)`."
-    info = check_run_folder(out, 'snd_recon', RECON_RUN_FILES, resume, overwrite)
-    if not resume: return dict(checkpoint=None, run_id=None)
-    check_resume_config(read_json(out / 'config.json', 'run config'), asdict(config), RECON_RESUME_MUTABLE, str(out / 'config.json'))
+    "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id, folder=RunFolder)`."
+    folder = open_run(out, 'snd_recon', RECON_RUN_FILES, resume, overwrite, asdict(config), RECON_RESUME_MUTABLE)
+    info = folder.info
+    if not resume: return dict(checkpoint=None, run_id=None, folder=folder)
     found = find_checkpoint(out, info.get('run_id'))
     if found is None:
         with warnings.catch_warnings():
@@ -638,9 +648,9 @@ def plan_recon_run(out: Path, config: ReconConfig, resume: bool, overwrite: bool
         if got > 0 or any(s > 0 for s, _ in step_folders(out)) or (out / 'train_state.pt').exists():
             raise FileNotFoundError(f'{out}: the run got to step {got} but no complete checkpoint (model.safetensors + train_state.pt, sealed) '
                                     f'is left under {out / "checkpoints"}; nothing to resume from. Restore it, or start again with --overwrite')
-        return dict(checkpoint=None, run_id=info.get('run_id'))      # killed before its first checkpoint: start again
+        return dict(checkpoint=None, run_id=info.get('run_id'), folder=folder)      # killed before its first checkpoint: start again
     check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), asdict(config), RECON_RESUME_MUTABLE, str(found[1] / 'config.json'))
-    return dict(checkpoint=found, run_id=info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id'))
+    return dict(checkpoint=found, run_id=info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id'), folder=folder)
 
 # %% ../nbs/08_reconstruct.ipynb #cb142881
 def make_config(preset: str = 'cpu_default', overrides: dict | None = None) -> ReconConfig:

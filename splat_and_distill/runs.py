@@ -4,19 +4,20 @@
 
 # %% ../nbs/00a_runs.ipynb #ef0914ad
 from __future__ import annotations
-import argparse, dataclasses, datetime, hashlib, json, math, os, shutil, signal, sys, types, typing, uuid, warnings
+import argparse, dataclasses, datetime, fcntl, hashlib, json, math, os, signal, sys, types, typing, uuid, warnings
 from pathlib import Path
 import torch
 from fastcore.docments import docments
-from .core import atomic_write_json, atomic_write_text
+from .core import WRITE_HOOKS, atomic_write_json, atomic_write_text
 
 # %% auto #0
-__all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'parse_value', 'unknown_keys', 'typed_overrides', 'parse_sets', 'check_ranges',
-           'total_memory', 'check_memory', 'CLIParser', 'cli_parser', 'option_type', 'add_option', 'add_run_options',
-           'check_device', 'run_cli', 'sha256_file', 'read_json', 'fault_point', 'step_folder', 'step_folders',
-           'begin_checkpoint', 'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints',
-           'check_run_folder', 'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl',
-           'add_config_options', 'config_from_args']
+__all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'RUN_LOG', 'LOCK', 'parse_value', 'unknown_keys', 'typed_overrides',
+           'parse_sets', 'check_ranges', 'total_memory', 'check_memory', 'CLIParser', 'cli_parser', 'option_type',
+           'add_option', 'add_flag', 'parse_seeds', 'add_seeds_option', 'add_run_options', 'check_device', 'run_cli',
+           'sha256_file', 'read_json', 'fault_point', 'step_folder', 'step_folders', 'begin_checkpoint',
+           'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints', 'check_run_folder',
+           'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl', 'note_written',
+           'logged_files', 'remove_run_files', 'RunFolder', 'open_run', 'add_config_options', 'config_from_args']
 
 # %% ../nbs/00a_runs.ipynb #fd85a1fe
 _TRUE, _FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
@@ -129,9 +130,12 @@ class CLIParser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 def cli_parser(prog: str, description: str, epilog: str | None = None) -> CLIParser:
-    "The parser conventions of every `snd_*` command: exact option names only (no abbreviations), raw help text."
-    return CLIParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    "The parser conventions of every `snd_*` command: exact option names only (no abbreviations), raw help text, `--version`."
+    from splat_and_distill import __version__
+    p = CLIParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--version', action='version', version=f'{prog} (splat_and_distill {__version__})')
+    return p
 
 def option_type(tp):
     "An argparse `type=` reading values as `--set` does: `--steps 3e5` works, `--steps 2.5` is an error."
@@ -142,15 +146,48 @@ def option_type(tp):
     return read
 
 def add_option(parser, name: str, **kwargs):
-    "Add `--name` (and its `--kebab-case` spelling) to `parser`."
+    "Add `--name` (and its `--kebab-case` spelling; for a flag, also `--no-name`/`--no_name`) to `parser`."
     flags = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if '_' in name else [])
+    if kwargs.get('action') is argparse.BooleanOptionalAction:           # --progress / --no-progress / --no_progress
+        kwargs['action'] = _Flag
     return parser.add_argument(*flags, dest=name, **kwargs)
+
+class _Flag(argparse.BooleanOptionalAction):
+    "`--name` sets True, `--no-name` (or `--no_name`) False; the help lists both."
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, **kw)
+        self.negatives = [s for s in self.option_strings if s not in option_strings] + [f'--no_{s[2:]}' for s in option_strings if '_' in s]
+        self.option_strings += self.negatives[len(self.option_strings) - len(option_strings):]
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, option_string not in self.negatives)
+
+def add_flag(parser, name: str, help: str):
+    "A boolean option written as a flag: `--name` / `--no-name` (None when neither is given: the config decides)."
+    return add_option(parser, name, action=argparse.BooleanOptionalAction, default=None, help=help)
+
+def parse_seeds(values) -> tuple[int, ...]:
+    "Seeds given as `0,1,2`, `0 1 2` (several arguments) or both mixed; an error names the bad item."
+    items = [s for v in ([values] if isinstance(values, str) else values) for s in str(v).replace(',', ' ').split()]
+    try: seeds = tuple(parse_value(s, int, 'seeds') for s in items)
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    if not seeds: raise argparse.ArgumentTypeError('--seeds: give at least one seed, e.g. --seeds 0,1,2 or --seeds 0 1 2')
+    return seeds
+
+class _Seeds(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        try: setattr(namespace, self.dest, parse_seeds(values))
+        except argparse.ArgumentTypeError as e: parser.error(str(e))
+
+def add_seeds_option(parser, help: str, name: str = 'seeds'):
+    "`--seeds 0,1,2` or `--seeds 0 1 2`: one syntax for every command."
+    return add_option(parser, name, nargs='+', action=_Seeds, default=None, metavar='SEED', help=help)
 
 def add_run_options(parser, what: str = 'run'):
     "The options every command that writes a folder shares: `--set`, `--resume`, `--overwrite`."
     add_option(parser, 'set', action='append', default=[], metavar='KEY=VALUE', help=SET_HELP)
-    add_option(parser, 'resume', action='store_true', help=f'continue the {what} in the output folder')
-    add_option(parser, 'overwrite', action='store_true', help=f'replace the {what} in the output folder (its files only)')
+    add_option(parser, 'resume', action='store_true', help=f'continue the {what} in the output folder (a finished one is left as it is)')
+    add_option(parser, 'overwrite', action='store_true',
+               help=f'replace the {what} in the output folder: removes only the files it wrote (other files are kept)')
 
 def check_device(device: str | None) -> str | None:
     "`device` if it is None (automatic), 'cpu', 'cuda' or 'cuda:N' and available here; else a `ValueError` saying so."
@@ -275,18 +312,13 @@ def check_run_folder(run_dir: str | Path, kind: str, own: list[str], resume: boo
                               '--overwrite to replace it, or choose another output folder')
     return None
 
-def start_run_folder(run_dir: str | Path, kind: str, own: list[str], overwrite: bool = False) -> str:
-    "Create the folder of a new run (removing the files `own` names first when `overwrite`); write `run.json`; return the run id."
+def start_run_folder(run_dir: str | Path, kind: str) -> str:
+    "Create the folder of a new run and write its `run.json`; return the run id (`RunFolder.start` calls this under the folder's lock)."
     run = Path(run_dir)
-    if overwrite:
-        for n in own:
-            p = run / n
-            if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
-            elif p.exists() or p.is_symlink(): p.unlink()
     run.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex
     from splat_and_distill import __version__
-    atomic_write_json(run / 'run.json', dict(kind=kind, run_id=run_id, version=__version__,
+    atomic_write_json(run / 'run.json', dict(kind=kind, run_id=run_id, version=__version__, pid=os.getpid(),
                                              created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')))
     return run_id
 
@@ -325,23 +357,129 @@ def write_jsonl(path: str | Path, rows: list[dict]):
     "Write `rows` as a JSONL file atomically."
     return atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in rows))
 
+# %% ../nbs/00a_runs.ipynb #b1896c6c
+RUN_LOG = '.run_files'    # one relative path a line: every file the run in this folder wrote
+LOCK = '.lock'            # held (flock) by the process that runs in this folder; holds its process id
+_ACTIVE: dict[Path, 'RunFolder'] = {}   # run folders this process holds, by absolute path
+
+def note_written(path: str | Path):
+    "Log `path` as written by every run folder of this process that contains it (`atomic_path` calls this for each file)."
+    p = Path(path).absolute()
+    for root in list(_ACTIVE):
+        if p == root / RUN_LOG or not p.is_relative_to(root): continue
+        with open(root / RUN_LOG, 'a') as f: f.write(str(p.relative_to(root)) + '\n')
+
+WRITE_HOOKS.append(note_written)
+
+def logged_files(run_dir: str | Path) -> list[str] | None:
+    "The files the run in `run_dir` logged as written, in order, once each (None for a run that kept no log)."
+    log = Path(run_dir) / RUN_LOG
+    if not log.is_file(): return None
+    return list(dict.fromkeys(l for l in log.read_text(errors='replace').splitlines() if l.strip()))
+
+def remove_run_files(run_dir: str | Path, own: list[str]) -> list[str]:
+    "Remove what the previous run in `run_dir` wrote (the `own` files, and the files its log lists under the `own` names) and the folders that leaves empty; never anything else. Returns the owned names it had to keep."
+    run = Path(run_dir)                              # the command's own top-level files, and every file the run logged
+    listed = [n for n in own if (run / n).is_file() or (run / n).is_symlink()] + (logged_files(run) or [])
+    for rel in listed:
+        p = run / rel
+        if Path(rel).parts[0] not in own or '..' in Path(rel).parts: continue
+        if p.is_file() or p.is_symlink(): p.unlink()
+        for parent in p.parents:                       # folders the run made, once they are empty
+            if parent == run or not parent.is_relative_to(run): break
+            try: parent.rmdir()
+            except OSError: break
+    (run / RUN_LOG).unlink(missing_ok=True)
+    return [n for n in own if (run / n).exists()]
+
+
+# %% ../nbs/00a_runs.ipynb #a39aa218
+class RunFolder:
+    "The run folder of one command: checked when made (reading only), then `start()` locks it for this process and begins or continues the run."
+    def __init__(self, path: str | Path, kind: str, own: list[str], resume: bool = False, overwrite: bool = False,
+                 config: dict | None = None, mutable=(), what: str = 'run config'):
+        self.root, self.kind, self.own, self.resume, self.overwrite = Path(path).absolute(), kind, list(own), resume, overwrite
+        self.info = check_run_folder(self.root, kind, own, resume, overwrite)          # refuses before any work
+        self.run_id, self._fd = (self.info or {}).get('run_id'), None
+        if resume and config is not None:
+            check_resume_config(read_json(self.root / 'config.json', what), config, mutable, str(self.root / 'config.json'))
+
+    @property
+    def new(self) -> bool: return not (self.resume and (self.root / 'run.json').is_file())
+
+    def start(self) -> str:
+        "Lock the folder for this process, check it again under the lock, and start the run (a new one writes `run.json`); returns the run id."
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self.info = check_run_folder(self.root, self.kind, self.own, self.resume, self.overwrite) or self.info
+            if self.new:
+                kept = remove_run_files(self.root, self.own) if self.overwrite or self.resume else []
+                if kept: warnings.warn(f'{self.root}: kept {", ".join(kept)} (not in the previous run\'s log of written files: '
+                                       'yours, or written by an older version); delete them yourself if they are not yours')
+                self.run_id = start_run_folder(self.root, self.kind)
+            else: self.run_id = (self.info or {}).get('run_id') or self.run_id
+        except BaseException: self.release(); raise
+        _ACTIVE[self.root] = self
+        if self.new: note_written(self.root / 'run.json')
+        return self.run_id
+
+    def _lock(self):
+        if self.root in _ACTIVE: _ACTIVE.pop(self.root).release()     # this process again (e.g. a notebook re-run after an error)
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'; os.close(fd)
+            raise FileExistsError(f'{self.root} is in use by another run (process {holder}); wait for it to end, '
+                                  'or choose another output folder') from None
+        os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode()); self._fd = fd
+
+    def release(self):
+        "Unlock the folder (also when the process ends, however it ends)."
+        if _ACTIVE.get(self.root) is self: del _ACTIVE[self.root]
+        if self._fd is not None: os.close(self._fd); self._fd = None     # closing the file drops the flock
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.release()
+    def __del__(self):
+        try: self.release()
+        except Exception: pass                                      # at interpreter exit the module may be gone
+
+def open_run(path: str | Path, kind: str, own: list[str], resume: bool = False, overwrite: bool = False,
+             config: dict | None = None, mutable=(), what: str = 'run config') -> RunFolder:
+    "The one run-folder preamble of every command: refuse what would clobber a run, check a resume's config; `.start()` once the inputs are checked."
+    return RunFolder(path, kind, own, resume, overwrite, config, mutable, what)
+
+
 # %% ../nbs/00a_runs.ipynb #119aa0e1
 def add_config_options(parser, cls, base, title: str):
-    "One `--field` option per field of the dataclass `cls` but `preset`, in the argument group `title`: help from the field's comment, the default shown from the config `base`."
+    "One `--field` option per field of the dataclass `cls` but `preset` (booleans as `--field`/`--no-field` flags), in the group `title`, with `--config FILE` and `--print_config`."
     docs, g = docments(cls), parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name != 'preset':
-            add_option(g, f.name, default=None, metavar=f.name.upper(), help=f'{docs.get(f.name) or ""} [default: {getattr(base, f.name)!r}]'.replace('%', '%%'))
+        if f.name == 'preset': continue
+        text = f'{docs.get(f.name) or ""} [default: {getattr(base, f.name)!r}]'.replace('%', '%%')
+        if hints[f.name] is bool: add_flag(g, f.name, text)
+        else: add_option(g, f.name, default=None, metavar=f.name.upper(), help=text)
+    add_option(parser, 'config', default=None, metavar='FILE',
+               help='start from this config (JSON, as --print_config writes it); options given here override it')
+    add_option(parser, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
 
 def config_from_args(cls, args, presets: dict, default: str, make, validate, pause: str | None = None):
-    "The `cls` config a parsed command line describes; on `--resume` without `--preset`, the run's saved config is the start (`pause`: a field of the last invocation only, not inherited)."
+    "The `cls` config a parsed command line describes: `--preset`, then `--config FILE`, then options and `--set` (later wins); on `--resume` without `--preset`/`--config`, the run's saved config is the start (`pause`: a field of the last invocation only, not inherited)."
     given = {**parse_sets(cls, args.set),
              **typed_overrides(cls, {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
                                      if f.name != 'preset' and getattr(args, f.name) is not None})}
     if args.preset is not None and args.preset not in presets: raise ValueError(f'unknown preset {args.preset!r}; choose one of {sorted(presets)}')
-    saved = Path(given.get('out') or presets[args.preset or default]().out) / 'config.json'
-    if args.resume and args.preset is None and saved.is_file():
+    base, source = {}, getattr(args, 'config', None)
+    if source is not None:
+        if not Path(source).is_file(): raise FileNotFoundError(f'--config {source}: no such file (write one with --print_config)')
+        data = read_json(source, 'config file')
+        if not isinstance(data, dict): raise ValueError(f'--config {source}: expected a JSON object of config fields')
+        base = typed_overrides(cls, data)
+    saved = Path(given.get('out') or base.get('out') or presets[args.preset or default]().out) / 'config.json'
+    if args.resume and args.preset is None and source is None and saved.is_file():
         base = typed_overrides(cls, read_json(saved, 'run config'))
         if pause: base.pop(pause, None)
-        return validate(make(base.get('preset', default), {**base, **given}))
-    return validate(make(args.preset or default, given))
+    preset = args.preset or base.get('preset') or default
+    if preset not in presets: raise ValueError(f'unknown preset {preset!r} in {source or saved}; choose one of {sorted(presets)}')
+    return validate(make(preset, {**base, **given}))

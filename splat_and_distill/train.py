@@ -18,7 +18,7 @@ from safetensors.torch import save_file, load_file
 
 from .runs import (config_from_args, add_config_options, typed_overrides, parse_sets, unknown_keys,
     check_ranges, check_memory, cli_parser, add_option, add_run_options, run_cli, read_json, fault_point,
-    begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders, check_run_folder, start_run_folder,
+    begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders, open_run, note_written,
     check_resume_config, read_jsonl, write_jsonl)
 from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
     atomic_write_text, batch_to, seeded, rng_state, set_rng_state)
@@ -484,6 +484,11 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool 
     plan = plan_run(cfg, resume, overwrite)
     if world > 1: dist.barrier()                                   # every process has checked the folder before rank 0 writes
     if plan['finished']: return _finished(cfg)
+    try: return _train_run(cfg, plan, resume, overwrite, rank, world, local_rank)
+    finally: plan['folder'].release()                               # the folder's lock: held for the whole run, by rank 0
+
+def _train_run(cfg: TrainConfig, plan: dict, resume: bool, overwrite: bool, rank: int, world: int, local_rank: int) -> dict:
+    "The body of `train` once the run folder has been checked: data, models, the loop, results."
     from splat_and_distill.scenes import TripletDataset
     device = _run_device(cfg, world, local_rank)
     main, run, ckpt = rank == 0, Path(cfg.out), plan['checkpoint']
@@ -509,7 +514,8 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool 
     spent = dict(extra.get('spent', dict(wall_s=0., process_cpu_s=0., loop_s=0., steps=0)))
     run_id = plan['run_id']
     if main:
-        if ckpt is None: run_id = start_run_folder(run, 'snd_train', RUN_FILES, overwrite=overwrite or resume)
+        started = plan['folder'].start()                           # lock the folder; a new run writes run.json
+        if ckpt is None: run_id = started
         atomic_write_json(run / 'config.json', asdict(cfg))
     log = MetricsLog(run / 'metrics.jsonl', start if ckpt is not None else None, cfg.tensorboard) if main else None
     def save(step: int, stopping: bool = False):
@@ -655,14 +661,14 @@ RESUME_MUTABLE = ('out', 'device', 'threads', 'progress', 'tensorboard', 'stop_a
                   'keep_ckpts', 'cache_dir')
 
 def plan_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id, finished)`."
+    "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id, finished, folder=RunFolder)`."
     run = Path(cfg.out)
-    info = check_run_folder(run, 'snd_train', RUN_FILES, resume, overwrite)
-    if not resume: return dict(checkpoint=None, run_id=None, finished=False)
-    check_resume_config(read_json(run / 'config.json', 'run config'), asdict(cfg), RESUME_MUTABLE, str(run / 'config.json'))
+    folder = open_run(run, 'snd_train', RUN_FILES, resume, overwrite, asdict(cfg), RESUME_MUTABLE)
+    info = folder.info
+    if not resume: return dict(checkpoint=None, run_id=None, finished=False, folder=folder)
     if (run / 'results.json').is_file():
         res = read_json(run / 'results.json', 'results file')
-        if res.get('steps') == cfg.steps: return dict(checkpoint=None, run_id=info.get('run_id'), finished=True)
+        if res.get('steps') == cfg.steps: return dict(checkpoint=None, run_id=info.get('run_id'), finished=True, folder=folder)
     found = find_checkpoint(run, info.get('run_id'))
     if found is None:
         with warnings.catch_warnings():
@@ -671,10 +677,10 @@ def plan_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         if got > 0 or any(s > 0 for s, _ in step_folders(run)) or (run / 'checkpoints' / 'latest.json').exists():
             raise FileNotFoundError(f'{run}: the run got to step {got} but no complete checkpoint is left under {run / "checkpoints"}; '
                                     'nothing to resume from. Restore the checkpoint folder, or start again with --overwrite')
-        return dict(checkpoint=None, run_id=info.get('run_id'), finished=False)   # killed before its first checkpoint
+        return dict(checkpoint=None, run_id=info.get('run_id'), finished=False, folder=folder)   # killed before its first checkpoint
     check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), asdict(cfg), RESUME_MUTABLE, str(found[1] / 'config.json'))
     run_id = info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id')
-    return dict(checkpoint=found, run_id=run_id, finished=False)
+    return dict(checkpoint=found, run_id=run_id, finished=False, folder=folder)
 
 # %% ../nbs/11_train.ipynb #74a7dc30
 def _final_results(cfg: TrainConfig, run: Path, run_id, criterion: DistillLoss, student: DistillModel, timer: StepTimer,
@@ -723,7 +729,10 @@ class MetricsLog:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != 'step': self.tb.add_scalar(k, v, row['step'])
     def close(self):
-        if self.tb is not None: self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
+            for f in sorted((self.path.parent / 'tensorboard').rglob('*')):
+                if f.is_file(): note_written(f)                      # TensorBoard writes its own files: log them as the run's
 
 # %% ../nbs/11_train.ipynb #de9814b3
 def _cli_parser() -> argparse.ArgumentParser:
@@ -733,7 +742,6 @@ def _cli_parser() -> argparse.ArgumentParser:
                    'Run folders, --resume and --overwrite: see chapter 11 ("Run folders"); --set syntax: chapter 00.')
     add_option(p, 'preset', default=None, help=f'starting values: {", ".join(PRESETS)} (default: cpu_demo; on --resume: the run\'s saved config)')
     add_run_options(p)
-    add_option(p, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
     add_config_options(p, TrainConfig, cpu_demo(), 'config fields (defaults shown are cpu_demo values; see --preset)')
     return p
 

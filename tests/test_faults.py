@@ -15,7 +15,7 @@ STEPS, CKPT = 8, 3   # checkpoints at steps 0, 3, 6 and 8 (the newest two kept);
 ARGS = ['--backbone', 'tiny_vit', '--out_dim', '64', '--head_hidden', '32', '--head_bottleneck', '16', '--height', '32', '--width', '32',
         '--n_views', '12', '--train_scenes', '2', '--val_scenes', '1', '--val_pairs', '2', '--batch_size', '2', '--steps', str(STEPS),
         '--lr', '1e-3', '--ema_every', '2', '--log_every', '2', '--val_every', '4', '--ckpt_every', str(CKPT), '--keep_ckpts', '2',
-        '--progress', 'false', '--device', 'cpu', '--threads', '1']
+        '--no-progress', '--device', 'cpu', '--threads', '1']
 CLOCK_RESULTS = {'wall_s', 'process_cpu_s', 'steps_per_s', 'time_per_step'}
 CLOCK_STATE = {'spent', 'timer'}
 

@@ -56,7 +56,7 @@ def test_paper_preset_runs_end_to_end_on_the_authors_layout(tmp_path, scenes, mo
     root = make_snd_scannetpp_folder(tmp_path / 'snd', scenes)
     out = snd_train(['--preset', 'paper_vits14', '--data', str(root), '--backbone', 'dinov2_vits14:random', '--reconstructor', str(_tiny_recon(tmp_path / 'recon')),
                      '--height', '56', '--width', '84', '--gap', '4', '--steps', '3', '--val_scenes', '1', '--val_pairs', '2', '--log_every', '1',
-                     '--val_every', '0', '--ckpt_every', '0', '--out', str(tmp_path / 'run'), '--device', 'cpu', '--progress', 'false',
+                     '--val_every', '0', '--ckpt_every', '0', '--out', str(tmp_path / 'run'), '--device', 'cpu', '--no-progress',
                      '--require_masks', 'true', '--workers', '1'])
     cfg = out['config']
     assert (cfg['batch_size'], cfg['out_dim'], cfg['lora_rank'], cfg['geometry']) == (1, 65536, 8, 'reconstructor')

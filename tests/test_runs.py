@@ -79,7 +79,7 @@ def test_resume_refuses_incompatible_changes_and_lists_them(tmp_path):
 def test_cli_resume_starts_from_the_saved_config(tmp_path, capsys):
     from splat_and_distill.train import snd_train
     run = tmp_path / 'a'
-    args = [x for k, v in TINY.items() for x in (f'--{k}', str(v))] + ['--out', str(run)]
+    args = [x for k, v in TINY.items() for x in ((f'--{k}' if v else f'--no-{k}',) if isinstance(v, bool) else (f'--{k}', str(v)))] + ['--out', str(run)]
     snd_train(args + ['--stop_after', '2'])
     out = snd_train(['--resume', '--out', str(run)])                                 # no other option needed
     assert out['start_step'] == 2 and out['steps_done'] == 6
