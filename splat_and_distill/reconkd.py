@@ -16,7 +16,7 @@ from jaxtyping import Float, Bool
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from splat_and_distill.runs import (add_config_options, read_json, read_jsonl, typed_overrides, parse_sets,
-    check_device, cli_parser, add_option, add_run_options, run_cli, check_run_folder, start_run_folder,
+    check_device, cli_parser, add_option, add_run_options, run_cli, open_run, append_jsonl, config_from_args,
     check_resume_config)
 from splat_and_distill.core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text,
     to_numpy_image)
@@ -453,9 +453,6 @@ def show_localisation(scene: Scene, frame: int, pred_points: Tensor, gt_points: 
 METRICS = ('gt_median_cm', 'gt_within_5cm', 'gt_within_10cm', 'gt_within_25cm', 'teacher_median_cm',
            'loc_median_cm', 'loc_median_deg', 'loc_within_5cm_5deg')
 
-def _append_jsonl(path: Path, row: dict):
-    with open(path, 'a') as f: f.write(json.dumps(row) + '\n'); f.flush(); os.fsync(f.fileno())
-
 def _run_key(r: dict) -> tuple: return (r['scene'], r['student'], r['target'], r['seed'])
 
 def _student_kw(cfg: ReconKDConfig) -> dict:
@@ -471,9 +468,13 @@ def run_experiment(cfg: ReconKDConfig | None = None, resume: bool = False, overw
     "Teacher, students, evaluation and the summary, as configured; results in `cfg.out` and returned. `resume` continues a run there."
     cfg = validate_config(dataclasses.replace(cfg or cpu_experiment(), **overrides))
     out = Path(cfg.out)
-    check_run_folder(out, 'snd_reconkd', RECONKD_RUN_FILES, resume, overwrite)        # before any work: refuse to clobber a run
-    if resume: check_resume_config(read_json(out / 'config.json', 'run config'), asdict(cfg), RESUME_MUTABLE, str(out / 'config.json'))
-    else: start_run_folder(out, 'snd_reconkd', RECONKD_RUN_FILES, overwrite)
+    folder = open_run(out, 'snd_reconkd', RECONKD_RUN_FILES, resume, overwrite, asdict(cfg), RESUME_MUTABLE)   # before any work
+    folder.start()
+    try: return _run_experiment(cfg, out)
+    finally: folder.release()
+
+def _run_experiment(cfg: ReconKDConfig, out: Path) -> dict:
+    "The body of `run_experiment` in its locked run folder."
     set_threads(cfg.threads)
     t_start, cpu_start, load_start = time.time(), time.process_time(), os.getloadavg()
     atomic_write_json(out / 'config.json', asdict(cfg))
@@ -512,7 +513,7 @@ def run_experiment(cfg: ReconKDConfig | None = None, resume: bool = False, overw
             if key not in rows:
                 rows[key] = dict(scene=sname, student=student, target=target, seed=seed, params=n_parameters(model), train_s=train_s,
                                  train_cpu_s=train_cpu, first_loss=hist[0]['loss'], final_loss=hist[-1]['loss'], **ev['metrics'])
-                _append_jsonl(out / 'runs.jsonl', rows[key])
+                append_jsonl(out / 'runs.jsonl', rows[key])
             bar.update(1)
     bar.close()
     timing = measure_times(recon, scenes[0][1], students, cfg)
@@ -631,17 +632,15 @@ def _cli_parser():
     p = cli_parser('snd_reconkd', 'Distil a 3D reconstructor into single-image pointmap students; evaluate points and PnP localisation.',
                    'presets: ' + ', '.join(f'{k} ({v.__doc__})' for k, v in PRESETS.items()) +
                    '\nExample: snd_reconkd --preset quick --out runs/reconkd_quick\nRun folders, --resume and --overwrite: chapter 11; --set syntax: chapter 00.')
-    add_option(p, 'preset', default='cpu_experiment', help=f'starting values: {", ".join(PRESETS)} (default: cpu_experiment)')
+    add_option(p, 'preset', default=None, help=f'starting values: {", ".join(PRESETS)} (default: cpu_experiment; on --resume: the run\'s saved config)')
     add_run_options(p, 'experiment')
-    add_option(p, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
     add_config_options(p, ReconKDConfig, cpu_experiment(), 'config fields (defaults shown are cpu_experiment values)')
     return p
 
 def snd_reconkd(argv: list[str] | None = None) -> dict | None:
     "Command-line entry point: `snd_reconkd --preset cpu_experiment --out runs/reconkd [--resume] [--key value ...] [--set key=value ...]`."
     def main(args):
-        flags = {f.name: getattr(args, f.name) for f in fields(ReconKDConfig) if f.name != 'preset' and getattr(args, f.name) is not None}
-        cfg = validate_config(make_config(args.preset, {**parse_sets(ReconKDConfig, args.set), **flags}))
+        cfg = config_from_args(ReconKDConfig, args, PRESETS, 'cpu_experiment', make_config, validate_config)
         if args.print_config: print(json.dumps(asdict(cfg), indent=2)); return dict(config=asdict(cfg))
         res = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite)
         print(results_table(res)); print(); print(comparisons_table(res))

@@ -19,7 +19,7 @@ from .core import (set_seed, default_device, set_threads, atomic_path, atomic_wr
     atomic_write_text, colorize_depth, show_images, batch_to, seeded, rng_state, set_rng_state)
 from splat_and_distill.runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser,
     add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
-    find_checkpoint, step_folders, open_run, check_resume_config, config_changes, read_jsonl,
+    find_checkpoint, step_folders, open_run, append_jsonl, check_resume_config, config_changes, read_jsonl,
     write_jsonl)
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
 from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes
@@ -411,9 +411,6 @@ def evaluate_reconstructor(model: Reconstructor, batch: dict, backend: str = 'au
 def _lr_lambda(config: ReconConfig):
     return lambda s: min(1., (s + 1) / max(1, config.warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1., s / max(1, config.steps)))))
 
-def _append_jsonl(path: Path, rec: dict):
-    with open(path, 'a') as f: f.write(json.dumps(rec) + '\n')
-
 def save_recon_checkpoint(out: Path, model: Reconstructor, step: int, opt, sched, gen, run_id: str, keep: int = 2) -> Path:
     "A checkpoint `out/checkpoints/step_*` sealed by its manifest; then the weights published as `out/model.safetensors`."
     folder = begin_checkpoint(out, step)
@@ -501,7 +498,7 @@ def _train_reconstructor_run(config: ReconConfig, plan: dict, scenes, val_scenes
             if val_batch is not None and (step % config.eval_every == 0 or last):
                 rec.update({f'val_{k}': v for k, v in evaluate_reconstructor(model, val_batch, config.backend, oracle=last or step == config.eval_every).items()})
             history.append(rec)
-            if out is not None: _append_jsonl(out / 'metrics.jsonl', rec)
+            if out is not None: append_jsonl(out / 'metrics.jsonl', rec)
         if out is not None and (step % config.ckpt_every == 0 or last or step == end):
             save_recon_checkpoint(out, model, step, opt, sched, gen, run_id)
     bar.close()

@@ -16,8 +16,9 @@ __all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'RUN_LOG', 'LOCK', 'parse_val
            'add_option', 'add_flag', 'parse_seeds', 'add_seeds_option', 'add_run_options', 'check_device', 'run_cli',
            'sha256_file', 'read_json', 'fault_point', 'step_folder', 'step_folders', 'begin_checkpoint',
            'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints', 'check_run_folder',
-           'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl', 'note_written',
-           'logged_files', 'remove_run_files', 'RunFolder', 'open_run', 'add_config_options', 'config_from_args']
+           'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl', 'append_jsonl',
+           'note_written', 'logged_files', 'remove_run_files', 'RunFolder', 'open_run', 'add_config_options',
+           'config_from_args']
 
 # %% ../nbs/00a_runs.ipynb #fd85a1fe
 _TRUE, _FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
@@ -356,6 +357,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def write_jsonl(path: str | Path, rows: list[dict]):
     "Write `rows` as a JSONL file atomically."
     return atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in rows))
+
+def append_jsonl(path: str | Path, row: dict, sync: bool = False):
+    "Append `row` to a JSONL file (made if absent, and then logged as written by the run folder holding it); `sync`: flush to disk now."
+    path, new = Path(path), not Path(path).exists()
+    with open(path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+        if sync: f.flush(); os.fsync(f.fileno())
+    if new:
+        for hook in WRITE_HOOKS: hook(path)
+
 
 # %% ../nbs/00a_runs.ipynb #b1896c6c
 RUN_LOG = '.run_files'    # one relative path a line: every file the run in this folder wrote

@@ -18,7 +18,7 @@ from safetensors.torch import save_file, load_file
 
 from .runs import (config_from_args, add_config_options, typed_overrides, parse_sets, unknown_keys,
     check_ranges, check_memory, cli_parser, add_option, add_run_options, run_cli, read_json, fault_point,
-    begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders, open_run, note_written,
+    begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders, open_run, note_written, append_jsonl,
     check_resume_config, read_jsonl, write_jsonl)
 from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
     atomic_write_text, batch_to, seeded, rng_state, set_rng_state)
@@ -724,7 +724,7 @@ class MetricsLog:
                 self.tb = SummaryWriter(str(self.path.parent / 'tensorboard'))
             except ImportError: print('tensorboard is not installed; logging to JSONL only', file=sys.stderr)
     def write(self, row: dict):
-        with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+        append_jsonl(self.path, row)
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != 'step': self.tb.add_scalar(k, v, row['step'])
