@@ -1,0 +1,84 @@
+"""Run folders under concurrency and --overwrite (issue 26): one run per folder, and a user's files survive.
+
+Two processes started into one folder at once: exactly one runs, the other exits 2 with one line and writes nothing.
+`--overwrite` removes only the files the previous run wrote (its log `.run_files` and the command's own top-level
+files): a user's file inside any subfolder a command owns is kept."""
+import json, os, subprocess, sys, time
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ['--backbone', 'tiny_vit', '--out_dim', '64', '--head_hidden', '32', '--head_bottleneck', '16', '--height', '32',
+         '--width', '32', '--n_views', '12', '--train_scenes', '2', '--val_scenes', '1', '--val_pairs', '2', '--batch_size', '2',
+         '--steps', '4', '--lr', '1e-3', '--ema_every', '2', '--log_every', '1', '--val_every', '0', '--ckpt_every', '2',
+         '--no-progress', '--device', 'cpu', '--threads', '1']
+
+def _cmd(module: str, func: str, argv: list[str]) -> list[str]:
+    return [sys.executable, '-c', f'import sys; from splat_and_distill.{module} import {func}; {func}(sys.argv[1:])', *argv]
+
+def _env():
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg'}
+
+def test_two_runs_into_one_folder_at_once(tmp_path):
+    out, cache = tmp_path / 'conc', tmp_path / 'cache'
+    subprocess.run(_cmd('train', 'snd_train', TRAIN + ['--out', str(tmp_path / 'warm'), '--cache_dir', str(cache)]),
+                   env=_env(), check=True, capture_output=True)             # scenes cached: both start equally fast
+    procs = [subprocess.Popen(_cmd('train', 'snd_train', TRAIN + ['--out', str(out), '--cache_dir', str(cache)] + extra),
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for extra in ([], ['--set', 'lr=0.01'])]
+    res = [(p.wait(300), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in res)
+    assert codes == [0, 2], f'exit codes {codes}:\n' + '\n'.join(r[2][-2000:] for r in res)
+    loser = next(r for r in res if r[0] == 2)
+    lines = [l for l in loser[2].splitlines() if l.strip() and not l.startswith('resuming')]
+    assert len(lines) == 1 and lines[0].startswith('snd_train: error:') and str(out) in lines[0], loser[2]
+    assert 'in use by another run (process' in lines[0] or 'already holds a run' in lines[0], lines[0]
+    winner_lr = json.loads((out / 'config.json').read_text())['lr']
+    steps = lambda run: [json.loads(l)['step'] for l in (run / 'metrics.jsonl').read_text().splitlines()]
+    assert steps(out) == steps(tmp_path / 'warm'), f'metrics of more than one run: {steps(out)}'
+    rows = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert winner_lr in (1e-3, 0.01) and max(r['lr'] for r in rows if 'lr' in r) <= winner_lr * (1 + 1e-9)
+    assert len(list(out.glob('run.json'))) == 1
+
+def test_lock_names_the_holder_and_dies_with_it(tmp_path):
+    "A second process is refused while the first holds the folder; once the holder is killed, --resume takes it."
+    from splat_and_distill.runs import open_run
+    run = tmp_path / 'r'
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from splat_and_distill.runs import open_run; '
+                               f'open_run({str(run)!r}, "snd_x", ["run.json", "config.json"]).start(); '
+                               f'open({str(run / "config.json")!r}, "w").write("{{}}"); print("held", flush=True); time.sleep(60)'],
+                              stdout=subprocess.PIPE, text=True, env=_env())
+    assert holder.stdout.readline().strip() == 'held'
+    with pytest.raises(FileExistsError, match=f'process {holder.pid}'):
+        open_run(run, 'snd_x', ['run.json', 'config.json'], resume=True).start()
+    holder.kill(); holder.wait()
+    with open_run(run, 'snd_x', ['run.json', 'config.json'], resume=True) as r: r.start()    # a stale lock never blocks
+
+def _user_files(run: Path, subfolders: list[str]) -> list[Path]:
+    made = [run / 'precious.txt', run / 'mine' / 'a.txt'] + [run / s / 'users_note.txt' for s in subfolders]
+    for p in made: p.parent.mkdir(parents=True, exist_ok=True); p.write_text('mine')
+    return made
+
+def test_train_overwrite_keeps_users_files(tmp_path):
+    from splat_and_distill.train import snd_train
+    out = tmp_path / 'run'
+    args = TRAIN + ['--out', str(out), '--cache_dir', str(tmp_path / 'cache'), '--tensorboard']
+    snd_train(args)
+    owned = sorted({str(p.parent.relative_to(out)) for p in out.rglob('*') if p.is_file() and p.parent != out})
+    assert any(o.startswith('checkpoints') for o in owned), owned
+    mine = _user_files(out, owned)
+    old_ckpts = {p.name for p in (out / 'checkpoints').glob('step_*')}
+    snd_train(args + ['--overwrite'])
+    assert all(p.read_text() == 'mine' for p in mine), [str(p) for p in mine if not p.exists()]
+    assert {p.name for p in (out / 'checkpoints').glob('step_*')} == old_ckpts          # the new run's, in the same places
+    assert json.loads((out / 'results.json').read_text())['steps'] == 4
+
+def test_recon_overwrite_keeps_users_files(tmp_path):
+    from splat_and_distill.scenes import make_scene
+    from splat_and_distill.reconstruct import tiny, train_reconstructor
+    scenes, out = [make_scene(11, n_views=10, size=32), make_scene(14, n_views=10, size=32)], tmp_path / 'run'
+    train_reconstructor(tiny(steps=2), scenes, evaluate=False, out=out, progress=False)
+    owned = sorted({str(p.parent.relative_to(out)) for p in out.rglob('*') if p.is_file() and p.parent != out})
+    mine = _user_files(out, owned)
+    train_reconstructor(tiny(steps=2), scenes, evaluate=False, out=out, progress=False, overwrite=True)
+    assert all(p.exists() for p in mine), [str(p) for p in mine if not p.exists()]
