@@ -32,7 +32,8 @@ def main(argv=None):
     p.add_argument('--batches', type=int, default=20)
     a = p.parse_args(argv)
     import torch
-    from splat_and_distill.scenes import make_scene, make_snd_scannetpp_folder
+    from splat_and_distill.scenes import make_scene
+    from splat_and_distill.scene_io import make_snd_scannetpp_folder
     env = dict(os.environ, OMP_NUM_THREADS='1')
     with tempfile.TemporaryDirectory() as d:
         t = time.time()

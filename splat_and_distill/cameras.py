@@ -12,10 +12,20 @@ from jaxtyping import Float
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['pixel_centers', 'make_intrinsics', 'intrinsics_from_fov', 'scale_intrinsics', 'crop_intrinsics',
-           'normalize_intrinsics', 'denormalize_intrinsics', 'check_pose', 'invert_pose', 'transform_points', 'look_at',
-           'pixel_rays', 'unproject_depth', 'project_points', 'rotmat_to_quat', 'quat_to_rotmat', 'slerp',
-           'interpolate_pose', 'relative_rotation_deg', 'frustum_points', 'plot_cameras']
+__all__ = ['OPENGL_TO_OPENCV', 'opengl_to_opencv', 'opencv_to_opengl', 'pixel_centers', 'make_intrinsics', 'intrinsics_from_fov',
+           'scale_intrinsics', 'crop_intrinsics', 'normalize_intrinsics', 'denormalize_intrinsics', 'check_pose',
+           'invert_pose', 'transform_points', 'look_at', 'pixel_rays', 'unproject_depth', 'project_points',
+           'rotmat_to_quat', 'quat_to_rotmat', 'slerp', 'interpolate_pose', 'relative_rotation_deg', 'frustum_points',
+           'plot_cameras']
+
+# %% ../nbs/01_cameras.ipynb #20fb1647
+OPENGL_TO_OPENCV = torch.diag(torch.tensor([1., -1., -1., 1.]))
+
+def opencv_to_opengl(c2w: Float[Tensor, "*b 4 4"]) -> Float[Tensor, "*b 4 4"]:
+    "Camera-to-world matrix in the OpenGL/nerfstudio camera convention from an OpenCV one (and vice versa: it is an involution)."
+    return c2w @ OPENGL_TO_OPENCV.to(c2w)
+
+opengl_to_opencv = opencv_to_opengl
 
 # %% ../nbs/01_cameras.ipynb #3dabc3eb
 def pixel_centers(h: int, w: int, device=None, dtype=torch.float32) -> Float[Tensor, "h w 2"]:

@@ -527,7 +527,7 @@ def validate_fit3d_config(cfg: FiT3DConfig) -> FiT3DConfig:
     if cfg.data != 'procedural':
         if not cfg.data: bad('data', 'this preset fits real scenes: pass --data FOLDER (scene folders with transforms.json)')
         if not Path(cfg.data).expanduser().is_dir(): raise FileNotFoundError(f'config data: folder not found: {cfg.data}')
-        from splat_and_distill.scenes import scene_folders
+        from splat_and_distill.scene_io import scene_folders
         if not scene_folders(Path(cfg.data).expanduser()):
             raise FileNotFoundError(f'config data: {cfg.data} holds no scene folder with a transforms.json')
         if cfg.geometry == 'gt': bad('geometry', "'gt' is for procedural scenes; real captures use 'depth' (depth maps) or 'reconstructor'")
@@ -549,13 +549,13 @@ def validate_fit3d_config(cfg: FiT3DConfig) -> FiT3DConfig:
 # %% ../nbs/12_fit3d.ipynb #21b11750
 def fit3d_scenes(cfg: FiT3DConfig) -> list[tuple[str, object]]:
     "`(name, Scene)` pairs to fit: procedural training scenes, or the scene folders of `cfg.data`."
-    from splat_and_distill import scenes as S
+    from splat_and_distill import scenes as S, scene_io
     if cfg.data == 'procedural':
         return [(f'scene_{seed:07d}', S.load_or_make_scene(seed, cfg.n_views, (cfg.height, cfg.width), cfg.cache_dir))
                 for seed in S.scene_seeds('train', cfg.train_scenes)]
-    folders = S.scene_folders(Path(cfg.data).expanduser())
+    folders = scene_io.scene_folders(Path(cfg.data).expanduser())
     if cfg.train_scenes: folders = folders[:cfg.train_scenes]
-    return [(f.name, S.read_scene(f, size=(cfg.height, cfg.width))) for f in folders]
+    return [(f.name, scene_io.read_scene(f, size=(cfg.height, cfg.width))) for f in folders]
 
 FIT_KEYS = ('seed', 'height', 'width', 'n_views', 'gap', 'holdout_every', 'backbone', 'weights', 'geometry', 'reconstructor', 'feat_dim',
             'init_stride', 'max_gaussians', 'init_opacity', 'fit_steps', 'lambda_dssim', 'gradient_separation', 'lr_means', 'lr_colour', 'lr_opacity',

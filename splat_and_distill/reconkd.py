@@ -21,7 +21,8 @@ from splat_and_distill.runs import (add_config_options, read_json, read_jsonl, t
 from splat_and_distill.core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text,
     to_numpy_image)
 from .cameras import unproject_depth, project_points, invert_pose, relative_rotation_deg, scale_intrinsics, frustum_points
-from .scenes import Scene, load_or_make_scene, scene_seeds, read_scene
+from .scenes import Scene, load_or_make_scene, scene_seeds
+from .scene_io import read_scene
 from .backbones import efficientnet_lite0, tiny_vit, dinov2
 from .reconstruct import (Reconstructor, conv_block, n_parameters, load_reconstructor, train_reconstructor, make_recon_scenes,
                           PRESETS as RECON_PRESETS)

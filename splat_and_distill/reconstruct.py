@@ -16,13 +16,13 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
-    atomic_write_text, colorize_depth, show_images, batch_to, seeded, rng_state, set_rng_state)
+    atomic_write_text, colorize_depth, show_images, batch_to, rng_state, set_rng_state)
 from splat_and_distill.runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser,
     add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
     find_checkpoint, step_folders, open_run, append_jsonl, check_resume_config, config_changes, read_jsonl,
     write_jsonl)
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
-from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes
+from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes, fixed_triplets, fixed_items
 from .gaussians import Gaussians, gaussians_from_depth
 from .splat import render
 
@@ -31,10 +31,10 @@ __all__ = ['HEAD_CHANNELS', 'PRESETS', 'RECON_RANGES', 'RECON_RUN_FILES', 'RECON
            'warp_to_depths', 'cost_volume', 'conv_block', 'FeatureExtractor', 'sincos_2d', 'CrossViewAttention',
            'UNet2d', 'depth_from_scores', 'quat_multiply', 'gaussian_params', 'ReconConfig', 'cpu_default', 'cpu_rgb',
            'gpu_256', 'tiny', 'validate_recon_config', 'Reconstructor', 'n_parameters', 'to_gaussians', 'ssim', 'psnr',
-           'depth_metrics', 'depth_loss', 'make_recon_scenes', 'render_targets', 'recon_loss', 'fixed_triplets',
-           'fixed_items', 'evaluate_reconstructor', 'save_recon_checkpoint', 'train_reconstructor',
-           'show_reconstruction', 'plot_recon_history', 'config_from_dict', 'save_reconstructor', 'load_reconstructor',
-           'plan_recon_run', 'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
+           'depth_metrics', 'depth_loss', 'make_recon_scenes', 'render_targets', 'recon_loss', 'evaluate_reconstructor',
+           'save_recon_checkpoint', 'train_reconstructor', 'show_reconstruction', 'plot_recon_history',
+           'config_from_dict', 'save_reconstructor', 'load_reconstructor', 'plan_recon_run', 'make_config',
+           'real_recon_data', 'run_recon', 'snd_recon']
 
 # %% ../nbs/08_reconstruct.ipynb #30a9db96
 def depth_candidates(near: float, far: float, n: int, device=None) -> Float[Tensor, "n"]:
@@ -368,16 +368,6 @@ def recon_loss(model: Reconstructor, batch: dict, config: ReconConfig) -> tuple[
     return loss, logs
 
 # %% ../nbs/08_reconstruct.ipynb #9cde29cb
-def fixed_triplets(scenes: list, gap: int, n: int, seed: int = 0, target: str = 'random') -> dict:
-    "`n` evenly spread triplets of `scenes` (`target` as in `TripletDataset`), collated into one batch, the same every call (for validation)."
-    return fixed_items(TripletDataset(scenes, gap=gap, target=target), n, seed)
-
-def fixed_items(ds, n: int, seed: int = 0) -> dict:
-    "`n` evenly spread items of a triplet dataset (in memory or streamed from folders), collated into one batch."
-    idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).round().long().tolist()
-    with seeded(seed): items = [ds[i] for i in idx]
-    return torch.utils.data.default_collate(items)
-
 @torch.no_grad()
 def evaluate_reconstructor(model: Reconstructor, batch: dict, backend: str = 'auto', chunk: int = 8, oracle: bool = True) -> dict:
     "Depth AbsRel / delta<1.25 on the context views and target PSNR / SSIM of the model (and of the GT-depth oracle) on `batch`."
@@ -657,7 +647,7 @@ def make_config(preset: str = 'cpu_default', overrides: dict | None = None) -> R
 
 def real_recon_data(config: ReconConfig, data: str | Path) -> tuple:
     "Training and validation `FolderTripletDataset`s of a folder of real captures (the last scene validates), at the config's size."
-    from .scenes import scene_folders, FolderTripletDataset
+    from .scene_io import scene_folders, FolderTripletDataset
     folders = scene_folders(data)
     if len(folders) < 2: raise FileNotFoundError(f'{data}: found {len(folders)} scene folder(s); need at least 2 (training + validation)')
     hw = (config.size, config.width or config.size)

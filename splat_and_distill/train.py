@@ -22,7 +22,7 @@ from .runs import (config_from_args, add_config_options, typed_overrides, parse_
     check_resume_config, read_jsonl, write_jsonl)
 from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
     atomic_write_text, batch_to, seeded, rng_state, set_rng_state)
-from .reconstruct import fixed_triplets, fixed_items
+from .scenes import fixed_triplets, fixed_items
 from .backbones import make_backbone, make_student, merge_lora, BACKBONES
 from .distill import (DINOHead, DistillLoss, DistillModel, make_ema_teacher, ema_update, ema_due, distill_stats,
                                        distill_step, RECIPES, OBJECTIVES, token_cosines, masked_mean)
@@ -132,8 +132,8 @@ def make_config(preset: str = 'cpu_demo', overrides: dict | None = None, **kw) -
     return PRESETS[preset](**typed_overrides(TrainConfig, {**(overrides or {}), **kw}))
 
 def find_scene_folders(root: str | Path) -> list[Path]:
-    "Scene folders under `root` (see `scenes.scene_folders`: the authors' `scenes/` layout, sub-folders with a transforms file, or `root`)."
-    from splat_and_distill.scenes import scene_folders
+    "Scene folders under `root` (see `scene_io.scene_folders`: the authors' `scenes/` layout, sub-folders with a transforms file, or `root`)."
+    from splat_and_distill.scene_io import scene_folders
     return scene_folders(root)
 
 def backbone_name(spec: str) -> tuple[str, bool]:
@@ -226,7 +226,7 @@ def step_batch(dataset, step: int, batch_size: int, seed: int, rank: int = 0, wo
 # %% ../nbs/11_train.ipynb #a99eacef
 def load_scenes(cfg: TrainConfig, split: str) -> list:
     "The training or validation scenes of `cfg`."
-    from splat_and_distill import scenes as S
+    from splat_and_distill import scenes as S, scene_io
     if cfg.data == 'procedural':
         n = cfg.train_scenes if split == 'train' else cfg.val_scenes
         return [S.load_or_make_scene(seed, cfg.n_views, (cfg.height, cfg.width), cfg.cache_dir) for seed in S.scene_seeds(split, n)]
@@ -234,7 +234,7 @@ def load_scenes(cfg: TrainConfig, split: str) -> list:
     nval = min(cfg.val_scenes, len(folders) - 1)
     pick = folders[len(folders) - nval:] if split == 'val' else folders[:len(folders) - nval]
     if split == 'train' and cfg.train_scenes: pick = pick[:cfg.train_scenes]
-    return [S.read_scene(f, size=(cfg.height, cfg.width), allow_outside=cfg.allow_outside_paths) for f in pick]
+    return [scene_io.read_scene(f, size=(cfg.height, cfg.width), allow_outside=cfg.allow_outside_paths) for f in pick]
 
 def real_scene_folders(cfg: TrainConfig, split: str) -> list[Path]:
     "The training or validation scene folders of a real-data `cfg` (the last `val_scenes` validate)."
@@ -245,15 +245,15 @@ def real_scene_folders(cfg: TrainConfig, split: str) -> list[Path]:
 
 def make_dataset(cfg: TrainConfig, split: str):
     "Triplets of `split`: procedural scenes in memory, or real scene folders streamed from disk (None: no validation scenes)."
-    from splat_and_distill import scenes as S
+    from splat_and_distill import scenes as S, scene_io
     target = 'random' if split == 'train' else 'middle'
     if cfg.data == 'procedural':
         scenes = load_scenes(cfg, split)
         return S.TripletDataset(scenes, gap=cfg.gap, target=target) if scenes else None
     folders = real_scene_folders(cfg, split)
     if not folders: return None
-    ds = S.FolderTripletDataset(folders, gap=cfg.gap, size=(cfg.height, cfg.width), target=target, seed=cfg.seed, require_masks=cfg.require_masks,
-                                allow_outside=cfg.allow_outside_paths)
+    ds = scene_io.FolderTripletDataset(folders, gap=cfg.gap, size=(cfg.height, cfg.width), target=target, seed=cfg.seed, require_masks=cfg.require_masks,
+                                       allow_outside=cfg.allow_outside_paths)
     if cfg.geometry == 'depth' and not ds.has_depth():
         raise FileNotFoundError(f'geometry=depth needs a depth map for every frame of {cfg.data}: give depth_file_path per frame in the '
                                 'transforms file (16-bit PNG, depth_unit_scale_factor metres per unit); see chapter 14')

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 import pytest
-from splat_and_distill.scenes import snd_scenes
+from splat_and_distill.scene_io import snd_scenes
 from splat_and_distill.reconstruct import snd_recon, Reconstructor, tiny, save_reconstructor
 from splat_and_distill.train import snd_train
 from splat_and_distill.probes import snd_probe

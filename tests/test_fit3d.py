@@ -10,7 +10,8 @@ from splat_and_distill.fit3d import (FeatureGaussians, render_feature_gaussians,
                                      lift_metrics, fit3d_vs_snd_table, side_by_side, teacher_agreement, load_results,
                                      fit3d_summary, stage1_table, FIT3D_ROWS)
 from splat_and_distill.backbones import make_backbone, make_student
-from splat_and_distill.scenes import make_scene, write_scene
+from splat_and_distill.scenes import make_scene
+from splat_and_distill.scene_io import write_scene
 
 FAST = dict(train_scenes=2, n_views=8, height=32, width=32, gap=4, holdout_every=4, max_gaussians=600, fit_steps=6, eval_every=3,
             ft_steps=3, ft_batch_size=2, progress=False, threads=1)

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from splat_and_distill.scenes import (make_scene, make_snd_scannetpp_folder, scene_folders, FolderTripletDataset, write_scene,
-                                      frame_records, opencv_to_opengl, resize_scene)
+from splat_and_distill.scenes import make_scene
+from splat_and_distill.scene_io import (make_snd_scannetpp_folder, scene_folders, FolderTripletDataset, write_scene,
+    frame_records, resize_scene)
+from splat_and_distill.cameras import opencv_to_opengl
 
 @pytest.fixture(scope='module')
 def scenes():
@@ -87,7 +89,8 @@ def test_real_data_without_geometry_skips_consistency_in_one_line(tmp_path, scen
     with pytest.raises(ValueError, match="'gt' is for procedural"): train(make_config('cpu_demo', dict(kw, out=str(tmp_path / 'c'))))
 
 def test_reconstructor_trains_from_rgb_alone(tmp_path, scenes):
-    from splat_and_distill.reconstruct import tiny, train_reconstructor, evaluate_reconstructor, fixed_items, depth_metrics
+    from splat_and_distill.reconstruct import tiny, train_reconstructor, evaluate_reconstructor, depth_metrics
+    from splat_and_distill.scenes import fixed_items
     assert depth_metrics(torch.ones(2, 4, 4), torch.zeros(2, 4, 4))['n_images'] == 0       # used to raise on an empty list
     root = make_snd_scannetpp_folder(tmp_path / 'snd', scenes)
     tr, va = (FolderTripletDataset([f], gap=4, size=(32, 48)) for f in scene_folders(root))

@@ -97,7 +97,7 @@ def test_committed_results_are_the_chapters_table():
 
 def test_runs_on_a_transforms_json_folder(tmp_path):
     "The CLI on a posed capture folder (ours written with write_scene): same outputs as on procedural scenes."
-    from splat_and_distill.scenes import write_scene
+    from splat_and_distill.scene_io import write_scene
     write_scene(load_or_make_scene(scene_seeds('test', 1)[0], n_views=20, size=32), tmp_path / 'capture' / 'room')
     res = snd_reconkd(['--preset', 'tiny', '--data', str(tmp_path / 'capture'), '--out', str(tmp_path / 'run'),
                        '--students', 'vit_scratch', '--steps', '5'])

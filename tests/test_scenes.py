@@ -1,14 +1,15 @@
-"Procedural scenes, datasets and the transforms.json reader/writer (fast: small images)."
+"Procedural scenes, datasets (scenes) and the transforms.json reader/writer (scene_io); fast: small images."
 import json, sys
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from splat_and_distill.cameras import check_pose, relative_rotation_deg
-from splat_and_distill.scenes import (CLASS_NAMES, NUM_CLASSES, Scene, make_scene, make_spec, trajectory, surface_clearance,
-    depth_reprojection, reprojection_benchmark, load_or_make_scene, scene_cache_path, scene_seeds, TripletDataset, ViewDataset,
-    PairDataset, write_scene, read_scene, make_fit3d_style_folder, opencv_to_opengl, snd_scenes)
+from splat_and_distill.cameras import check_pose, relative_rotation_deg, opencv_to_opengl
+from splat_and_distill.scenes import (CLASS_NAMES, NUM_CLASSES, Scene, make_scene, make_spec, trajectory,
+    surface_clearance, depth_reprojection, reprojection_benchmark, load_or_make_scene, scene_cache_path, scene_seeds,
+    TripletDataset, ViewDataset, PairDataset)
+from splat_and_distill.scene_io import write_scene, read_scene, make_fit3d_style_folder, snd_scenes
 
 @pytest.fixture(scope='module')
 def scene():

@@ -100,7 +100,8 @@ def test_reconstructor_geometry_runs(tmp_path):
 
 def test_no_depth_with_gt_geometry_stops_with_an_error(tmp_path):
     "Issue 11 item 3: scenes without depth used to train with loss 0 and valid fraction 0, exit code 0."
-    from splat_and_distill.scenes import make_scene, write_scene
+    from splat_and_distill.scenes import make_scene
+    from splat_and_distill.scene_io import write_scene
     for i in range(2):
         f = write_scene(make_scene(i, n_views=12, size=32), tmp_path / 'data' / f'scene_{i}', normals=False)
         js = json.loads((f / 'transforms.json').read_text())
@@ -115,7 +116,8 @@ def test_no_depth_with_gt_geometry_stops_with_an_error(tmp_path):
 def test_empty_depth_maps_stop_the_run(tmp_path):
     "Issue 11 item 3: depth files that hold no depth (all zero) train on nothing; the valid fraction stops the run."
     from PIL import Image
-    from splat_and_distill.scenes import make_scene, write_scene
+    from splat_and_distill.scenes import make_scene
+    from splat_and_distill.scene_io import write_scene
     for i in range(2):
         f = write_scene(make_scene(i, n_views=12, size=32), tmp_path / 'data' / f'scene_{i}', normals=False)
         for p in (f / 'depth').glob('*.png'): Image.fromarray(np.zeros((32, 32), np.uint16)).save(p)
