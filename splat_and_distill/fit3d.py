@@ -66,7 +66,7 @@ class FeatureGaussians(nn.Module):
     GEOMETRY = ('means', 'log_scales', 'quats', 'opacity_logits')
 
     def __init__(self, means: Float[Tensor, "n 3"], colours: Float[Tensor, "n 3"], out_dim: int, feat_dim: int = 64,
-                 opacity: float = 0.1, scales: Float[Tensor, "n"] | None = None):
+                 opacity: float = 0.1, scales: Float[Tensor, "n"] | None = None, seed: int = 0):
         super().__init__()
         n = len(means)
         s = knn_scales(means) if scales is None else scales
@@ -77,6 +77,7 @@ class FeatureGaussians(nn.Module):
         self.colour_logits = nn.Parameter(torch.logit(colours.float().clamp(0.01, 0.99)))  # (n, 3)
         self.features = nn.Parameter(torch.zeros(n, feat_dim))                             # (n, f): FiT3D starts at 0
         self.decoder = nn.Conv2d(feat_dim, out_dim, 3, padding=1, bias=False)              # per-scene 3x3 conv, f -> D
+        nn.init.kaiming_uniform_(self.decoder.weight, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))  # Conv2d's init, from `seed`: not the global RNG
         self.to(means.device)
 
     @property
@@ -218,7 +219,7 @@ class FiT3DConfig:
     ft_weight_decay: float = 1e-4 # AdamW weight decay (FiT3D)
     ft_hflip: bool = True # random horizontal flips (FiT3D)
     # run
-    seed: int = 0 # seeds the initial subset, view orders, flips: stage 1 and stage 2
+    seed: int = 0 # seeds the initial subset, the decoder's initial weights, view orders, flips: stage 1 and stage 2
     device: str = 'auto' # auto (CUDA when available), cpu or cuda
     threads: int | None = None # CPU threads (None: $OMP_NUM_THREADS or all cores)
     out: str = 'runs/fit3d' # run folder: config.json, scenes/*.safetensors, student_timm.safetensors, results.json
@@ -316,7 +317,7 @@ def fit_scene(scene, teacher: nn.Module, cfg: FiT3DConfig, reconstructor=None, s
     tokens = teacher_tokens(teacher, scene.rgb[train])                                  # (v, d, hp, wp) the targets
     depth = scene_depth(scene, cfg, train, reconstructor)
     pts, cols = init_points(depth, scene.K[train], scene.c2w[train], scene.rgb[train], cfg.init_stride, cfg.max_gaussians, cfg.seed)
-    fg = FeatureGaussians(pts, cols, teacher.dim, cfg.feat_dim, cfg.init_opacity)
+    fg = FeatureGaussians(pts, cols, teacher.dim, cfg.feat_dim, cfg.init_opacity, seed=cfg.seed)
     opt = stage1_optimizer(fg, cfg, scene_extent(scene.c2w[train]))
     t_fit, c_fit = t_fit + time.perf_counter() - t0, c_fit + time.process_time() - c0
     held_tokens = teacher_tokens(teacher, scene.rgb) if triplets else None              # evaluation only (not timed)

@@ -127,6 +127,29 @@ def test_interrupted_run_resumes_scene_by_scene(tmp_path):
     run_fit3d(fit3d_config('tiny', **{**FAST, 'train_scenes': 1}, backbone='efficientnet_lite0:random', out=str(b)), overwrite=True)
     assert (b / 'notes.txt').read_text() == 'mine' and not (b / 'scenes' / 'scene_0000001.safetensors').exists()
 
+TIMING = {'fit_seconds', 'converged_seconds', 'fit_cpu_seconds', 'converged_cpu_seconds', 'lift_seconds_per_triplet',
+          'lift_cpu_seconds_per_triplet', 'seconds', 'cpu_seconds', 'wall_s'}
+
+def _untimed(x):
+    "A results.json without its timing fields (and the run folder)."
+    if isinstance(x, dict): return {k: _untimed(v) for k, v in x.items() if k not in TIMING | {'out'}}
+    if isinstance(x, list): return [_untimed(v) for v in x]
+    return x
+
+def test_identical_runs_are_bit_identical(tmp_path):
+    "Two identical runs give the same scene fits, student and results, bit for bit (timings aside), whatever the global RNG holds."
+    for k, name in enumerate('ab'):           # a pretrained teacher: nothing in the run reseeds the global RNG
+        torch.manual_seed(1000 + k)            # another global RNG state, as another process has
+        run_fit3d(fit3d_config('tiny', **FAST, out=str(tmp_path / name)))
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    files = sorted(p.relative_to(a) for p in a.rglob('*.safetensors'))
+    assert len(files) == 3 and files == sorted(p.relative_to(b) for p in b.rglob('*.safetensors'))
+    for f in files:
+        ta, tb = _tensors(a / f), _tensors(b / f)
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), f'{f}: {[k for k in ta if not torch.equal(ta[k], tb[k])]}'
+    ra, rb = (_untimed(json.loads((p / 'results.json').read_text())) for p in (a, b))
+    assert ra == rb and ra['scenes']['scene_0000001']['token_cos'] > 0
+
 def test_exported_student_loads_for_the_probes(tmp_path, scene):
     from splat_and_distill.probes import load_probe_backbone
     res = run_fit3d(fit3d_config('tiny', **{**FAST, 'train_scenes': 1}, out=str(tmp_path)))
