@@ -132,6 +132,7 @@ def demo_train_config(cfg: DemoConfig, recon_path: str | None, out: str | Path |
     kw = dict(height=cfg.size, width=cfg.size, n_views=cfg.n_views, train_scenes=cfg.train_scenes, steps=cfg.train_steps,
               batch_size=cfg.batch_size, lr=cfg.lr, out_dim=cfg.out_dim, blend_alpha=cfg.blend_alpha, seed=cfg.seed,
               geometry=cfg.geometry, out=str(out or Path(cfg.out)/'train'), cache_dir=cfg.cache_dir, progress=cfg.progress,
+              threads=cfg.threads,                       # the demo's threads, not a reset to all cores: probe numbers depend on it
               render_scale=cfg.recon_size / cfg.size,    # lift and splat at the reconstructor's size, whatever the geometry
               val_every=0, ckpt_every=max(cfg.train_steps // 2, 1))
     kw = {**kw, **cfg.train_overrides, **overrides}
