@@ -230,9 +230,10 @@ def frame_records(folder: str | Path, split: str = 'train', normals: bool = True
             optional = lambda key, sub, names: _optional_path(folder, fr, where, key, sub, names, allow_outside)
             w_decl = None if get('w') is None else _number(where, 'w', get('w'), positive=True, integer=True)
             h_decl = None if get('h') is None else _number(where, 'h', get('h'), positive=True, integer=True)
-            if w_decl is None or h_decl is None:               # only the header is read
-                with _open_image(img_path, 'photo', load=False) as im: W, Hh = im.size
-            else: W, Hh = w_decl, h_decl
+            with _open_image(img_path, 'photo', load=False) as im: W, Hh = im.size    # only the header is read: every frame is checked before any run starts
+            if (w_decl is not None and w_decl != W) or (h_decl is not None and h_decl != Hh):
+                raise ValueError(f'{img_path}: image is {W}x{Hh} (w x h) but {tf} declares w={w_decl}, h={h_decl}; '
+                                 'resize the image or fix w/h (intrinsics are in pixels of the declared size)')
             if records and (W, Hh) != (records[0]['w'], records[0]['h']):
                 raise ValueError(f'{img_path}: image is {W}x{Hh} but {records[0]["name"]} is {records[0]["w"]}x{records[0]["h"]}; '
                                  'all frames of a scene must have the same size (declare per-frame w/h or resize the images)')

@@ -82,3 +82,18 @@ def test_recon_overwrite_keeps_users_files(tmp_path):
     mine = _user_files(out, owned)
     train_reconstructor(tiny(steps=2), scenes, evaluate=False, out=out, progress=False, overwrite=True)
     assert all(p.exists() for p in mine), [str(p) for p in mine if not p.exists()]
+
+def test_frames_of_mixed_sizes_refused_before_anything_is_written(tmp_path):
+    "A frame whose image size differs from the declared one: one line, exit 2, no run folder (checked on the headers, before any work)."
+    from PIL import Image
+    from splat_and_distill.scenes import make_scene
+    from splat_and_distill.scene_io import write_scene
+    for i in range(2): write_scene(make_scene(i, n_views=12, size=32), tmp_path / 'data' / f'scene_{i}', normals=False)
+    frame = tmp_path / 'data' / 'scene_0' / 'images' / 'frame_00003.png'
+    Image.open(frame).resize((48, 48)).save(frame)
+    res = subprocess.run(_cmd('train', 'snd_train', TRAIN + ['--data', str(tmp_path / 'data'), '--geometry', 'depth',
+                                                            '--train_scenes', '1', '--out', str(tmp_path / 'run')]),
+                         env=_env(), capture_output=True, text=True)
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and 'frame_00003.png: image is 48x48' in lines[0], res.stderr[-3000:]
+    assert not (tmp_path / 'run').exists()
