@@ -16,7 +16,7 @@ from jaxtyping import Float, Bool
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from splat_and_distill.runs import (add_config_options, read_json, read_jsonl, typed_overrides, parse_sets,
-    check_device, cli_parser, add_option, add_run_options, run_cli, open_run, append_jsonl, config_from_args,
+    check_device, cli_parser, add_option, add_run_options, run_cli, open_run, append_jsonl, config_from_args, fault_point,
     check_resume_config)
 from splat_and_distill.core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text,
     to_numpy_image)
@@ -515,6 +515,7 @@ def _run_experiment(cfg: ReconKDConfig, out: Path) -> dict:
                 rows[key] = dict(scene=sname, student=student, target=target, seed=seed, params=n_parameters(model), train_s=train_s,
                                  train_cpu_s=train_cpu, first_loss=hist[0]['loss'], final_loss=hist[-1]['loss'], **ev['metrics'])
                 append_jsonl(out / 'runs.jsonl', rows[key])
+                fault_point('student', len(rows))                    # tests: killed here, --resume reruns only what is missing
             bar.update(1)
     bar.close()
     timing = measure_times(recon, scenes[0][1], students, cfg)
@@ -532,6 +533,7 @@ def _run_experiment(cfg: ReconKDConfig, out: Path) -> dict:
         plt.close(show_localisation(scene, te[f], ex['points'].float(), gt_te[f], gv_te[f], ex['c2w'], path=out / 'figure.png',
                                     title=f'{best[0]} distilled from the {"reconstructor" if best[1] == "teacher" else "ground truth"} ({sname}, seed 0)'))
     results['figure'] = dict(student=best[0], target=best[1], scene=scenes[0][0], seed=0)
+    fault_point('results')
     atomic_write_json(out / 'results.json', results)
     atomic_write_text(out / 'table.md', results_table(results) + '\n')
     return results
