@@ -17,9 +17,9 @@ import timm
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TFLITE_MEAN', 'TFLITE_STD', 'DINOV2_ENV', 'DINOV2_TIMM', 'BACKBONES', 'check_images',
            'Backbone', 'tiny_vit', 'load_state_dict_file', 'load_weights_strict', 'dinov2',
            'efficientnet_lite0_weights_path', 'load_efficientnet_lite0_weights', 'efficientnet_lite0', 'classify',
-           'default_teacher_name', 'make_backbone', 'LoRALinear', 'apply_lora', 'merge_lora', 'trainable_parameters',
-           'make_student', 'frozen_copy', 'describe_trainable', 'merge_lora_state_dict', 'convert_dinov2_state_dict',
-           'timm_to_dinov2_state_dict']
+           'default_teacher_name', 'make_backbone', 'ConcatBackbone', 'load_probe_backbone', 'spec_label', 'LoRALinear',
+           'apply_lora', 'merge_lora', 'trainable_parameters', 'make_student', 'frozen_copy', 'describe_trainable',
+           'merge_lora_state_dict', 'convert_dinov2_state_dict', 'timm_to_dinov2_state_dict']
 
 # %% ../nbs/03_backbones.ipynb #3e6ba56e
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -205,6 +205,51 @@ def make_backbone(name: str = 'auto', weights: str | Path | None = None, pretrai
     if name in DINOV2_TIMM: return dinov2(name, weights, pretrained)
     if name == 'tiny_vit': return tiny_vit(**kw)
     raise ValueError(f'unknown backbone {name!r}; choose one of {("auto",) + BACKBONES}')
+
+# %% ../nbs/03_backbones.ipynb #927fa88d
+class ConcatBackbone(nn.Module):
+    "Channel-wise concatenation of several backbones' token maps (FiT3D's original + fine-tuned evaluation)."
+    def __init__(self, backbones: list[nn.Module], name: str | None = None):
+        super().__init__()
+        self.backbones = nn.ModuleList(backbones)
+        self.dim, self.stride = sum(b.dim for b in backbones), backbones[0].stride
+        self.name = name or '+'.join(getattr(b, 'name', type(b).__name__) for b in backbones)
+
+    def forward_features(self, images: Float[Tensor, "b 3 h w"], pre_norm: bool = False) -> dict:
+        outs = [b.forward_features(images, pre_norm=pre_norm) for b in self.backbones]
+        size = outs[0]['tokens'].shape[-2:]
+        tokens = [o['tokens'] if o['tokens'].shape[-2:] == size else
+                  F.interpolate(o['tokens'], size=size, mode='bilinear', align_corners=False) for o in outs]
+        cls = None if any(o['cls'] is None for o in outs) else torch.cat([o['cls'] for o in outs], 1)
+        return dict(tokens=torch.cat(tokens, 1), cls=cls)  # (b, sum d, hp, wp)
+
+    def forward(self, images): return self.forward_features(images)['tokens']
+
+# %% ../nbs/03_backbones.ipynb #94461e80
+def load_probe_backbone(spec: str, weights: str | None = None) -> nn.Module:
+    "Backbone from a spec: 'name', 'name:random', 'name:WEIGHTS_FILE', or 'a+b' (concatenation); `weights` applies to a single 'name'."
+    parts = [p.strip() for p in spec.split('+') if p.strip()]
+    if not parts: raise ValueError(f'empty backbone spec {spec!r}; expected e.g. "efficientnet_lite0" or "efficientnet_lite0:random"')
+    if len(parts) > 1:
+        if weights: raise ValueError(f'{spec!r}: give weights inside the spec (name:path) when concatenating backbones')
+        return ConcatBackbone([load_probe_backbone(p) for p in parts], name=spec)
+    name, _, arg = spec.partition(':')
+    if arg and weights: raise ValueError(f'{spec!r}: weights given twice (in the spec and as --weights {weights})')
+    arg = arg or weights or ''
+    if arg in ('', 'pretrained'): return make_backbone(name).eval()
+    if arg == 'random':
+        torch.manual_seed(0)  # the random initialisation is part of the spec: make it reproducible
+        return make_backbone(name, pretrained=False).eval()
+    if not Path(arg).expanduser().is_file():
+        raise FileNotFoundError(f'{spec!r}: weights file {arg!r} not found; expected name, name:random or name:path/to/weights')
+    return make_backbone(name, weights=str(Path(arg).expanduser())).eval()
+
+def spec_label(spec: str, weights: str | None = None) -> str:
+    "Short row label of a model spec (weights files shown by their stem)."
+    def one(p):
+        name, _, arg = p.partition(':'); arg = arg or weights or ''
+        return name if arg in ('', 'pretrained') else f'{name}:{arg if arg == "random" else Path(arg).stem}'
+    return '+'.join(one(p.strip()) for p in spec.split('+'))
 
 # %% ../nbs/03_backbones.ipynb #a2f6fa79
 class LoRALinear(nn.Linear):

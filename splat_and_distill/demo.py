@@ -19,17 +19,20 @@ from .core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic
 from .runs import (read_json, read_jsonl, check_ranges, parse_sets, cli_parser, add_option,
     add_run_options, option_type, run_cli, check_run_folder, start_run_folder, check_resume_config)
 from .scenes import make_scene, scene_seeds, TripletDataset
-from .backbones import make_backbone
+from .backbones import make_backbone, load_probe_backbone
 from .lift import lift_and_splat_details
+from .probe_runs import probe_backbone, model_key
+from splat_and_distill.evaluate import (ProbeProtocol, probe_seeded, STUDY_COLUMNS, paired_summary, summary_table,
+    plus_minus, metric_digits)
 from . import reconstruct, train as T, probes as P
 
 # %% auto #0
-__all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE', 'STUDY_COLUMNS', 'STUDY_VARIANTS',
-           'DemoConfig', 'demo_default', 'demo_quick', 'validate_demo', 'demo_recon_config', 'demo_geometry',
-           'reconstructor_eval', 'demo_train_config', 'study_run_dir', 'probe_seeded', 'teacher_probes', 'student_run',
-           'mean_std', 'paired_summary', 'summary_table', 'feature_figure', 'splat_figure', 'consistency_map',
-           'effect_figure', 'machine_summary', 'demo_runs', 'demo_summary', 'demo_table', 'demo_figures', 'run_demo',
-           'study_variants', 'study_table', 'run_study', 'publish_results', 'demo_student', 'snd_demo', 'snd_study']
+__all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE', 'STUDY_VARIANTS', 'DemoConfig', 'demo_default',
+           'demo_quick', 'validate_demo', 'demo_recon_config', 'demo_geometry', 'reconstructor_eval',
+           'demo_train_config', 'study_run_dir', 'demo_protocol', 'teacher_probes', 'student_run', 'feature_figure',
+           'splat_figure', 'consistency_map', 'effect_figure', 'machine_summary', 'demo_runs', 'demo_summary',
+           'demo_table', 'demo_figures', 'run_demo', 'study_variants', 'study_table', 'run_study', 'publish_results',
+           'demo_student', 'snd_demo', 'snd_study']
 
 # %% ../nbs/15_demo.ipynb #48d3aebf
 @dataclass
@@ -144,16 +147,16 @@ def study_run_dir(out: str | Path, variant: str, seed: int) -> Path:
     "Folder of one (variant, seed) distillation run."
     return Path(out)/'runs'/variant/f'seed{seed}'
 
-def probe_seeded(cfg: DemoConfig, seed: int) -> P.ProbeConfig:
-    "The probe config with the probe seed tied to the distillation seed, so that teacher and student rows pair up."
-    return P.probe_config(cfg.probe_preset, **{**cfg.probe_overrides, 'seed': seed})
+def demo_protocol(cfg: DemoConfig) -> ProbeProtocol:
+    "The demo's probe options as chapter 10b's protocol: probe preset and overrides, feature cache, progress bars."
+    return ProbeProtocol(cfg.probe_preset, dict(cfg.probe_overrides), cfg.cache_dir, cfg.progress)
 
 def teacher_probes(cfg: DemoConfig, seed: int, data: dict) -> dict:
     "Every probe on the original teacher with probe seed `seed` (kept in `out/teacher/seed<k>/probes.json`)."
     path = Path(cfg.out)/'teacher'/f'seed{seed}'/'probes.json'
     if path.is_file(): return read_json(path, 'teacher probe results')
-    res = P.probe_backbone(make_backbone('efficientnet_lite0'), data, probe_seeded(cfg, seed), 'teacher',
-                           cache_key=dict(spec='efficientnet_lite0'), cache_dir=cfg.cache_dir, progress=cfg.progress)
+    res = probe_backbone(make_backbone('efficientnet_lite0'), data, probe_seeded(demo_protocol(cfg), seed), 'teacher',
+                         cache_key=model_key('efficientnet_lite0'), cache_dir=cfg.cache_dir, progress=cfg.progress)
     atomic_write_json(path, res)
     return res
 
@@ -171,61 +174,12 @@ def student_run(cfg: DemoConfig, seed: int, recon_path: str | None, data: dict, 
     student = r['paths']['student_timm']
     res = dict(variant=variant, seed=seed, overrides=overrides or {}, student_path=student, train=r['results'],
                train_s=round(time.time() - t, 1), models={})
-    pc = probe_seeded(cfg, seed)
+    pc = probe_seeded(demo_protocol(cfg), seed)
     specs = {'student': f'efficientnet_lite0:{student}', 'student+teacher': f'efficientnet_lite0+efficientnet_lite0:{student}'}
     for name in ['student'] + (['student+teacher'] if concat else []):
-        res['models'][name] = P.probe_backbone(P.load_probe_backbone(specs[name]), data, pc, name, progress=cfg.progress)
+        res['models'][name] = probe_backbone(load_probe_backbone(specs[name]), data, pc, name, progress=cfg.progress)
     atomic_write_json(path, res)
     return res
-
-# %% ../nbs/15_demo.ipynb #714656b6
-# (flattened metric key, column title, higher is better): the headline metrics of the study tables
-STUDY_COLUMNS = [
-    ('depth.abs_rel', 'depth AbsRel ↓', False), ('depth.d1', 'depth δ1 ↑', True),
-    ('normals.rmse', 'normals RMSE° ↓', False), ('normals.pct_30', 'normals <30° ↑', True),
-    ('seg.miou', 'seg mIoU ↑', True),
-    ('corr.recall_5px', 'corr R@5 ↑', True), ('corr.recall_10px', 'corr R@10 ↑', True), ('corr.recall_20px', 'corr R@20 ↑', True),
-    ('consistency.gap', 'consistency gap ↑', True), ('consistency.cos_match', 'cos co-visible', True),
-    ('consistency.cos_random', 'cos random pairs', False),
-]
-
-def mean_std(xs) -> tuple[float, float]:
-    "Mean and sample standard deviation (ddof 1; 0 for a single value)."
-    a = np.asarray(xs, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.
-
-# %% ../nbs/15_demo.ipynb #eefb3a99
-def paired_summary(teacher: dict, runs: dict, model: str = 'student', columns=STUDY_COLUMNS) -> dict:
-    "Per metric: teacher and `model` mean ± std over seeds and the paired difference `model - teacher` (same seed)."
-    seeds = sorted(set(teacher) & set(runs), key=int)                  # int seeds, or their JSON (string) keys
-    out = {}
-    for key, _, higher in columns:
-        t = [P.flatten_metrics(teacher[s]).get(key) for s in seeds]
-        m = [P.flatten_metrics(runs[s]['models'][model]).get(key) for s in seeds]
-        if any(v is None for v in t + m): continue
-        d = [b - a for a, b in zip(t, m)]
-        dm, ds = mean_std(d)
-        out[key] = dict(teacher=mean_std(t), model=mean_std(m), delta=(dm, ds), seeds=[int(s) for s in seeds],
-                        better=(dm > 0) == higher and abs(dm) > 2 * ds, worse=(dm > 0) != higher and abs(dm) > 2 * ds)
-    return out
-
-# %% ../nbs/15_demo.ipynb #cd3b0a0a
-def _pm(m: float, s: float, digits: int) -> str: return f'{m:.{digits}f} ± {s:.{digits}f}'
-
-def _digits(key: str) -> int: return 1 if key.startswith(('corr.', 'normals.')) else 3
-
-def summary_table(summaries: dict, columns=STUDY_COLUMNS) -> str:
-    "Markdown: the teacher row, then per model `name` its mean ± std and its paired difference to the teacher (bold: beyond 2 std)."
-    cols = [c for c in columns if any(c[0] in s for s in summaries.values())]
-    lines = ['| model | ' + ' | '.join(c[1] for c in cols) + ' |', '|---|' + '---|' * len(cols)]
-    first = next(iter(summaries.values()))
-    lines.append('| teacher | ' + ' | '.join(_pm(*first[k]['teacher'], _digits(k)) if k in first else '-' for k, _, _ in cols) + ' |')
-    for name, s in summaries.items():
-        lines.append(f'| {name} | ' + ' | '.join(_pm(*s[k]['model'], _digits(k)) if k in s else '-' for k, _, _ in cols) + ' |')
-        cell = lambda k: (lambda txt: f'**{txt}**' if s[k]['better'] or s[k]['worse'] else txt)(
-            ('+' if s[k]['delta'][0] >= 0 else '') + _pm(*s[k]['delta'], _digits(k)))
-        lines.append(f'| {name} − teacher | ' + ' | '.join(cell(k) if k in s else '-' for k, _, _ in cols) + ' |')
-    return '\n'.join(lines)
 
 # %% ../nbs/15_demo.ipynb #594f595a
 @torch.no_grad()
@@ -306,7 +260,7 @@ def demo_runs(cfg: DemoConfig, variants: dict, kind: str = 'snd_demo', resume: b
     needs_recon = any(demo_train_config(cfg, None, **ov).geometry == 'reconstructor' for ov in variants.values())
     recon_path = demo_geometry(dataclasses.replace(cfg, geometry='reconstructor'), resume) if needs_recon else None
     timing['geometry'] = time.time() - t; t = time.time()
-    data = P.probe_splits(probe_seeded(cfg, cfg.seeds[0]), cfg.cache_dir, cfg.progress)
+    data = P.probe_splits(probe_seeded(demo_protocol(cfg), cfg.seeds[0]), cfg.cache_dir, cfg.progress)
     teacher = {s: teacher_probes(cfg, s, data) for s in cfg.seeds}
     timing['teacher_probes'] = time.time() - t; t = time.time()
     runs = {v: {} for v in variants}
@@ -344,7 +298,7 @@ def demo_table(results: dict) -> str:
 def demo_figures(cfg: DemoConfig, student_path: str, out: Path) -> None:
     "The demo's figures on an unseen test scene: features, the splatted target, and the effect figure at 256 px."
     teacher = make_backbone('efficientnet_lite0').eval()
-    student = P.load_probe_backbone(f'efficientnet_lite0:{student_path}').eval()
+    student = load_probe_backbone(f'efficientnet_lite0:{student_path}').eval()
     scene = make_scene(scene_seeds('test', 1)[0], n_views=cfg.n_views, size=cfg.size)
     feature_figure(teacher, student, scene, [0, cfg.n_views // 2], path=out/'features_teacher_vs_student.png')
     splat_figure(teacher, scene, (0, 8), 4, demo_train_config(cfg, None).blend_alpha, path=out/'splatted_target.png')
@@ -408,7 +362,7 @@ def study_table(results: dict) -> str:
     lines = ['| variant | ' + ' | '.join(c[1] for c in cols) + ' |', '|---|' + '---|' * len(cols)]
     for name, s in results['summary'].items():
         cell = lambda k: (lambda txt: f'**{txt}**' if s[k]['better'] or s[k]['worse'] else txt)(
-            ('+' if s[k]['delta'][0] >= 0 else '') + _pm(*s[k]['delta'], _digits(k))) if k in s else '-'
+            ('+' if s[k]['delta'][0] >= 0 else '') + plus_minus(*s[k]['delta'], metric_digits(k))) if k in s else '-'
         lines.append(f'| {name} | ' + ' | '.join(cell(k) for k, _, _ in cols) + ' |')
     return '\n'.join(lines) + '\n'
 

@@ -27,9 +27,11 @@ from .gaussians import Gaussians
 from .splat import render, hwc_to_chw
 from .lift import downsample_to_tokens, hole_mask, lift_and_splat_details
 from .reconstruct import ssim, psnr
-from .backbones import make_backbone, make_student, describe_trainable, BACKBONES
+from .backbones import make_backbone, make_student, describe_trainable, BACKBONES, load_probe_backbone
 from . import probes as P
-from .demo import demo_default, demo_train_config, probe_seeded, paired_summary, summary_table, STUDY_COLUMNS, _pm, _digits
+from .probe_runs import probe_backbone, model_key, flatten_metrics
+from splat_and_distill.evaluate import (ProbeProtocol, probe_seeded, paired_summary, summary_table, STUDY_COLUMNS,
+    plus_minus, metric_digits)
 
 # %% auto #0
 __all__ = ['FIT3D_PRESETS', 'FIT3D_ROWS', 'FIT3D_RANGES', 'FIT_KEYS', 'FIT3D_RUN_FILES', 'FIT3D_RESUME_MUTABLE', 'split_views',
@@ -423,15 +425,16 @@ def finetune(student: nn.Module, images: Float[Tensor, "n 3 h w"], targets: Floa
 FIT3D_ROWS = {'student': 'FiT3D student', 'student+teacher': 'FiT3D student + teacher'}   # model key (15_demo's names) -> table row
 
 def fit3d_probe_specs(student_path: str | Path, backbone: str = 'efficientnet_lite0') -> dict:
-    "Chapter 10's probe specs of the FiT3D student and of FiT3D's assembly (teacher and student concatenated), by model key."
+    "Chapter 03's model specs of the FiT3D student and of FiT3D's assembly (teacher and student concatenated), by model key."
     return {'student': f'{backbone}:{student_path}', 'student+teacher': f'{backbone}+{backbone}:{student_path}'}
 
-def probe_fit3d(student_path: str | Path, seed: int, demo_cfg, data: dict, backbone: str = 'efficientnet_lite0', weights: str | None = None) -> dict:
-    "Every probe with probe seed `seed` (15_demo's `probe_seeded`) on the teacher, the FiT3D student and student+teacher: `{'teacher': ..., 'models': {...}}`."
-    pc = probe_seeded(demo_cfg, seed)
-    teacher = P.probe_backbone(P.load_probe_backbone(backbone, weights), data, pc, 'teacher', cache_key=P.model_key(backbone, weights),
-                               cache_dir=demo_cfg.cache_dir, progress=demo_cfg.progress)
-    models = {k: P.probe_backbone(P.load_probe_backbone(spec), data, pc, k, progress=demo_cfg.progress)
+def probe_fit3d(student_path: str | Path, seed: int, protocol: ProbeProtocol, data: dict, backbone: str = 'efficientnet_lite0',
+                weights: str | None = None) -> dict:
+    "Every probe with probe seed `seed` (chapter 10b's `probe_seeded`) on the teacher, the FiT3D student and student+teacher: `{'teacher': ..., 'models': {...}}`."
+    pc = probe_seeded(protocol, seed)
+    teacher = probe_backbone(load_probe_backbone(backbone, weights), data, pc, 'teacher', cache_key=model_key(backbone, weights),
+                             cache_dir=protocol.cache_dir, progress=protocol.progress)
+    models = {k: probe_backbone(load_probe_backbone(spec), data, pc, k, progress=protocol.progress)
               for k, spec in fit3d_probe_specs(student_path, backbone.partition(':')[0]).items()}
     return dict(teacher=teacher, models=models)
 
@@ -464,14 +467,14 @@ def side_by_side(fit3d: dict, study: dict | None = None, variants=('default', 'g
 
 def teacher_agreement(a: dict, b: dict, columns=STUDY_COLUMNS) -> float | None:
     "Largest relative difference of a headline metric between two sets of teacher probe results (`{seed: results}`) on shared seeds: ~0 when probe code and seeds agree."
-    a, b = ({str(s): P.flatten_metrics(r) for s, r in x.items()} for x in (a, b))
+    a, b = ({str(s): flatten_metrics(r) for s, r in x.items()} for x in (a, b))
     d = [abs(a[s][k] - b[s][k]) / max(abs(a[s][k]), abs(b[s][k]), 1e-12) for s in set(a) & set(b) for k, *_ in columns if k in a[s] and k in b[s]]
     return max(d) if d else None
 
 def _delta_cell(s: dict, key: str) -> str:
     "A paired difference `+m ± s` (bold beyond 2 std), as `summary_table` writes it."
     if key not in s: return '-'
-    txt = ('+' if s[key]['delta'][0] >= 0 else '') + _pm(*s[key]['delta'], _digits(key))
+    txt = ('+' if s[key]['delta'][0] >= 0 else '') + plus_minus(*s[key]['delta'], metric_digits(key))
     return f'**{txt}**' if s[key]['better'] or s[key]['worse'] else txt
 
 def fit3d_vs_snd_table(fit3d_results: dict, study_results: dict | None = None, variants=('default', 'gt_geometry'), columns=STUDY_COLUMNS) -> str:
@@ -591,7 +594,7 @@ def load_scene_fit(path: str | Path, cfg: FiT3DConfig | None = None, device='cpu
 def _load_teacher(cfg: FiT3DConfig) -> nn.Module:
     name, _, arg = cfg.backbone.partition(':')
     if arg == 'random':
-        torch.manual_seed(0)   # the random initialisation is part of the spec (as chapter 10's 'name:random')
+        torch.manual_seed(0)   # the random initialisation is part of the spec (as chapter 03's 'name:random')
         return make_backbone(name, pretrained=False).eval()
     return make_backbone(name, weights=cfg.weights).eval()
 
@@ -717,10 +720,9 @@ def _dumps(obj) -> str:
 
 def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = 'cpu_default', probe_overrides: dict | None = None,
                 out: str | Path | None = None, resume: bool = False, overwrite: bool = False, reprobe: bool = False) -> dict:
-    "The study protocol of chapter 15: for each seed a full FiT3D run (`OUT/seed_k`) and (if `probe_preset`) every probe with that probe seed; writes `study.json`."
-    dcfg = demo_default(probe_preset=probe_preset or 'cpu_default', probe_overrides=dict(probe_overrides or {}), seeds=tuple(seeds),
-                        cache_dir=cfg.cache_dir, progress=cfg.progress)
-    if probe_preset is not None: P.validate_probe_config(probe_seeded(dcfg, seeds[0]))     # bad probe options fail before any work
+    "The study protocol (chapter 10b): for each seed a full FiT3D run (`OUT/seed_k`) and (if `probe_preset`) every probe with that probe seed; writes `study.json`."
+    protocol = ProbeProtocol(probe_preset or 'cpu_default', dict(probe_overrides or {}), cfg.cache_dir, cfg.progress)
+    if probe_preset is not None: P.validate_probe_config(probe_seeded(protocol, seeds[0]))     # bad probe options fail before any work
     out = Path(out or cfg.out)
     own = ['run.json', 'config.json', 'study.json'] + [f'seed_{k}' for k in seeds]
     check_run_folder(out, 'snd_fit3d_study', own, resume, overwrite)
@@ -742,8 +744,8 @@ def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = '
         run = run_fit3d(dataclasses.replace(cfg, seed=seed, out=str(run_dir), stop_after_scenes=None), resume=(run_dir / 'config.json').is_file())
         entry.update(seed=seed, **_compact_run(run['results']))
         if probe_preset is not None and 'models' not in entry:
-            data = data or P.probe_splits(probe_seeded(dcfg, seeds[0]), cfg.cache_dir, cfg.progress)   # the same test set for every seed
-            res = probe_fit3d(run['paths']['student_timm'], seed, dcfg, data, cfg.backbone, cfg.weights)
+            data = data or P.probe_splits(probe_seeded(protocol, seeds[0]), cfg.cache_dir, cfg.progress)   # the same test set for every seed
+            res = probe_fit3d(run['paths']['student_timm'], seed, protocol, data, cfg.backbone, cfg.weights)
             study['teacher'][str(seed)], entry['models'] = res['teacher'], res['models']
         study['runs'][str(seed)] = entry
         study['summary'] = fit3d_summary(study)

@@ -31,10 +31,10 @@ __all__ = ['HEAD_CHANNELS', 'PRESETS', 'RECON_RANGES', 'RECON_RUN_FILES', 'RECON
            'warp_to_depths', 'cost_volume', 'conv_block', 'FeatureExtractor', 'sincos_2d', 'CrossViewAttention',
            'UNet2d', 'depth_from_scores', 'quat_multiply', 'gaussian_params', 'ReconConfig', 'cpu_default', 'cpu_rgb',
            'gpu_256', 'tiny', 'validate_recon_config', 'Reconstructor', 'n_parameters', 'to_gaussians', 'ssim', 'psnr',
-           'depth_metrics', 'depth_loss', 'make_recon_scenes', 'render_targets', 'recon_loss', 'evaluate_reconstructor',
-           'save_recon_checkpoint', 'train_reconstructor', 'show_reconstruction', 'plot_recon_history',
-           'config_from_dict', 'save_reconstructor', 'load_reconstructor', 'plan_recon_run', 'make_config',
-           'real_recon_data', 'run_recon', 'snd_recon']
+           'depth_loss', 'valid_depth', 'depth_metrics', 'average_metrics', 'make_recon_scenes', 'render_targets',
+           'recon_loss', 'evaluate_reconstructor', 'save_recon_checkpoint', 'train_reconstructor',
+           'show_reconstruction', 'plot_recon_history', 'config_from_dict', 'save_reconstructor', 'load_reconstructor',
+           'plan_recon_run', 'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
 
 # %% ../nbs/08_reconstruct.ipynb #30a9db96
 def depth_candidates(near: float, far: float, n: int, device=None) -> Float[Tensor, "n"]:
@@ -319,17 +319,6 @@ def psnr(x: Float[Tensor, "b c h w"], y: Float[Tensor, "b c h w"]) -> Float[Tens
     "Peak signal-to-noise ratio (dB) per image, for images in [0, 1]."
     return -10 * torch.log10(((x - y) ** 2).flatten(1).mean(1).clamp(min=1e-10))
 
-def depth_metrics(pred: Float[Tensor, "b h w"], gt: Float[Tensor, "b h w"]) -> dict:
-    "AbsRel and delta<1.25 per image over valid (`gt > 0`) pixels, averaged over the `n_images` that have any (NaN when none has: real captures without depth)."
-    rel, d1 = [], []
-    for p, g in zip(pred.detach().flatten(1), gt.flatten(1)):
-        m = (g > 0) & torch.isfinite(g)
-        if not m.any(): continue
-        p, g = p[m].clamp(min=1e-6), g[m]
-        rel.append(((p - g).abs() / g).mean()); d1.append((torch.maximum(p / g, g / p) < 1.25).float().mean())
-    if not rel: return dict(abs_rel=float('nan'), delta1=float('nan'), n_images=0)
-    return dict(abs_rel=float(torch.stack(rel).mean()), delta1=float(torch.stack(d1).mean()), n_images=len(rel))
-
 def depth_loss(pred: Float[Tensor, "*b h w"], gt: Float[Tensor, "*b h w"]) -> Tensor:
     "L1 of log depth over valid pixels (gt resized to pred's size by nearest neighbour)."
     if pred.shape[-2:] != gt.shape[-2:]:
@@ -337,6 +326,30 @@ def depth_loss(pred: Float[Tensor, "*b h w"], gt: Float[Tensor, "*b h w"]) -> Te
     m = gt > 0
     if not m.any(): return pred.sum() * 0                                      # no depth label in this batch: no signal
     return (pred.clamp(min=1e-6).log() - gt.clamp(min=1e-6).log()).abs()[m].mean()
+
+# %% ../nbs/08_reconstruct.ipynb #993a4f4a
+def valid_depth(depth: Tensor) -> Tensor:
+    "Pixels with a usable ground-truth depth (finite and positive)."
+    return torch.isfinite(depth) & (depth > 0)
+
+def depth_metrics(pred: Float[Tensor, "b h w"], gt: Float[Tensor, "b h w"], valid: Tensor | None = None) -> dict:
+    "Per-image depth metrics `[b]`: abs_rel, rmse, d1, d2, d3 over valid pixels (NaN for images with none)."
+    valid = valid_depth(gt) if valid is None else valid
+    pred = pred.detach()                                                  # a metric: no gradient, whatever the caller holds
+    n = valid.flatten(1).sum(1).float()                                   # (b,)
+    safe_gt = torch.where(valid, gt, torch.ones_like(gt))
+    safe_pr = torch.where(valid, pred, torch.ones_like(pred)).clamp(min=1e-9)
+    mean = lambda x: (x * valid).flatten(1).sum(1) / n                   # per-image mean over valid pixels
+    ratio = torch.maximum(safe_pr / safe_gt, safe_gt / safe_pr)
+    out = dict(abs_rel=mean((safe_pr - safe_gt).abs() / safe_gt), rmse=mean((safe_pr - safe_gt) ** 2).sqrt(),
+               d1=mean((ratio < 1.25).float()), d2=mean((ratio < 1.25 ** 2).float()), d3=mean((ratio < 1.25 ** 3).float()))
+    return {k: torch.where(n > 0, v, torch.full_like(v, float('nan'))) for k, v in out.items()}
+
+def average_metrics(per_image: dict) -> dict:
+    "Average per-image metric tensors over the images where they are defined."
+    out = {k: float(torch.nanmean(torch.as_tensor(v, dtype=torch.float64))) for k, v in per_image.items()}
+    out['valid_images'] = int(torch.isfinite(torch.as_tensor(next(iter(per_image.values())))).sum())
+    return out
 
 # %% ../nbs/08_reconstruct.ipynb #ad4b84f5
 def make_recon_scenes(config: ReconConfig, split: str = 'train', n: int | None = None, cache_dir=None) -> list:
@@ -363,8 +376,8 @@ def recon_loss(model: Reconstructor, batch: dict, config: ReconConfig) -> tuple[
     if config.depth_weight > 0:
         loss = loss + config.depth_weight * (depth_loss(out['depth'], gt_depth) + depth_loss(out['depth_coarse'], gt_depth))
     logs = dict(loss=float(loss.detach()), mse=float(mse.detach()), ssim=float(s.detach()), psnr=float(psnr(pred.detach(), target).mean()))
-    dm = depth_metrics(out['depth'].flatten(0, 1), gt_depth.flatten(0, 1))
-    if dm['n_images']: logs.update(train_abs_rel=dm['abs_rel'], train_delta1=dm['delta1'])   # real captures may have no depth
+    dm = average_metrics(depth_metrics(out['depth'].flatten(0, 1), gt_depth.flatten(0, 1)))
+    if dm['valid_images']: logs.update(train_abs_rel=dm['abs_rel'], train_delta1=dm['d1'])   # real captures may have no depth
     return loss, logs
 
 # %% ../nbs/08_reconstruct.ipynb #9cde29cb
@@ -388,10 +401,10 @@ def evaluate_reconstructor(model: Reconstructor, batch: dict, backend: str = 'au
     model.train(was_training)
     pred, target, gt = torch.cat(preds), batch['target_rgb'], batch['context_depth']
     res = dict(psnr=float(psnr(pred, target).mean()), ssim=float(ssim(pred, target)), n=n)
-    dm = depth_metrics(torch.cat(deps).flatten(0, 1), gt.flatten(0, 1))
-    if dm['n_images']:                                                        # only where ground-truth depth exists
-        dc = depth_metrics(torch.cat(coarse).flatten(0, 1), gt.flatten(0, 1))
-        res.update(abs_rel=dm['abs_rel'], delta1=dm['delta1'], coarse_abs_rel=dc['abs_rel'], coarse_delta1=dc['delta1'])
+    dm = average_metrics(depth_metrics(torch.cat(deps).flatten(0, 1), gt.flatten(0, 1)))
+    if dm['valid_images']:                                                    # only where ground-truth depth exists
+        dc = average_metrics(depth_metrics(torch.cat(coarse).flatten(0, 1), gt.flatten(0, 1)))
+        res.update(abs_rel=dm['abs_rel'], delta1=dm['d1'], coarse_abs_rel=dc['abs_rel'], coarse_delta1=dc['d1'])
     if orcs and len(orcs) == math.ceil(n / chunk):                           # the oracle needs depth in every chunk
         orc = torch.cat(orcs)
         res.update(psnr_oracle=float(psnr(orc, target).mean()), ssim_oracle=float(ssim(orc, target)))
@@ -509,11 +522,11 @@ def show_reconstruction(model: Reconstructor, batch: dict, i: int = 0, backend: 
     g = gaussians_from_depth(bt['context_depth'], bt['context_K'], bt['context_c2w'], bt['context_rgb'])
     orc = render_targets(g, bt['target_K'], bt['target_c2w'], h, w, backend)['features'][0].clamp(0, 1).cpu()
     gt = bt['context_depth'][0, 0].cpu(); lo, hi = float(gt[gt > 0].min()), float(gt.max())
-    dm = depth_metrics(out['depth'][0, :1].cpu(), gt[None])
+    dm = average_metrics(depth_metrics(out['depth'][0, :1].cpu(), gt[None]))
     tgt = bt['target_rgb'][0].cpu()
     ims = [bt['context_rgb'][0, 0].cpu(), bt['context_rgb'][0, 1].cpu(), colorize_depth(out['depth'][0, 0].cpu(), vmin=lo, vmax=hi),
            colorize_depth(gt, vmin=lo, vmax=hi), pred, tgt, orc]
-    titles = ['context 0', 'context 1', f"predicted depth (d1 {dm['delta1']:.2f})", 'GT depth',
+    titles = ['context 0', 'context 1', f"predicted depth (d1 {dm['d1']:.2f})", 'GT depth',
               f'rendered target ({float(psnr(pred[None], tgt[None])):.1f} dB)', 'real target', f'GT-depth oracle ({float(psnr(orc[None], tgt[None])):.1f} dB)']
     return show_images(ims, titles, ncols=7, size=2.2, path=path)
 

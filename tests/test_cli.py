@@ -5,7 +5,7 @@ import pytest
 from splat_and_distill.scene_io import snd_scenes
 from splat_and_distill.reconstruct import snd_recon, Reconstructor, tiny, save_reconstructor
 from splat_and_distill.train import snd_train
-from splat_and_distill.probes import snd_probe
+from splat_and_distill.probe_runs import snd_probe
 from splat_and_distill.demo import snd_demo
 
 CASES = [

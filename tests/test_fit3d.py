@@ -151,7 +151,7 @@ def test_identical_runs_are_bit_identical(tmp_path):
     assert ra == rb and ra['scenes']['scene_0000001']['token_cos'] > 0
 
 def test_exported_student_loads_for_the_probes(tmp_path, scene):
-    from splat_and_distill.probes import load_probe_backbone
+    from splat_and_distill.backbones import load_probe_backbone
     res = run_fit3d(fit3d_config('tiny', **{**FAST, 'train_scenes': 1}, out=str(tmp_path)))
     path = res['paths']['student_timm']
     student = load_probe_backbone(f'efficientnet_lite0:{path}')
@@ -282,8 +282,8 @@ def test_study_protocol_seeds_and_resume(tmp_path, monkeypatch):
     "For seed k: runs with seed k, every model (teacher included) probed with probe seed k; paired summary; a rerun reuses everything."
     import splat_and_distill.fit3d as f3
     calls = []
-    def fake_probe(student_path, seed, demo_cfg, data, backbone='efficientnet_lite0', weights=None):
-        calls.append((str(student_path), seed, f3.probe_seeded(demo_cfg, seed), backbone))
+    def fake_probe(student_path, seed, protocol, data, backbone='efficientnet_lite0', weights=None):
+        calls.append((str(student_path), seed, f3.probe_seeded(protocol, seed), backbone))
         return dict(teacher=_probes(0.5 + 0.1 * seed), models={'student': _probes(0.51 + 0.1 * seed), 'student+teacher': _probes(0.52 + 0.1 * seed)})
     monkeypatch.setattr(f3, 'probe_fit3d', fake_probe)
     monkeypatch.setattr(f3.P, 'probe_splits', lambda *a, **k: {'test set': True})
@@ -307,9 +307,9 @@ def test_study_protocol_seeds_and_resume(tmp_path, monkeypatch):
     assert len(calls) == 6
 
 def test_probe_fit3d_uses_the_probe_seed(tmp_path):
-    "The teacher, the student and FiT3D's concatenation, probed with chapter 15's seeded probe config: the seed moves the trained heads only."
+    "The teacher, the student and FiT3D's concatenation, probed with chapter 10b's seeded probe config: the seed moves the trained heads only."
     from splat_and_distill.fit3d import probe_fit3d
-    from splat_and_distill.demo import demo_default
+    from splat_and_distill.evaluate import ProbeProtocol
     from splat_and_distill.probes import probe_splits, ProbeConfig
     from splat_and_distill.train import export_student
     import types
@@ -317,9 +317,9 @@ def test_probe_fit3d_uses_the_probe_seed(tmp_path):
     export_student(types.SimpleNamespace(backbone=make_backbone('efficientnet_lite0', pretrained=False)), tmp_path / 's.safetensors',
                    fit3d_config('tiny'))
     kw = dict(epochs=2, normals_epochs=2, real_image=False, n_train_scenes=1)
-    dcfg = demo_default(probe_preset='tiny', probe_overrides=kw, progress=False)
+    protocol = ProbeProtocol('tiny', kw, progress=False)
     data = probe_splits(ProbeConfig(**{**dict(name='tiny', image_size=64, n_views=8, n_test_scenes=1), **kw}), progress=False)
-    a, b = (probe_fit3d(tmp_path / 's.safetensors', s, dcfg, data, 'efficientnet_lite0:random') for s in (0, 1))
+    a, b = (probe_fit3d(tmp_path / 's.safetensors', s, protocol, data, 'efficientnet_lite0:random') for s in (0, 1))
     assert set(a['models']) == {'student', 'student+teacher'} and 'd1' in a['teacher']['depth']
     assert a['models']['student+teacher']['model']['dim'] == 2 * a['teacher']['model']['dim']
     assert json.dumps(a['teacher']['corr']) == json.dumps(b['teacher']['corr']), 'test pairs are fixed by pairs_seed, not by the probe seed'

@@ -89,9 +89,9 @@ def test_real_data_without_geometry_skips_consistency_in_one_line(tmp_path, scen
     with pytest.raises(ValueError, match="'gt' is for procedural"): train(make_config('cpu_demo', dict(kw, out=str(tmp_path / 'c'))))
 
 def test_reconstructor_trains_from_rgb_alone(tmp_path, scenes):
-    from splat_and_distill.reconstruct import tiny, train_reconstructor, evaluate_reconstructor, depth_metrics
+    from splat_and_distill.reconstruct import tiny, train_reconstructor, evaluate_reconstructor, depth_metrics, average_metrics
     from splat_and_distill.scenes import fixed_items
-    assert depth_metrics(torch.ones(2, 4, 4), torch.zeros(2, 4, 4))['n_images'] == 0       # used to raise on an empty list
+    assert average_metrics(depth_metrics(torch.ones(2, 4, 4), torch.zeros(2, 4, 4)))['valid_images'] == 0   # no depth at all: no error
     root = make_snd_scannetpp_folder(tmp_path / 'snd', scenes)
     tr, va = (FolderTripletDataset([f], gap=4, size=(32, 48)) for f in scene_folders(root))
     model, hist = train_reconstructor(tiny(gap=4, eval_every=2), scenes=tr, val_scenes=va, steps=2, progress=False)
@@ -193,7 +193,7 @@ def _write_nyu(root: Path, n=6, h=24, w=32):
     return root
 
 def test_nyu_reader_and_snd_probe_table(tmp_path, capsys):
-    from splat_and_distill.probes import read_nyu, snd_probe
+    from splat_and_distill.probe_runs import read_nyu, snd_probe
     root = _write_nyu(tmp_path / 'nyuv2')
     d = read_nyu(root, image_size=24)
     tr, te = d['tasks']['depth']
@@ -213,7 +213,7 @@ def test_nyu_reader_and_snd_probe_table(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match=r'splits.mat: not found; expected the official split'): read_nyu(root)
 
 def test_scannetpp_probe_reader(tmp_path):
-    from splat_and_distill.probes import read_scannetpp_probe
+    from splat_and_distill.probe_runs import read_scannetpp_probe
     root = tmp_path / 'scannetpp'
     g = np.random.default_rng(0)
     lines = {'scannetpp_train.txt': [], 'scannetpp_val.txt': []}
@@ -239,7 +239,9 @@ def test_scannetpp_probe_reader(tmp_path):
     with pytest.raises(FileNotFoundError, match='validation1.png: not found; expected the 8-bit label PNG'): read_scannetpp_probe(root)
 
 def test_scannet1500_reader_and_correspondence(tmp_path):
-    from splat_and_distill.probes import read_scannet1500, probe_real, probe_config, load_probe_backbone
+    from splat_and_distill.probe_runs import read_scannet1500, probe_real
+    from splat_and_distill.probes import probe_config
+    from splat_and_distill.backbones import load_probe_backbone
     from splat_and_distill.cameras import scale_intrinsics
     sc, root = make_scene(3, 12, (48, 64)), tmp_path / 'scannet_test_1500'
     for sub in ('color', 'depth', 'pose'): (root / 'scene0010_01' / sub).mkdir(parents=True)

@@ -6,12 +6,13 @@ import torch.nn.functional as F
 from fastcore import test as ft
 import splat_and_distill.probes as P
 from splat_and_distill.cameras import make_intrinsics, look_at, relative_rotation_deg
-from splat_and_distill.probes import (
-    probe_input, depth_bin_centers, depth_bin_weights, DepthProbe, sig_loss, depth_metrics, average_metrics,
+from splat_and_distill.probes import (probe_input, depth_bin_centers, depth_bin_weights, DepthProbe, sig_loss,
     normals_to_camera, NormalsProbe, angular_loss, normal_metrics, pooled_angular_stats, SegProbe, seg_loss,
     confusion_matrix, miou_from_confusion, IGNORE_INDEX, ratio_test_matches, correspondence_errors,
-    correspondence_recall, grid_depth, match_scale_shift, ConcatBackbone, probe_config, ProbeConfig,
-    results_table, compare_models, spec_label, view_pairs, ProbeSplit)
+    correspondence_recall, grid_depth, match_scale_shift, probe_config, ProbeConfig, view_pairs, ProbeSplit)
+from splat_and_distill.reconstruct import depth_metrics, average_metrics
+from splat_and_distill.backbones import ConcatBackbone, spec_label
+from splat_and_distill.probe_runs import results_table, compare_models
 
 
 @pytest.fixture(autouse=True)
@@ -181,7 +182,7 @@ def test_view_pairs_same_scene():
 
 def test_load_probe_backbone_specs(tmp_path):
     from safetensors.torch import save_file
-    from splat_and_distill.probes import load_probe_backbone
+    from splat_and_distill.backbones import load_probe_backbone
     teacher, rand = load_probe_backbone('efficientnet_lite0'), load_probe_backbone('efficientnet_lite0:random')
     x = torch.rand(1, 3, 64, 64)
     assert not torch.allclose(teacher(x), rand(x))
@@ -267,7 +268,8 @@ def _tiny_probe_cfg(**kw):
 def test_feature_cache_keyed_by_weights_content(tmp_path):
     "Issue 11 item 4: replacing the weights file at the same path must not reuse the old model's cached features."
     from safetensors.torch import save_file
-    from splat_and_distill.probes import load_probe_backbone, probe_models
+    from splat_and_distill.backbones import load_probe_backbone
+    from splat_and_distill.probe_runs import probe_models
     path, cfg = tmp_path / 'student.safetensors', _tiny_probe_cfg()
     sd = lambda m: {k: v.contiguous() for k, v in m.model.state_dict().items()}
     save_file(sd(load_probe_backbone('efficientnet_lite0')), str(path))
@@ -280,9 +282,29 @@ def test_feature_cache_keyed_by_weights_content(tmp_path):
     assert not _same(a['models'][la]['corr'], b['models'][lb]['corr'])
 
 
+def test_feature_cache_keyed_by_data_content(tmp_path):
+    "Two data sets of the same size and count through one cache folder: each gets the features of its own images."
+    from splat_and_distill.probe_runs import probe_models
+    from splat_and_distill.probes import probe_splits, split_from_scenes
+    from splat_and_distill.scenes import make_scene
+    cfg = _tiny_probe_cfg()
+    procedural = probe_splits(cfg, progress=False)
+    mine = dict(procedural, **{s: split_from_scenes([make_scene(seed, n_views=cfg.n_views, size=cfg.image_size)])
+                               for s, seed in (('train', 1001), ('test', 1002))})  # other scenes, same sizes and counts
+    assert mine['test'].rgb.shape == procedural['test'].rgb.shape and not torch.equal(mine['test'].rgb, procedural['test'].rgb)
+    run = lambda data, cache: probe_models(['efficientnet_lite0'], cfg, data=data, progress=False,
+                                           **({'cache_dir': tmp_path / 'cache'} if cache else {}))['models']['efficientnet_lite0']
+    a, b, fresh = run(procedural, True), run(mine, True), run(mine, False)
+    for k in ('depth', 'normals', 'seg', 'corr', 'consistency'):
+        assert _same(b[k], fresh[k]), f'{k}: the cached features of the other data set were reused'
+    assert not _same(a['corr'], b['corr'])
+
+
 def test_probe_runs_are_deterministic():
     "Issue 11 item 10: the same probe run twice gives identical numbers, whatever the global random state before it."
-    from splat_and_distill.probes import load_probe_backbone, probe_backbone, probe_splits
+    from splat_and_distill.backbones import load_probe_backbone
+    from splat_and_distill.probe_runs import probe_backbone
+    from splat_and_distill.probes import probe_splits
     cfg = _tiny_probe_cfg()
     data, bb = probe_splits(cfg, progress=False), load_probe_backbone('efficientnet_lite0')
     torch.manual_seed(1); a = probe_backbone(bb, data, cfg, progress=False)

@@ -1,7 +1,8 @@
 "The published numbers are the committed runs' numbers: the README's results table is generated from nbs/results/demo/results.json."
 import json
 from pathlib import Path
-from splat_and_distill.demo import summary_table, demo_summary
+from splat_and_distill.evaluate import summary_table
+from splat_and_distill.demo import demo_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT/'nbs'/'results'/'demo'/'results.json'
