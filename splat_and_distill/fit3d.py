@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
 from splat_and_distill.runs import (config_from_args, add_config_options, typed_overrides, parse_sets, check_ranges,
-    check_device, cli_parser, add_option, add_run_options, run_cli, read_json, check_run_folder, start_run_folder,
+    check_device, cli_parser, add_option, add_run_options, run_cli, read_json, open_run, fault_point, add_seeds_option,
     check_resume_config)
 from .core import (set_seed, set_threads, default_device, atomic_path, atomic_write_json,
     atomic_write_text, pca_rgb, show_images)
@@ -26,7 +26,8 @@ from .cameras import unproject_depth, scale_intrinsics
 from .gaussians import Gaussians
 from .splat import render, hwc_to_chw
 from .lift import downsample_to_tokens, hole_mask, lift_and_splat_details
-from .reconstruct import ssim, psnr
+from .reconstruct import ssim, psnr, load_reconstructor
+from .train import export_student
 from .backbones import make_backbone, make_student, describe_trainable, BACKBONES, load_probe_backbone
 from . import probes as P
 from .probe_runs import probe_backbone, model_key, flatten_metrics
@@ -630,6 +631,7 @@ def stage1(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, recons
         done[name] = _scene_summary(fit, lift, lift1)
         save_scene_fit(path, fit['model'], done[name], cfg)
         fitted += 1
+        fault_point('scene', len(done))                                          # tests: killed between scenes
     return done, False
 
 # %% ../nbs/12_fit3d.ipynb #2bb99f08
@@ -662,28 +664,29 @@ def run_fit3d(cfg: FiT3DConfig | None = None, resume: bool = False, overwrite: b
     "Both FiT3D stages for `cfg` (default `cpu_fit3d` with `overrides`) in the run folder `cfg.out`; `resume` continues scene by scene."
     cfg = validate_fit3d_config(cfg if cfg is not None and not overrides else
                                 fit3d_config(cfg.preset if cfg else 'cpu_fit3d', {**(asdict(cfg) if cfg else {}), **overrides}))
-    from splat_and_distill.train import export_student
     out = Path(cfg.out)
-    check_run_folder(out, 'snd_fit3d', FIT3D_RUN_FILES, resume, overwrite)        # before any work: never clobber a run
-    if resume:
-        check_resume_config(read_json(out / 'config.json', 'run config'), asdict(cfg), FIT3D_RESUME_MUTABLE, str(out / 'config.json'))
-        if (out / 'results.json').is_file():                                      # finished: nothing to do
-            return dict(results=read_json(out / 'results.json', 'results file'), paths=_paths(out), stopped=False)
-    else: start_run_folder(out, 'snd_fit3d', FIT3D_RUN_FILES, overwrite)
-    atomic_write_json(out / 'config.json', asdict(cfg))
+    folder = open_run(out, 'snd_fit3d', FIT3D_RUN_FILES, resume, overwrite, asdict(cfg), FIT3D_RESUME_MUTABLE)   # never clobber a run
+    if resume and (out / 'results.json').is_file():                              # finished: nothing to do
+        return dict(results=read_json(out / 'results.json', 'results file'), paths=_paths(out), stopped=False)
     set_threads(cfg.threads)
     t0 = time.time()
     device = default_device(None if cfg.device == 'auto' else cfg.device)
-    teacher = _load_teacher(cfg).to(device)
-    recon = None
-    if cfg.geometry == 'reconstructor':
-        from splat_and_distill.reconstruct import load_reconstructor
-        recon = load_reconstructor(cfg.reconstructor, device=device).eval().requires_grad_(False)
+    teacher = _load_teacher(cfg).to(device)                                      # teacher, geometry and scenes: checked before
+    recon = None                                                                 # the run folder is taken
+    if cfg.geometry == 'reconstructor': recon = load_reconstructor(cfg.reconstructor, device=device).eval().requires_grad_(False)
     scenes = fit3d_scenes(cfg)
+    folder.start()
+    try: return _run_fit3d(cfg, out, teacher, recon, scenes, device, t0)
+    finally: folder.release()
+
+def _run_fit3d(cfg: FiT3DConfig, out: Path, teacher: nn.Module, recon, scenes: list, device, t0: float) -> dict:
+    "The two stages of `run_fit3d` in its locked run folder."
+    atomic_write_json(out / 'config.json', asdict(cfg))
     summaries, stopped = stage1(cfg, teacher, scenes, out, recon, device)
     if stopped: return dict(stopped=True, scenes_done=sorted(summaries), paths=dict(run=str(out)))
     t1 = time.time()
     student, log = stage2(cfg, teacher, scenes, out, summaries, device)
+    fault_point('stage2')                                                        # tests: killed after stage 2, before the export
     export_student(types.SimpleNamespace(backbone=student), out / 'student_timm.safetensors', cfg)   # timm names, as snd_train's
     stat = lambda k: float(np.mean([s[k] for s in summaries.values() if s.get(k) is not None])) if any(s.get(k) is not None for s in summaries.values()) else None
     results = dict(config=asdict(cfg), scenes=summaries, stage2=dict(steps=len(log), first_loss=log[0]['loss'], last_loss=log[-1]['loss'],
@@ -693,6 +696,7 @@ def run_fit3d(cfg: FiT3DConfig | None = None, resume: bool = False, overwrite: b
                              lift_seconds_per_triplet=stat('lift_seconds_per_triplet'), fit_cpu_seconds=stat('fit_cpu_seconds'),
                              converged_cpu_seconds=stat('converged_cpu_seconds'), lift_cpu_seconds_per_triplet=stat('lift_cpu_seconds_per_triplet')),
                    wall_s=dict(stage2=time.time() - t1, invocation=time.time() - t0), threads=torch.get_num_threads(), device=str(device))
+    fault_point('results')
     atomic_write_json(out / 'results.json', results)
     return dict(results=results, paths=_paths(out), stopped=False)
 
@@ -725,9 +729,13 @@ def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = '
     if probe_preset is not None: P.validate_probe_config(probe_seeded(protocol, seeds[0]))     # bad probe options fail before any work
     out = Path(out or cfg.out)
     own = ['run.json', 'config.json', 'study.json'] + [f'seed_{k}' for k in seeds]
-    check_run_folder(out, 'snd_fit3d_study', own, resume, overwrite)
-    if resume: check_resume_config(read_json(out / 'config.json', 'study config'), asdict(cfg), FIT3D_RESUME_MUTABLE + ('seed',), str(out / 'config.json'))
-    else: start_run_folder(out, 'snd_fit3d_study', own, overwrite)
+    folder = open_run(out, 'snd_fit3d_study', own, resume, overwrite, asdict(cfg), FIT3D_RESUME_MUTABLE + ('seed',), 'study config')
+    folder.start()
+    try: return _fit3d_study(cfg, seeds, protocol, probe_preset, probe_overrides, out, reprobe)
+    finally: folder.release()
+
+def _fit3d_study(cfg: FiT3DConfig, seeds: list[int], protocol: ProbeProtocol, probe_preset, probe_overrides, out: Path, reprobe: bool) -> dict:
+    "The body of `fit3d_study` in its locked folder."
     atomic_write_json(out / 'config.json', asdict(cfg))
     path = out / 'study.json'
     study = read_json(path, 'study file') if path.is_file() else dict(config=asdict(cfg), teacher={}, runs={})
@@ -750,6 +758,7 @@ def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = '
         study['runs'][str(seed)] = entry
         study['summary'] = fit3d_summary(study)
         atomic_write_text(path, _dumps(study))
+        fault_point('seed', seed)                                                # tests: killed between seeds
     return study
 
 # %% ../nbs/12_fit3d.ipynb #b8dc0bd2
@@ -761,10 +770,9 @@ def _cli_parser() -> argparse.ArgumentParser:
                    'Run folders, --resume and --overwrite: chapter 11; --set syntax: chapter 00.')
     add_option(p, 'preset', default=None, help=f'starting values: {", ".join(FIT3D_PRESETS)} (default: cpu_fit3d; on --resume: the run\'s saved config)')
     add_run_options(p)
-    add_option(p, 'seeds', type=int, nargs='+', default=None, help='the study protocol over these seeds: OUT/seed_k runs and OUT/study.json')
+    add_seeds_option(p, 'the study protocol over these seeds (0,1,2 or 0 1 2): OUT/seed_k runs and OUT/study.json')
     add_option(p, 'probe_preset', default=None, help="with --seeds: probe every model with chapter 10's preset (e.g. cpu_default, tiny)")
     add_option(p, 'reprobe', action='store_true', help='with --seeds --resume: probe every seed again (after the probes changed); stage 1 and 2 are reused')
-    add_option(p, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
     add_config_options(p, FiT3DConfig, cpu_fit3d(), 'config fields (defaults shown are cpu_fit3d values; see --preset)')
     return p
 
