@@ -55,9 +55,9 @@ def main(argv=None):
     for seed in scene_seeds('train', a.scenes):
         scene = load_or_make_scene(seed, cfg.n_views, cfg.height)
         fit = fit_scene(scene, teacher, cfg, recon, progress=False)
-        lift_metrics(teacher, scene, fit['triplets'][:1], 0.5, geo, scale=cfg.lift_scale)   # warm-up
-        lift = lift_metrics(teacher, scene, fit['triplets'], 0.5, geo, scale=cfg.lift_scale)
-        lift1 = lift_metrics(teacher, scene, fit['triplets'], 1.0, geo, scale=cfg.lift_scale)
+        lift_metrics(teacher, scene, fit['triplets'][:1], blend_alpha=0.5, geometry=geo, scale=cfg.lift_scale)   # warm-up
+        lift = lift_metrics(teacher, scene, fit['triplets'], blend_alpha=0.5, geometry=geo, scale=cfg.lift_scale)
+        lift1 = lift_metrics(teacher, scene, fit['triplets'], blend_alpha=1.0, geometry=geo, scale=cfg.lift_scale)
         last = fit['curve'][-1]
         rows.append(dict(scene=seed, n_gaussians=fit['n_gaussians'], steps=cfg.fit_steps, fit_wall_s=fit['fit_seconds'], fit_cpu_s=fit['fit_cpu_seconds'],
                          converged_step=fit['converged_step'], converged_wall_s=fit['converged_seconds'], converged_cpu_s=fit['converged_cpu_seconds'],

@@ -62,7 +62,8 @@ def setup(d: int, device: str, h: int = SIZE, w: int = SIZE):
 
 def run_once(method: str, G, c2w, K, backward: bool, h: int = SIZE, w: int = SIZE):
     "One render (and backward); returns (outputs, grads)."
-    from splat_and_distill.splat import render, project, rasterize_dense
+    from splat_and_distill.render import render
+    from splat_and_distill.splat import project, rasterize_dense
     from splat_and_distill.cameras import invert_pose
     g = G.map(lambda t: t.detach().requires_grad_(backward))          # fresh leaves, no copy
     if method in ('tiled', 'torch', 'triton', 'gsplat_1call'):

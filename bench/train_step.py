@@ -17,7 +17,8 @@ import torch
 from splat_and_distill.core import set_threads, batch_to
 from splat_and_distill.runs import parse_sets
 from splat_and_distill.train import (make_config, validate_config, load_scenes, build_models, make_criterion, make_optimizer, step_batch,
-                                     lift_scale, teacher_side, autocast, StepTimer, backbone_name, TrainConfig)
+                                     teacher_side, autocast, StepTimer, backbone_name, TrainConfig)
+from splat_and_distill.lift import lift_scale
 from splat_and_distill.distill import distill_step
 from splat_and_distill.scenes import TripletDataset
 

@@ -194,17 +194,17 @@ def feature_figure(teacher, student, scene, views, path=None):
     return show_images(imgs, titles, ncols=3, size=2.2, path=path)
 
 @torch.no_grad()
-def splat_figure(teacher, scene, context, target, blend=0.5, path=None):
+def splat_figure(teacher, scene, context, target, blend_alpha=1.0, path=None):
     "Context views, target, splatted and blended teacher features and the hole mask of one triplet."
     idx = list(context) + [target]
     d = lift_and_splat_details(teacher, scene.rgb[list(context)][None], scene.instance[list(context)][None], scene.K[list(context)][None],
                                scene.c2w[list(context)][None], scene.K[target][None], scene.c2w[target][None], scene.instance[target][None],
-                               context_depth=scene.depth[list(context)][None], blend=blend)
+                               context_depth=scene.depth[list(context)][None], blend_alpha=blend_alpha)
     own = torch.nn.functional.interpolate(teacher(scene.rgb[target][None]), size=scene.rgb.shape[-2:], mode='bilinear', align_corners=False)[0]
     cov = d['covered'][0]
     r, bl, o = pca_rgb(d['rendered'][0], d['blended'][0], own, valid=[cov, cov, torch.ones_like(cov)])
     return show_images([scene.rgb[context[0]], scene.rgb[context[1]], scene.rgb[target], r, bl, o, d['alpha'][0]],
-                       ['context 0', 'context 1', 'target', 'splatted', f'blended a={blend}', 'teacher on target', 'alpha (holes dark)'],
+                       ['context 0', 'context 1', 'target', 'splatted', f'blended a={blend_alpha}', 'teacher on target', 'alpha (holes dark)'],
                        ncols=7, size=2.0, path=path)
 
 # %% ../nbs/15_demo.ipynb #8274f5ae

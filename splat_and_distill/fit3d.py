@@ -24,9 +24,10 @@ from .core import (set_seed, set_threads, default_device, atomic_path, atomic_wr
     atomic_write_text, pca_rgb, show_images)
 from .cameras import unproject_depth, scale_intrinsics
 from .gaussians import Gaussians
-from .splat import render, hwc_to_chw
-from .lift import downsample_to_tokens, hole_mask, lift_and_splat_details
-from .reconstruct import ssim, psnr, load_reconstructor
+from .splat import hwc_to_chw, ssim, psnr
+from .render import render
+from .lift import downsample_to_tokens, hole_mask, lift_and_splat_details, downscale_batch, lift_scale
+from .reconstruct import load_reconstructor
 from .train import export_student
 from .backbones import make_backbone, make_student, describe_trainable, BACKBONES, load_probe_backbone
 from . import probes as P
@@ -153,9 +154,8 @@ def holdout_metrics(fg: FeatureGaussians, scene, triplets: list, tokens: Float[T
                 psnr=float(psnr(out['rgb'].clamp(0, 1), scene.rgb[views]).mean()))
 
 @torch.no_grad()
-def lift_metrics(teacher: nn.Module, scene, triplets: list, blend: float = 0.5, geometry=None, backend: str = 'auto', scale: float = 1.0) -> dict:
+def lift_metrics(teacher: nn.Module, scene, triplets: list, blend_alpha: float = 1.0, geometry=None, backend: str = 'auto', scale: float = 1.0) -> dict:
     "Feed-forward lifting into the held-out views as `snd_train` makes its targets (teacher on the full-size context views, lifting and splatting at `scale` of the size): token and pixel cosine to the teacher, median wall and CPU seconds per triplet (teacher included)."
-    from splat_and_distill.train import downscale_batch
     tok, pix, secs, cpu = [], [], [], []
     for c0, t, c1 in triplets:
         ctx, tgt = scene.select([c0, c1]), scene.select([t])
@@ -166,7 +166,7 @@ def lift_metrics(teacher: nn.Module, scene, triplets: list, blend: float = 0.5, 
         small = downscale_batch(batch, scale)                                            # lifting and splatting at `scale`
         geo = dict(context_depth=small['context_depth']) if geometry is None else dict(gaussians=geometry(small))
         res = lift_and_splat_details(lambda _: ctx_tokens, small['context_rgb'], small['context_instance'], small['context_K'],
-                                     small['context_c2w'], small['target_K'], small['target_c2w'], small['target_instance'], blend=blend,
+                                     small['context_c2w'], small['target_K'], small['target_c2w'], small['target_instance'], blend_alpha=blend_alpha,
                                      token_grid=tuple(ctx_tokens.shape[-2:]), backend=backend, **geo)
         secs.append(time.perf_counter() - t0); cpu.append(time.process_time() - p0)
         own = teacher(tgt.rgb)                                                           # (1, d, hp, wp) the reference
@@ -254,9 +254,8 @@ def fit3d_config(preset: str = 'cpu_fit3d', overrides: dict | None = None, **kw)
     return FIT3D_PRESETS[preset](**typed_overrides(FiT3DConfig, {**(overrides or {}), **kw}))
 
 def train_lift_scale(train_cfg) -> float:
-    "The fraction of the image size at which a Splat-and-Distill `TrainConfig` lifts and splats (its `render_scale`, or chapter 11's auto rule)."
+    "The fraction of the image size at which a Splat-and-Distill `TrainConfig` lifts and splats (its `render_scale`, or the auto rule of `lift.lift_scale`)."
     if train_cfg.render_scale is not None: return train_cfg.render_scale
-    from splat_and_distill.train import lift_scale
     from splat_and_distill.reconstruct import load_reconstructor
     recon = load_reconstructor(train_cfg.reconstructor, 'cpu') if train_cfg.geometry == 'reconstructor' and train_cfg.reconstructor else None
     grid = make_backbone(train_cfg.backbone.partition(':')[0], pretrained=False).token_grid(train_cfg.height, train_cfg.width)
@@ -626,8 +625,8 @@ def stage1(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, recons
         scene = scene.to(device)
         fit = fit_scene(scene, teacher, cfg, reconstructor, progress=cfg.progress, desc=name)
         geo = None if reconstructor is None else reconstructor_geometry(reconstructor)
-        lift = lift_metrics(teacher, scene, fit['triplets'], 0.5, geo, cfg.splat_backend, cfg.lift_scale) if fit['triplets'] else {}
-        lift1 = lift_metrics(teacher, scene, fit['triplets'], 1.0, geo, cfg.splat_backend, cfg.lift_scale) if fit['triplets'] else {}
+        lift = lift_metrics(teacher, scene, fit['triplets'], blend_alpha=0.5, geometry=geo, backend=cfg.splat_backend, scale=cfg.lift_scale) if fit['triplets'] else {}
+        lift1 = lift_metrics(teacher, scene, fit['triplets'], blend_alpha=1.0, geometry=geo, backend=cfg.splat_backend, scale=cfg.lift_scale) if fit['triplets'] else {}
         done[name] = _scene_summary(fit, lift, lift1)
         save_scene_fit(path, fit['model'], done[name], cfg)
         fitted += 1

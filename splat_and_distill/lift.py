@@ -9,15 +9,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float, Int, Bool
-from .cameras import pixel_centers, unproject_depth, project_points
+from .cameras import pixel_centers, unproject_depth, project_points, scale_intrinsics
 from .gaussians import Gaussians, gaussians_from_depth
-from .splat import render, hwc_to_chw
+from .splat import hwc_to_chw
+from .render import render
 
 # %% auto #0
 __all__ = ['token_centre_pixels', 'sample_at_token_centres', 'naive_upsample_tokens', 'mask_aware_upsample', 'semantic_blend',
            'downsample_to_tokens', 'hole_mask', 'lift_and_splat_details', 'lift_and_splat', 'lift_and_splat_batch',
-           'feature_cosine', 'covisible_pixels', 'sample_features_at', 'covisible_cosines', 'multiview_consistency',
-           'lift_consistency_report']
+           'feature_cosine', 'lift_scale', 'downscale_batch', 'covisible_pixels', 'sample_features_at',
+           'covisible_cosines', 'multiview_consistency', 'lift_consistency_report']
 
 # %% ../nbs/07_lift.ipynb #1a7408e7
 def token_centre_pixels(hp: int, wp: int, h: int, w: int, device=None) -> tuple[Tensor, Tensor]:
@@ -83,11 +84,11 @@ def mask_aware_upsample(
 def semantic_blend(
     features: Float[Tensor, "b d h w"],
     labels: Int[Tensor, "b h w"],               # target segments; < 0 = unknown (not blended)
-    a: float = 0.5,                             # 1 = no blending
+    blend_alpha: float = 1.0,                   # a: 1 = no blending (the default), 0.5 the paper's blending
     valid: Bool[Tensor, "b h w"] | None = None, # covered pixels (default all)
 ) -> Float[Tensor, "b d h w"]:
-    "`F <- a F + (1 - a) mean_S(F)` per segment `S` of each image, means over valid pixels."
-    if a == 1: return features
+    "`F <- a F + (1 - a) mean_S(F)` per segment `S` of each image (`a = blend_alpha`), means over valid pixels."
+    if blend_alpha == 1: return features
     b, d, h, w = features.shape
     use = labels >= 0 if valid is None else valid & (labels >= 0)             # (b, h, w)
     n_seg = int(labels.max().clamp(min=0)) + 1
@@ -97,7 +98,7 @@ def semantic_blend(
     sums = f.new_zeros(b * n_seg, d).index_add_(0, ids, f * wgt[:, None])
     counts = f.new_zeros(b * n_seg).index_add_(0, ids, wgt)
     seg_mean = (sums / counts.clamp(min=1)[:, None])[ids]                     # (b*h*w, d)
-    out = torch.where(use.flatten()[:, None], a * f + (1 - a) * seg_mean, f)
+    out = torch.where(use.flatten()[:, None], blend_alpha * f + (1 - blend_alpha) * seg_mean, f)
     return out.view(b, h, w, d).permute(0, 3, 1, 2)                           # (b, d, h, w)
 
 # %% ../nbs/07_lift.ipynb #353a1a2f
@@ -125,7 +126,7 @@ def lift_and_splat_details(
     target_labels: Int[Tensor, "b h w"] | None = None,    # target instance masks, for blending
     context_depth: Float[Tensor, "b v h w"] | None = None,  # geometry, either ground-truth z-depth ...
     gaussians: Gaussians | None = None,                   # ... or pixel-aligned Gaussians [b, v*h*w] (features ignored)
-    blend: float = 0.5,                                   # semantic blending a (1 = no blending)
+    blend_alpha: float = 1.0,                             # semantic blending a (1 = no blending; the paper presets use 0.5)
     token_grid: tuple[int, int] | None = None,            # student grid (hp, wp); default the teacher's for the target size
     alpha_threshold: float = 0.5,                         # covered pixels / valid tokens
     mask_aware: bool = True,                              # False: plain bilinear upsampling
@@ -160,7 +161,7 @@ def lift_and_splat_details(
         alpha = out['alpha'][:, 0]                                              # (b, h, w)
         covered = alpha > alpha_threshold
         # 5. semantic blending with the target segments
-        blended = rendered if target_labels is None or blend == 1 else semantic_blend(rendered, target_labels, blend, covered)
+        blended = rendered if target_labels is None or blend_alpha == 1 else semantic_blend(rendered, target_labels, blend_alpha, covered)
         # 6. down to the student's token grid
         return dict(tokens=downsample_to_tokens(blended, covered, hp, wp), alpha=alpha, covered=covered, depth=out['depth'][:, 0],
                     context_up=up, rendered=rendered, blended=blended, gaussians=g)
@@ -173,22 +174,48 @@ def lift_and_splat_details(
 
 # %% ../nbs/07_lift.ipynb #98b3180c
 def lift_and_splat(teacher: nn.Module, context_rgb, context_labels, context_K, context_c2w, target_K, target_c2w,
-                   target_labels=None, **kwargs) -> tuple[Float[Tensor, "b d hp wp"], Bool[Tensor, "b hp wp"]]:
+                   target_labels=None, blend_alpha: float = 1.0, **kwargs) -> tuple[Float[Tensor, "b d hp wp"], Bool[Tensor, "b hp wp"]]:
     "Distillation targets `[b,d,hp,wp]` for the target view and their validity `[b,hp,wp]` (see `lift_and_splat_details`)."
-    out = lift_and_splat_details(teacher, context_rgb, context_labels, context_K, context_c2w, target_K, target_c2w, target_labels, **kwargs)
+    out = lift_and_splat_details(teacher, context_rgb, context_labels, context_K, context_c2w, target_K, target_c2w, target_labels,
+                                 blend_alpha=blend_alpha, **kwargs)
     return out['tokens'], out['valid']
 
-def lift_and_splat_batch(teacher: nn.Module, batch: dict, **kwargs) -> tuple[Tensor, Tensor]:
+def lift_and_splat_batch(teacher: nn.Module, batch: dict, blend_alpha: float = 1.0, **kwargs) -> tuple[Tensor, Tensor]:
     "`lift_and_splat` on a `TripletDataset` batch (instance masks as segments; ground-truth depth unless `gaussians=` is given)."
     if 'gaussians' not in kwargs: kwargs['context_depth'] = batch['context_depth']
     return lift_and_splat(teacher, batch['context_rgb'], batch['context_instance'], batch['context_K'], batch['context_c2w'],
-                          batch['target_K'], batch['target_c2w'], batch['target_instance'], **kwargs)
+                          batch['target_K'], batch['target_c2w'], batch['target_instance'], blend_alpha=blend_alpha, **kwargs)
 
 # %% ../nbs/07_lift.ipynb #22ca26ee
 def feature_cosine(a: Float[Tensor, "*b d h w"], b: Float[Tensor, "*b d h w"], valid: Bool[Tensor, "*b h w"] | None = None) -> Tensor:
     "Mean cosine similarity of two feature maps over `valid` pixels (same camera)."
     cos = F.cosine_similarity(a, b, dim=-3)                                    # (*b, h, w)
     return cos.mean() if valid is None else cos[valid].mean()
+
+# %% ../nbs/07_lift.ipynb #8a90788d
+def lift_scale(cfg, image_hw: tuple[int, int], token_grid: tuple[int, int], reconstructor=None) -> float:
+    "Resolution of lifting and splatting as a fraction of the image: `cfg.render_scale` (`cfg` a `train.TrainConfig`), else auto (see text)."
+    if cfg.render_scale is not None: return cfg.render_scale
+    size = getattr(getattr(reconstructor, 'config', None), 'size', None)
+    if size: return size / image_hw[0]                     # the reconstructor's own training resolution
+    return min(1.0, 4 * token_grid[0] / image_hw[0])        # 4x4 pixels per student token
+
+def downscale_batch(batch: dict, scale: float) -> dict:
+    "A triplet batch with context and target views resized by about `scale` to multiples of 4 (area for RGB, nearest for depth and labels, K scaled)."
+    if scale == 1: return batch
+    h, w = batch['target_rgb'].shape[-2:]
+    hs, ws = max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4)   # multiples of 4: the reconstructor's features live at 1/4
+    out = dict(batch)
+    for key, v in batch.items():
+        if not isinstance(v, Tensor) or v.ndim < 3 or tuple(v.shape[-2:]) != (h, w): continue
+        lead = v.shape[:-3] if key.endswith(('rgb', 'normals')) else v.shape[:-2]
+        x = v.reshape(-1, *v.shape[len(lead):])                                # (n, [c,] h, w)
+        if key.endswith('rgb'): y = F.interpolate(x, size=(hs, ws), mode='area')
+        elif key.endswith('normals'): y = F.interpolate(x, size=(hs, ws), mode='nearest')
+        else: y = F.interpolate(x[:, None].float(), size=(hs, ws), mode='nearest')[:, 0].to(v.dtype)
+        out[key] = y.reshape(*lead, *y.shape[1:])
+    for key in ('context_K', 'target_K'): out[key] = scale_intrinsics(batch[key], ws / w, hs / h)
+    return out
 
 # %% ../nbs/07_lift.ipynb #16beb7b1
 def covisible_pixels(depth_a: Float[Tensor, "h w"], K_a: Float[Tensor, "3 3"], c2w_a: Float[Tensor, "4 4"],
@@ -243,13 +270,13 @@ def multiview_consistency(feat_a: Float[Tensor, "*b d ha wa"], feat_b: Float[Ten
 
 # %% ../nbs/07_lift.ipynb #854cb65d
 @torch.no_grad()
-def lift_consistency_report(teacher: nn.Module, scene, triplets: list[tuple[int, int, int]], blend: float = 0.5, rel_tol: float = 0.03) -> dict:
+def lift_consistency_report(teacher: nn.Module, scene, triplets: list[tuple[int, int, int]], blend_alpha: float = 1.0, rel_tol: float = 0.03) -> dict:
     "Multi-view consistency numbers of `teacher` on `(context0, target, context1)` view triplets of one scene (see chapter text)."
     rows = []
     for c0, t, c1 in triplets:
         ctx, tgt = scene.select([c0, c1]), scene.select([t])
         res = lift_and_splat_details(teacher, ctx.rgb[None], ctx.instance[None], ctx.K[None], ctx.c2w[None], tgt.K, tgt.c2w,
-                                     tgt.instance, context_depth=ctx.depth[None], blend=blend)
+                                     tgt.instance, context_depth=ctx.depth[None], blend_alpha=blend_alpha)
         tt = teacher(tgt.rgb)                                                    # (1, d, hp, wp)
         t_up = mask_aware_upsample(tt, tgt.instance)[0]
         geo = lambda i: (scene.depth[i], scene.K[i], scene.c2w[i])

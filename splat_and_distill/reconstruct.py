@@ -24,17 +24,18 @@ from splat_and_distill.runs import (typed_overrides, parse_sets, check_ranges, c
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
 from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes, fixed_triplets, fixed_items
 from .gaussians import Gaussians, gaussians_from_depth
-from .splat import render
+from .splat import ssim, psnr
+from .render import render
 
 # %% auto #0
 __all__ = ['HEAD_CHANNELS', 'PRESETS', 'RECON_RANGES', 'RECON_RUN_FILES', 'RECON_RESUME_MUTABLE', 'depth_candidates',
            'warp_to_depths', 'cost_volume', 'conv_block', 'FeatureExtractor', 'sincos_2d', 'CrossViewAttention',
            'UNet2d', 'depth_from_scores', 'quat_multiply', 'gaussian_params', 'ReconConfig', 'cpu_default', 'cpu_rgb',
-           'gpu_256', 'tiny', 'validate_recon_config', 'Reconstructor', 'n_parameters', 'to_gaussians', 'ssim', 'psnr',
-           'depth_loss', 'valid_depth', 'depth_metrics', 'average_metrics', 'make_recon_scenes', 'render_targets',
-           'recon_loss', 'evaluate_reconstructor', 'save_recon_checkpoint', 'train_reconstructor',
-           'show_reconstruction', 'plot_recon_history', 'config_from_dict', 'save_reconstructor', 'load_reconstructor',
-           'plan_recon_run', 'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
+           'gpu_256', 'tiny', 'validate_recon_config', 'Reconstructor', 'n_parameters', 'to_gaussians', 'depth_loss',
+           'valid_depth', 'depth_metrics', 'average_metrics', 'make_recon_scenes', 'render_targets', 'recon_loss',
+           'evaluate_reconstructor', 'save_recon_checkpoint', 'train_reconstructor', 'show_reconstruction',
+           'plot_recon_history', 'config_from_dict', 'save_reconstructor', 'load_reconstructor', 'plan_recon_run',
+           'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
 
 # %% ../nbs/08_reconstruct.ipynb #30a9db96
 def depth_candidates(near: float, far: float, n: int, device=None) -> Float[Tensor, "n"]:
@@ -301,24 +302,6 @@ def to_gaussians(out: dict, features: Float[Tensor, "b v d h w"] | None = None) 
     return Gaussians(out['means'], out['quats'], out['scales'], out['opacities'], feats)
 
 # %% ../nbs/08_reconstruct.ipynb #e4f3de85
-def ssim(x: Float[Tensor, "b c h w"], y: Float[Tensor, "b c h w"], window: int = 11, sigma: float = 1.5,
-         per_image: bool = False) -> Tensor:
-    "Structural similarity of images in [0, 1] (Gaussian window, valid positions only), mean over the batch or per image."
-    c = x.shape[1]
-    g = torch.exp(-(torch.arange(window, device=x.device, dtype=x.dtype) - (window - 1) / 2) ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    k = (g[:, None] * g[None]).expand(c, 1, window, window)                                  # (c, 1, win, win)
-    blur = lambda t: F.conv2d(t, k, groups=c)
-    mx, my = blur(x), blur(y)
-    sxx, syy, sxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
-    C1, C2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mx * my + C1) * (2 * sxy + C2)) / ((mx ** 2 + my ** 2 + C1) * (sxx + syy + C2))
-    return s.flatten(1).mean(1) if per_image else s.mean()
-
-def psnr(x: Float[Tensor, "b c h w"], y: Float[Tensor, "b c h w"]) -> Float[Tensor, "b"]:
-    "Peak signal-to-noise ratio (dB) per image, for images in [0, 1]."
-    return -10 * torch.log10(((x - y) ** 2).flatten(1).mean(1).clamp(min=1e-10))
-
 def depth_loss(pred: Float[Tensor, "*b h w"], gt: Float[Tensor, "*b h w"]) -> Tensor:
     "L1 of log depth over valid pixels (gt resized to pred's size by nearest neighbour)."
     if pred.shape[-2:] != gt.shape[-2:]:

@@ -22,6 +22,7 @@ from .runs import (config_from_args, add_config_options, typed_overrides, parse_
     check_resume_config, read_jsonl, write_jsonl)
 from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
     atomic_write_text, batch_to, seeded, rng_state, set_rng_state)
+from .lift import lift_scale, downscale_batch
 from .scenes import fixed_triplets, fixed_items
 from .backbones import make_backbone, make_student, merge_lora, BACKBONES
 from .distill import (DINOHead, DistillLoss, DistillModel, make_ema_teacher, ema_update, ema_due, distill_stats,
@@ -32,9 +33,9 @@ __all__ = ['PRESETS', 'TRAIN_RANGES', 'MIN_VALID_FRACTION', 'TIMM_NAMES', 'RUN_F
            'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'find_scene_folders', 'backbone_name',
            'validate_config', 'step_seed', 'step_indices', 'StepSampler', 'step_batch', 'load_scenes',
            'real_scene_folders', 'make_dataset', 'build_models', 'make_criterion', 'make_optimizer', 'StepTimer',
-           'autocast', 'lift_scale', 'downscale_batch', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency',
-           'validate', 'check_depth', 'train', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
-           'export_student', 'init_distributed', 'plan_run', 'MetricsLog', 'cli_config', 'snd_train']
+           'autocast', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency', 'validate', 'check_depth', 'train',
+           'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'export_student', 'init_distributed', 'plan_run',
+           'MetricsLog', 'cli_config', 'snd_train']
 
 # %% ../nbs/11_train.ipynb #47172dec
 @dataclass
@@ -317,32 +318,6 @@ def autocast(cfg: TrainConfig, device):
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp == 'bf16')
 
-# %% ../nbs/11_train.ipynb #f88cccc9
-def lift_scale(cfg: TrainConfig, image_hw: tuple[int, int], token_grid: tuple[int, int], reconstructor=None) -> float:
-    "Resolution of lifting and splatting as a fraction of the image: `cfg.render_scale`, else auto (see text)."
-    if cfg.render_scale is not None: return cfg.render_scale
-    size = getattr(getattr(reconstructor, 'config', None), 'size', None)
-    if size: return size / image_hw[0]                     # the reconstructor's own training resolution
-    return min(1.0, 4 * token_grid[0] / image_hw[0])        # 4x4 pixels per student token
-
-def downscale_batch(batch: dict, scale: float) -> dict:
-    "A triplet batch with context and target views resized by about `scale` to multiples of 4 (area for RGB, nearest for depth and labels, K scaled)."
-    if scale == 1: return batch
-    from splat_and_distill.cameras import scale_intrinsics
-    h, w = batch['target_rgb'].shape[-2:]
-    hs, ws = max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4)   # multiples of 4: the reconstructor's features live at 1/4
-    out = dict(batch)
-    for key, v in batch.items():
-        if not isinstance(v, Tensor) or v.ndim < 3 or tuple(v.shape[-2:]) != (h, w): continue
-        lead = v.shape[:-3] if key.endswith(('rgb', 'normals')) else v.shape[:-2]
-        x = v.reshape(-1, *v.shape[len(lead):])                                # (n, [c,] h, w)
-        if key.endswith('rgb'): y = F.interpolate(x, size=(hs, ws), mode='area')
-        elif key.endswith('normals'): y = F.interpolate(x, size=(hs, ws), mode='nearest')
-        else: y = F.interpolate(x[:, None].float(), size=(hs, ws), mode='nearest')[:, 0].to(v.dtype)
-        out[key] = y.reshape(*lead, *y.shape[1:])
-    for key in ('context_K', 'target_K'): out[key] = scale_intrinsics(batch[key], ws / w, hs / h)
-    return out
-
 # %% ../nbs/11_train.ipynb #581ac20b
 @torch.no_grad()
 def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstructor: nn.Module | None = None,
@@ -362,7 +337,7 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
             from splat_and_distill.reconstruct import to_gaussians
             geometry = dict(gaussians=to_gaussians(reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])))
     with timer.section('lift+splat'):
-        tokens, valid = lift_and_splat_batch(lambda images: ctx_tokens, small, blend=cfg.blend_alpha, token_grid=(hp, wp),
+        tokens, valid = lift_and_splat_batch(lambda images: ctx_tokens, small, blend_alpha=cfg.blend_alpha, token_grid=(hp, wp),
                                              backend=cfg.splat_backend, mask_aware=cfg.mask_aware, channel_chunk=cfg.channel_chunk, **geometry)
     return tokens, valid
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from jaxtyping import Float, Int
-from .splat import ALPHA_MIN, T_MIN, ALPHA_MAX, bin_gaussians, _flatten_images
+from .splat import ALPHA_MIN, T_MIN, ALPHA_MAX, bin_gaussians, flatten_images
 try:
     import triton
     import triton.language as tl
@@ -216,7 +216,7 @@ def rasterize_triton(
     "`splat.rasterize` on Triton kernels. Returns `(features [*b,c,h,w,d], alpha [*b,c,h,w], depth [*b,c,h,w])`, computed in float32."
     chunk = chunk or (64 if is_interpreted() else 16)
     _check_launch(means2d, tile_size, chunk, block_d)
-    m2, con, op, feat, dep, rad, _, bc = _flatten_images(means2d, conics, opacities, features, depths, radii)
+    m2, con, op, feat, dep, rad, _, bc = flatten_images(means2d, conics, opacities, features, depths, radii)
     I, n = dep.shape
     d = feat.shape[-1]
     if 3 * I * n >= 2 ** 31: raise ValueError(f'rasterize_triton: {I} images x {n} Gaussians is too many for int32 indexing; split the batch')

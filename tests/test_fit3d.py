@@ -201,7 +201,7 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
 def test_configs_and_train_alignment():
     "cpu_fit3d is the study's setting: like_train of the study's distillation run (ground-truth geometry) gives it exactly."
     from splat_and_distill.demo import demo_default, demo_train_config
-    from splat_and_distill.train import lift_scale
+    from splat_and_distill.lift import lift_scale
     run = demo_train_config(demo_default(), None, geometry='gt')
     cfg = like_train(run)
     assert cfg == fit3d_config('cpu_fit3d')
@@ -219,7 +219,7 @@ def test_lifting_at_a_smaller_scale_keeps_the_token_grid():
     teacher = make_backbone('efficientnet_lite0').eval()
     scene = make_scene(2, n_views=12, size=64)
     trip = [(2, 6, 10)]
-    full, half = lift_metrics(teacher, scene, trip, 1.0), lift_metrics(teacher, scene, trip, 1.0, scale=0.5)
+    full, half = lift_metrics(teacher, scene, trip, blend_alpha=1.0), lift_metrics(teacher, scene, trip, blend_alpha=1.0, scale=0.5)
     assert 0.6 < half['token_cos'] and abs(full['token_cos'] - half['token_cos']) < 0.1, (full, half)
     assert full['token_cos'] != half['token_cos'], 'scale must change where lifting runs'
 

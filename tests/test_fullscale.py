@@ -54,7 +54,7 @@ def test_paper_preset_runs_end_to_end_on_the_authors_layout(tmp_path, scenes, mo
     import splat_and_distill.lift as L
     from splat_and_distill.train import snd_train
     seen, blend = [], L.semantic_blend
-    monkeypatch.setattr(L, 'semantic_blend', lambda f, labels, a=0.5, valid=None: seen.append(labels.clone()) or blend(f, labels, a, valid))
+    monkeypatch.setattr(L, 'semantic_blend', lambda f, labels, blend_alpha=1.0, valid=None: seen.append(labels.clone()) or blend(f, labels, blend_alpha, valid))
     root = make_snd_scannetpp_folder(tmp_path / 'snd', scenes)
     out = snd_train(['--preset', 'paper_vits14', '--data', str(root), '--backbone', 'dinov2_vits14:random', '--reconstructor', str(_tiny_recon(tmp_path / 'recon')),
                      '--height', '56', '--width', '84', '--gap', '4', '--steps', '3', '--val_scenes', '1', '--val_pairs', '2', '--log_every', '1',
@@ -100,7 +100,8 @@ def test_reconstructor_trains_from_rgb_alone(tmp_path, scenes):
     assert set(res) == {'psnr', 'ssim', 'n'} and all(math.isfinite(v) for v in res.values())
 
 def test_lift_scale_sizes_are_multiples_of_4():
-    from splat_and_distill.train import downscale_batch, make_config, lift_scale
+    from splat_and_distill.lift import downscale_batch, lift_scale
+    from splat_and_distill.train import make_config
     batch = dict(target_rgb=torch.zeros(1, 3, 576, 880), target_K=torch.eye(3)[None], context_K=torch.eye(3).expand(1, 2, 3, 3))
     class R: config = type('C', (), dict(size=256))
     s = lift_scale(make_config('cpu_demo', render_scale=None), (576, 880), (41, 63), R())
@@ -113,7 +114,8 @@ def test_channel_chunks_give_the_same_targets(scenes):
     s, t = scenes[0], tiny_vit()
     c, g = s.select([0, 4]), s.select([2])
     args = (t, c.rgb[None], c.instance[None], c.K[None], c.c2w[None], g.K, g.c2w, g.instance)
-    a, b = lift_and_splat_details(*args, context_depth=c.depth[None]), lift_and_splat_details(*args, context_depth=c.depth[None], channel_chunk=5)
+    kw = dict(context_depth=c.depth[None], blend_alpha=0.5)                    # blending too: it is per channel as well
+    a, b = lift_and_splat_details(*args, **kw), lift_and_splat_details(*args, **kw, channel_chunk=5)
     assert torch.allclose(a['tokens'], b['tokens'], atol=1e-5) and torch.equal(a['valid'], b['valid'])
 
 def test_data_memory_is_flat_in_the_number_of_scenes(tmp_path):

@@ -50,7 +50,8 @@ def test_semantic_blend():
     f = torch.tensor([1., 3., 10., 20.]).view(1, 1, 1, 4)
     l = torch.tensor([0, 0, 1, -1]).view(1, 1, 4)
     assert torch.allclose(semantic_blend(f, l, 0.5)[0, 0, 0], torch.tensor([1.5, 2.5, 10., 20.]))
-    assert semantic_blend(f, l, 1.) is f
+    assert torch.allclose(semantic_blend(f, l, blend_alpha=0.)[0, 0, 0, :2], torch.tensor([2., 2.]))
+    assert semantic_blend(f, l, 1.) is f and semantic_blend(f, l) is f          # the default: no blending
 
 
 def test_own_camera_round_trip(scene):
@@ -60,7 +61,7 @@ def test_own_camera_round_trip(scene):
     for i in (0, 8):
         ctx = scene.select([i])
         res = lift_and_splat_details(teacher, ctx.rgb[None], ctx.instance[None], ctx.K[None], ctx.c2w[None], ctx.K, ctx.c2w,
-                                     ctx.instance, context_depth=ctx.depth[None], blend=1.)
+                                     ctx.instance, context_depth=ctx.depth[None], blend_alpha=1.)
         assert res['covered'].float().mean() > 0.99
         cos.append(feature_cosine(res['rendered'][0], res['context_up'][0, 0], res['covered'][0]))
     assert min(cos) > 0.99, cos
@@ -103,8 +104,24 @@ def test_lift_and_splat_batch():
     from torch.utils.data import DataLoader
     from splat_and_distill.scenes import make_scene, TripletDataset
     batch = next(iter(DataLoader(TripletDataset([make_scene(0, n_views=16, size=64)]), batch_size=2)))
-    tok, valid = lift_and_splat_batch(tiny_vit(), batch, blend=1.)
+    teacher = tiny_vit()
+    tok, valid = lift_and_splat_batch(teacher, batch, blend_alpha=1.)
     assert tok.shape == (2, 64, 8, 8) and valid.shape == (2, 8, 8) and valid.any()
+    assert torch.equal(lift_and_splat_batch(teacher, batch)[0], tok)                   # the default is no blending
+    assert not torch.allclose(lift_and_splat_batch(teacher, batch, blend_alpha=0.5)[0], tok)   # and blend_alpha reaches the blend
+
+
+def test_downscale_batch_for_lifting():
+    "Lifting geometry (chapter 07): a batch resized to multiples of 4 with scaled intrinsics, labels kept as labels."
+    from types import SimpleNamespace
+    from splat_and_distill.lift import downscale_batch, lift_scale
+    b = dict(target_rgb=torch.rand(1, 3, 64, 96), context_instance=torch.randint(0, 5, (1, 2, 64, 96)),
+             context_K=torch.eye(3).expand(1, 2, 3, 3) * 50, target_K=torch.eye(3)[None] * 50)
+    s = downscale_batch(b, 0.3)
+    assert s['target_rgb'].shape[-2:] == (20, 28) and s['context_instance'].dtype == torch.int64
+    assert set(s['context_instance'].unique().tolist()) <= set(b['context_instance'].unique().tolist())
+    assert torch.allclose(s['context_K'][0, 0, 0, 0], torch.tensor(50 * 28 / 96)) and downscale_batch(b, 1) is b
+    assert lift_scale(SimpleNamespace(render_scale=None), (64, 96), (4, 6)) == 0.25
 
 def test_covisible_cosines_match_consistency_and_beat_chance():
     "The co-visible cosines average to `multiview_consistency`; shuffled pairs (chance) are less similar for a real teacher."

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from splat_and_distill.cameras import intrinsics_from_fov, invert_pose, look_at
 from splat_and_distill.gaussians import Gaussians, covariance, gaussians_from_depth
-from splat_and_distill.splat import bin_gaussians, project, rasterize, rasterize_dense, render, hwc_to_chw
+from splat_and_distill.splat import bin_gaussians, project, rasterize, rasterize_dense, hwc_to_chw, render_torch, ssim, psnr
+from splat_and_distill.render import render
 
 gsplat_ref = pytest.importorskip('gsplat.cuda._torch_impl')
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -318,7 +319,7 @@ def _fake_gsplat_kernels(monkeypatch):
 @pytest.mark.parametrize('d,batched', [(3, False), (16, True), (600, False)])
 def test_gsplat_backend_plumbing_on_cpu(monkeypatch, d, batched):
     "The arguments `render` hands to `gsplat.rasterization` and the outputs it takes back, checked without a GPU."
-    from splat_and_distill.splat import _gsplat_render
+    from splat_and_distill.render import _gsplat_render
     _fake_gsplat_kernels(monkeypatch)
     G, c2w, K = _setup(d=d, near=False, n=40)
     bg = torch.rand(d)
@@ -330,3 +331,28 @@ def test_gsplat_backend_plumbing_on_cpu(monkeypatch, d, batched):
     torch.testing.assert_close(f, ref['features'], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a, ref['alpha'], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(z, ref['depth'], rtol=1e-4, atol=1e-4)
+
+
+def test_ssim_properties():
+    x = torch.rand(2, 3, 24, 24)
+    torch.testing.assert_close(ssim(x, x), torch.tensor(1.))
+    assert ssim(x, (x + 0.2 * torch.randn_like(x)).clamp(0, 1)) < ssim(x, (x + 0.05 * torch.randn_like(x)).clamp(0, 1)) < 1
+    assert ssim(x, x.flip(0), per_image=True).shape == (2,)
+
+
+def test_psnr_per_image():
+    x = torch.rand(2, 3, 8, 8) * 0.8
+    torch.testing.assert_close(psnr(x, x + 0.1), torch.full((2,), 20.), atol=1e-3, rtol=0)   # MSE 0.01: 20 dB
+    assert psnr(x, x).tolist() == [100., 100.]                                                # clamped at MSE 1e-10
+
+
+def test_render_torch_is_what_render_runs():
+    "`render(backend='torch')` returns exactly `render_torch`'s images (one implementation), batched scenes included."
+    G, c2w, K = _setup(d=5, near=True, n=60)
+    bg = torch.rand(5)
+    a, b = render(G, c2w, K, 23, 17, backend='torch', background=bg), render_torch(G, c2w, K, 23, 17, background=bg)
+    for k in ('features', 'alpha', 'depth'): assert torch.equal(a[k], b[k]), k
+    Gb = Gaussians.stack([G, G.map(lambda t: t.flip(0))])
+    a, b = render(Gb, torch.stack([c2w, c2w]), torch.stack([K, K]), 16, 12, backend='torch', tile_size=16), \
+        render_torch(Gb, torch.stack([c2w, c2w]), torch.stack([K, K]), 16, 12, tile_size=16)
+    for k in ('features', 'alpha', 'depth'): assert torch.equal(a[k], b[k]), k

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from splat_and_distill.cameras import intrinsics_from_fov, invert_pose, look_at
 from splat_and_distill.gaussians import Gaussians, gaussians_from_depth
-from splat_and_distill.splat import bin_gaussians, project, rasterize, render
+from splat_and_distill.splat import bin_gaussians, project, rasterize
+from splat_and_distill.render import render
 
 ts = pytest.importorskip('splat_and_distill.triton_splat', reason='needs Triton')
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -176,21 +177,21 @@ def test_bad_launch_arguments():
 
 SCRIPT = r'''
 import importlib, os, sys, torch
-import splat_and_distill.splat as S
-assert 'triton' not in sys.modules, 'splat imported Triton'
+import splat_and_distill.splat, splat_and_distill.render as R
+assert 'triton' not in sys.modules, 'splat or render imported Triton'
 from splat_and_distill.gaussians import Gaussians
 from splat_and_distill.cameras import intrinsics_from_fov, look_at
 G = Gaussians(torch.zeros(1, 3), torch.tensor([[1., 0, 0, 0]]), torch.full((1, 3), 0.1), torch.ones(1), torch.ones(1, 3))
 c2w, K = look_at(torch.tensor([0., -3., 0.]), torch.zeros(3))[None], intrinsics_from_fov(60, 16, 16)[None]
 for case in ('compiled', 'mixed'):
-    try: S.render(G, c2w, K, 16, 16, backend='triton'); print(case, 'no error')
+    try: R.render(G, c2w, K, 16, 16, backend='triton'); print(case, 'no error')
     except Exception as e: print(case, type(e).__name__, str(e))
     os.environ['TRITON_INTERPRET'] = '1'                  # too late: Triton's own library is already compiled
     importlib.reload(sys.modules['splat_and_distill.triton_splat'])
 '''
 
 def test_cpu_without_interpreter_says_what_to_do():
-    "Without TRITON_INTERPRET, CPU tensors get a clear error, as does setting it after Triton was imported; `splat` never imports Triton."
+    "Without TRITON_INTERPRET, CPU tensors get a clear error, as does setting it after Triton was imported; importing `splat` or `render` never imports Triton."
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     env['CUDA_VISIBLE_DEVICES'] = ''
     r = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
