@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float
 import timm
+from safetensors.torch import load_file
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TFLITE_MEAN', 'TFLITE_STD', 'DINOV2_ENV', 'DINOV2_TIMM', 'BACKBONES', 'check_images',
@@ -116,10 +117,12 @@ def load_state_dict_file(path: str | Path) -> dict:
     "Tensors of a `.pth`/`.pt`/`.bin` (torch) or `.safetensors` file, unwrapped from `{'model'|'state_dict'|'teacher': ...}`."
     path = Path(path).expanduser()
     if not path.is_file(): raise FileNotFoundError(f'weights file not found: {path} (nothing is downloaded; give a local file)')
-    if path.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        sd = load_file(str(path))
-    else: sd = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        if path.suffix == '.safetensors': sd = load_file(str(path))
+        else: sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:                                  # SafetensorError, UnpicklingError, EOFError, ...: one clear line
+        raise ValueError(f'{path}: not a readable {"safetensors" if path.suffix == ".safetensors" else "torch"} weights file '
+                         f'({type(e).__name__}: {" ".join(str(e).split())[:120]}); is it truncated, or of another format?') from None
     for key in ('model', 'state_dict', 'teacher', 'student'):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict): sd = sd[key]; break
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):

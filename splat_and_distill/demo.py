@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
     show_images, colorize_depth)
 from .runs import (read_json, read_jsonl, check_ranges, parse_sets, cli_parser, add_option,
-    add_run_options, option_type, run_cli, check_run_folder, start_run_folder, check_resume_config)
+    add_run_options, option_type, run_cli, open_run, fault_point, add_flag, add_seeds_option)
 from .scenes import make_scene, scene_seeds, TripletDataset
 from .backbones import make_backbone, load_probe_backbone
 from .lift import lift_and_splat_details
@@ -38,7 +38,7 @@ __all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE
 @dataclass
 class DemoConfig:
     "Every option of the end-to-end demo."
-    out: str = 'outputs/demo'            # output folder: results.json, results.md, figures, runs
+    out: str = 'runs/demo'            # output folder: results.json, results.md, figures, runs
     geometry: str = 'reconstructor'      # 'reconstructor' (train one, or load --reconstructor) or 'gt' (ground-truth depth)
     reconstructor: str | None = None     # checkpoint of a trained reconstructor to reuse (skips its training)
     size: int = 128                      # image size of distillation (pixels, square): 8 x 8 student tokens, as the probes see
@@ -68,7 +68,7 @@ def demo_default(**kw) -> DemoConfig:
 
 def demo_quick(**kw) -> DemoConfig:
     "Every stage on tiny data: a smoke check in a few minutes on 2 CPU cores."
-    return DemoConfig(**{**dict(out='outputs/demo_quick', geometry='gt', size=64, recon_size=64, n_views=16, recon_steps=20, recon_scenes=2,
+    return DemoConfig(**{**dict(out='runs/demo_quick', geometry='gt', size=64, recon_size=64, n_views=16, recon_steps=20, recon_scenes=2,
                                 train_steps=20, train_scenes=2, batch_size=2, out_dim=1024, seeds=(0, 1), probe_preset='tiny'), **kw})
 
 DEMO_PRESETS = dict(default=demo_default, quick=demo_quick)
@@ -251,10 +251,14 @@ def demo_runs(cfg: DemoConfig, variants: dict, kind: str = 'snd_demo', resume: b
     "The work the demo and the study share: geometry, probe data, the teacher's probes per seed, every (variant, seed) student."
     validate_demo(cfg, variants)                                  # bad options fail here, before any work
     out = Path(cfg.out)
-    if check_run_folder(out, kind, DEMO_RUN_FILES, resume, overwrite) is not None:
-        check_resume_config(read_json(out/'config.json', f'{kind} config'), asdict(cfg), DEMO_RESUME_MUTABLE, str(out/'config.json'))
+    folder = open_run(out, kind, DEMO_RUN_FILES, resume, overwrite, asdict(cfg), DEMO_RESUME_MUTABLE, f'{kind} config')
     set_threads(cfg.threads); set_seed(cfg.seed)
-    if not resume or not (out/'run.json').is_file(): start_run_folder(out, kind, DEMO_RUN_FILES, overwrite=overwrite or resume)
+    folder.start()                                                # the caller releases it once the results are written
+    try: return dict(folder=folder, **_demo_runs(cfg, variants, kind, resume, out))
+    except BaseException: folder.release(); raise
+
+def _demo_runs(cfg: DemoConfig, variants: dict, kind: str, resume: bool, out: Path) -> dict:
+    "The body of `demo_runs` in its locked output folder."
     atomic_write_json(out/'config.json', asdict(cfg))
     timing, t = {}, time.time()
     needs_recon = any(demo_train_config(cfg, None, **ov).geometry == 'reconstructor' for ov in variants.values())
@@ -262,10 +266,12 @@ def demo_runs(cfg: DemoConfig, variants: dict, kind: str = 'snd_demo', resume: b
     timing['geometry'] = time.time() - t; t = time.time()
     data = P.probe_splits(probe_seeded(demo_protocol(cfg), cfg.seeds[0]), cfg.cache_dir, cfg.progress)
     teacher = {s: teacher_probes(cfg, s, data) for s in cfg.seeds}
+    fault_point('teacher')                                        # tests: killed after the teacher's probes
     timing['teacher_probes'] = time.time() - t; t = time.time()
     runs = {v: {} for v in variants}
     for v, s in tqdm([(v, s) for v in variants for s in cfg.seeds], desc=f'{kind} runs', disable=not cfg.progress):
         runs[v][s] = student_run(cfg, s, recon_path, data, v, variants[v], concat=cfg.concat and v == 'default', resume=resume)
+        fault_point('student', sum(map(len, runs.values())))     # tests: killed between students
     timing['students'] = time.time() - t
     return dict(recon_path=recon_path, teacher=teacher, runs=runs, timing=timing)
 
@@ -312,6 +318,11 @@ def run_demo(cfg: DemoConfig | None = None, resume: bool = False, overwrite: boo
     cfg = cfg or demo_default()
     t0 = time.time()
     r = demo_runs(cfg, {'default': {}}, 'snd_demo', resume, overwrite)
+    try: return _finish_demo(cfg, r, t0, command)
+    finally: r['folder'].release()
+
+def _finish_demo(cfg: DemoConfig, r: dict, t0: float, command: str | None) -> dict:
+    "Figures, results.json and results.md of a demo whose runs are done."
     runs = r['runs']['default']
     t = time.time()
     demo_figures(cfg, runs[cfg.seeds[0]]['student_path'], Path(cfg.out))
@@ -321,6 +332,7 @@ def run_demo(cfg: DemoConfig | None = None, resume: bool = False, overwrite: boo
                geometry_eval=reconstructor_eval(r['recon_path']), machine=machine_summary(),
                teacher=r['teacher'], runs=runs, summary=demo_summary(r['teacher'], runs, cfg.concat),
                timing_s={k: round(v, 1) for k, v in timing.items()})
+    fault_point('results')
     atomic_write_json(Path(cfg.out)/'results.json', res, default=str)
     atomic_write_text(Path(cfg.out)/'results.md', demo_table(res))
     return res
@@ -344,14 +356,17 @@ STUDY_VARIANTS = {
 }
 
 def study_variants(cfg: DemoConfig, names: list[str] | None = None) -> dict:
-    "The study's variants (all by default), dropping those identical to 'default' under `cfg` (e.g. no_blending when the default does not blend)."
+    "The study's variants (all by default, then dropping those identical to 'default' under `cfg`); a variant named in `names` that is the default is an error."
     unknown = sorted(set(names or []) - set(STUDY_VARIANTS))
     if unknown: raise ValueError(f'unknown study variant(s) {unknown}; choose from {list(STUDY_VARIANTS)}')
     base = asdict(demo_train_config(cfg, None))
     out = {}
     for name in names or STUDY_VARIANTS:
         ov = STUDY_VARIANTS[name]
-        if name != 'default' and all(base.get(k) == v for k, v in ov.items()): continue   # same as the default run
+        if name != 'default' and all(base.get(k) == v for k, v in ov.items()):          # the same run as 'default'
+            if names: raise ValueError(f'study variant {name!r} ({", ".join(f"{k}={v!r}" for k, v in ov.items())}) is the default '
+                                       'under this config: it would repeat the default run; drop it from --variants')
+            continue
         out[name] = ov
     return out
 
@@ -369,16 +384,22 @@ def study_table(results: dict) -> str:
 def run_study(cfg: DemoConfig | None = None, variants: list[str] | None = None, resume: bool = False, overwrite: bool = False,
               command: str | None = None) -> dict:
     "The ablations: every variant distilled over `cfg.seeds` and probed, paired with the teacher; writes `study.json` and `study.md`."
-    cfg = cfg or demo_default(out='outputs/study')
+    cfg = cfg or demo_default(out='runs/study')
     t0 = time.time()
     vs = study_variants(cfg, variants)
     r = demo_runs(cfg, vs, 'snd_study', resume, overwrite)
+    try: return _finish_study(cfg, vs, r, t0, command)
+    finally: r['folder'].release()
+
+def _finish_study(cfg: DemoConfig, vs: dict, r: dict, t0: float, command: str | None) -> dict:
+    "Summaries, study.json and study.md of a study whose runs are done."
     summary = {v: paired_summary(r['teacher'], r['runs'][v]) for v in vs}
     if cfg.concat and 'default' in vs: summary['default, student+teacher'] = paired_summary(r['teacher'], r['runs']['default'], 'student+teacher')
     res = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), command=command or 'run_study(...)',
                config=asdict(cfg), variants=vs, machine=machine_summary(), teacher=r['teacher'], runs=r['runs'], summary=summary,
                geometry_eval=reconstructor_eval(r['recon_path']),
                timing_s={**{k: round(v, 1) for k, v in r['timing'].items()}, 'total': round(time.time() - t0, 1)})
+    fault_point('results')
     atomic_write_json(Path(cfg.out)/'study.json', res, default=str)
     atomic_write_text(Path(cfg.out)/'study.md', study_table(res))
     return res
@@ -406,28 +427,29 @@ def demo_student(*outs: str | Path) -> Path | None:
 # %% ../nbs/15_demo.ipynb #1976de8c
 def _demo_options(p, quick_help: str):
     add_option(p, 'quick', action='store_true', help=quick_help)
-    add_option(p, 'seeds', type=option_type(tuple[int, ...]), default=None, help='distillation seeds, e.g. 0,1,2 (default: 0,1,2)')
+    add_seeds_option(p, 'distillation seeds, e.g. 0,1,2 or 0 1 2 (default: 0,1,2)')
     add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads')
-    add_option(p, 'no_progress', action='store_true', help='hide progress bars')
+    add_flag(p, 'progress', 'show progress bars (default) or not (--no-progress)')
 
 def _demo_config(a, given: dict) -> DemoConfig:
     given = {**parse_sets(DemoConfig, a.set), **{k: v for k, v in given.items() if v is not None}}
     if given.get('reconstructor') and 'geometry' not in given: given['geometry'] = 'reconstructor'
-    return (demo_quick if a.quick else demo_default)(**given, **({} if 'progress' in given else dict(progress=not a.no_progress)))
+    return (demo_quick if a.quick else demo_default)(**given, **({} if 'progress' in given or a.progress is None else dict(progress=a.progress)))
 
 def snd_demo(argv: list[str] | None = None) -> dict | None:
     "Command line: Splat and Distill end to end on procedural scenes (geometry, distillation over seeds, probes, the paired table)."
     p = cli_parser('snd_demo', 'Splat and Distill end to end on procedural scenes: geometry, distillation over seeds, probes, and the paired teacher-vs-student table.',
-                   'Example: snd_demo --quick --out outputs/demo_quick --set probe_overrides=\'{"epochs": 3}\'\n'
-                   'Output folder, --resume and --overwrite: chapter 11 ("Run folders"); --set syntax (any DemoConfig field): chapter 00.')
+                   'Example: snd_demo --quick --out runs/demo_quick --set probe_overrides=\'{"epochs": 3}\'\n'
+                   '--resume continues each stage where it stopped and keeps the finished ones; --overwrite starts again (only the files the\n'
+                   'demo wrote are removed). Output folder: chapter 11 ("Run folders"); --set syntax (any DemoConfig field): chapter 00a.')
     _demo_options(p, 'tiny preset: every stage in a few minutes')
-    add_option(p, 'out', default=None, help='output folder (default outputs/demo or outputs/demo_quick)')
+    add_option(p, 'out', default=None, help='output folder (default runs/demo or runs/demo_quick)')
     add_option(p, 'geometry', default=None, help="'reconstructor' (default) or 'gt' (ground-truth depth)")
     add_option(p, 'reconstructor', default=None, help='reuse this reconstructor checkpoint (implies --geometry reconstructor)')
     for name, what in [('train_steps', 'distillation steps'), ('recon_steps', 'reconstructor steps'), ('size', 'image size'),
                        ('seed', 'seed of the reconstructor and the figures')]:
         add_option(p, name, type=option_type(int), default=None, help=what)
-    add_run_options(p, 'demo (each stage continues where it stopped; finished stages are kept)')
+    add_run_options(p, 'demo')
     def main(a):
         cfg = _demo_config(a, dict(out=a.out, geometry=a.geometry, reconstructor=a.reconstructor, train_steps=a.train_steps,
                                    recon_steps=a.recon_steps, size=a.size, seed=a.seed, seeds=a.seeds, threads=a.threads))
@@ -442,13 +464,15 @@ def snd_study(argv: list[str] | None = None) -> dict | None:
     "Command line: the ablations of Splat and Distill at classroom scale, each over seeds and paired with the teacher."
     p = cli_parser('snd_study', 'The ablations of Splat and Distill at classroom scale (blending, geometry, recipe, EMA teacher, '
                    'upsampling), each over seeds and paired with the teacher; resumable run by run.',
-                   f'Variants: {", ".join(STUDY_VARIANTS)}.\nExample: snd_study --variants default,no_blending --seeds 0,1,2 --out outputs/study')
+                   f'Variants: {", ".join(STUDY_VARIANTS)}.\nExample: snd_study --variants default,half_blending --seeds 0,1,2 --out runs/study\n'
+                   '--resume keeps every finished (variant, seed) run and continues the rest; --overwrite starts again (only the files the\n'
+                   'study wrote are removed).')
     _demo_options(p, 'tiny preset: a smoke check of the whole study')
-    add_option(p, 'out', default=None, help='output folder (default outputs/study or outputs/study_quick)')
+    add_option(p, 'out', default=None, help='output folder (default runs/study or runs/study_quick)')
     add_option(p, 'variants', type=option_type(list[str]), default=None, help='comma-separated subset of the variants (default: all)')
-    add_run_options(p, 'study (finished runs are kept)')
+    add_run_options(p, 'study')
     def main(a):
-        cfg = _demo_config(a, dict(out=a.out or ('outputs/study_quick' if a.quick else 'outputs/study'), seeds=a.seeds, threads=a.threads))
+        cfg = _demo_config(a, dict(out=a.out or ('runs/study_quick' if a.quick else 'runs/study'), seeds=a.seeds, threads=a.threads))
         res = run_study(cfg, a.variants, resume=a.resume, overwrite=a.overwrite,
                         command='snd_study ' + ' '.join(sys.argv[1:] if argv is None else map(str, argv)))
         print(study_table(res))

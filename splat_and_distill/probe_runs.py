@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from .core import set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text
 from .runs import (sha256_file, read_json, parse_sets, cli_parser, add_option, add_run_options,
-    option_type, run_cli, check_run_folder, start_run_folder, check_resume_config)
+    option_type, run_cli, open_run, add_flag)
 from .cameras import scale_intrinsics, make_intrinsics
 from .backbones import load_probe_backbone, spec_label
 from .reconstruct import valid_depth
@@ -133,22 +133,27 @@ def probe_models(specs: list[str], cfg: ProbeConfig, weights: list[str | None] |
     if len(set(labels)) != len(labels): raise ValueError(f'two models would share a row label: {labels}; rename a weights file')
     keys = [model_key(s, w) for s, w in zip(specs, weights)]      # checks names and weights files, hashes their content
     out, previous = (Path(out_dir) if out_dir is not None else None), {}
-    if out is not None and check_run_folder(out, 'snd_probe', PROBE_RUN_FILES, resume, overwrite) is not None:
-        check_resume_config(read_json(out / 'config.json', 'probe config'), asdict(cfg), PROBE_RESUME_MUTABLE, str(out / 'config.json'))
-        previous = read_json(out / 'results.json', 'results file') if (out / 'results.json').is_file() else {}
-    if data is not None and 'tasks' in data:                       # a real benchmark: every model is probed again
-        if out is not None:
-            start_run_folder(out, 'snd_probe', PROBE_RUN_FILES, overwrite=overwrite or resume)
-            atomic_write_json(out / 'config.json', asdict(cfg))
-        return _probe_models_real(specs, cfg, weights, data, out_dir)
+    folder = open_run(out, 'snd_probe', PROBE_RUN_FILES, resume, overwrite, asdict(cfg), PROBE_RESUME_MUTABLE, 'probe config') if out else None
+    if folder is not None and folder.info is not None and (out / 'results.json').is_file():
+        previous = read_json(out / 'results.json', 'results file')
     norm = lambda k: json.loads(json.dumps(k, default=str))
-    reuse = {l for l, k in zip(labels, keys) if l in previous.get('models', {}) and previous.get('model_keys', {}).get(l) == norm(k)}
+    real = data is not None and 'tasks' in data                    # a real benchmark: every model is probed again
+    reuse = set() if real else {l for l, k in zip(labels, keys) if l in previous.get('models', {}) and previous.get('model_keys', {}).get(l) == norm(k)}
+    backbones = {l: load_probe_backbone(s, w or None) for s, w, l in zip(specs, weights, labels) if l not in reuse}   # weights checked: before the folder is taken
+    if folder is None: return _probe_models(specs, cfg, weights, labels, keys, backbones, reuse, previous, None, cache_dir, progress, data)
+    folder.start()
+    try:
+        if folder.new or not (out / 'config.json').is_file(): atomic_write_json(out / 'config.json', asdict(cfg))
+        return _probe_models(specs, cfg, weights, labels, keys, backbones, reuse, previous, out, cache_dir, progress, data)
+    finally: folder.release()
+
+def _probe_models(specs, cfg, weights, labels, keys, backbones, reuse, previous, out, cache_dir, progress, data) -> dict:
+    "The body of `probe_models` once the models are loaded and the output folder (if any) is taken."
+    if data is not None and 'tasks' in data: return _probe_models_real(specs, cfg, weights, data, out, backbones)
+    norm = lambda k: json.loads(json.dumps(k, default=str))
     t0 = time.perf_counter()
     if len(reuse) < len(labels): data = data or probe_splits(cfg, cache_dir, progress)
     t_data = time.perf_counter() - t0
-    if out is not None and not previous:
-        start_run_folder(out, 'snd_probe', PROBE_RUN_FILES, overwrite=overwrite or resume)
-        atomic_write_json(out / 'config.json', asdict(cfg))
     summary = (f"{len(data['train'])} train / {len(data['test'])} test views of procedural scenes at {cfg.image_size}px "
                f"({cfg.n_train_scenes}/{cfg.n_test_scenes} scenes)") if data else previous.get('data', {}).get('summary', '')
     results = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), config=asdict(cfg),
@@ -160,8 +165,7 @@ def probe_models(specs: list[str], cfg: ProbeConfig, weights: list[str | None] |
         if label in reuse:
             print(f'{label}: unchanged since {out / "results.json"}; its results are reused')
             continue
-        backbone = load_probe_backbone(spec, w or None)
-        results['models'][label] = probe_backbone(backbone, data, cfg, label, key, cache_dir, progress)
+        results['models'][label] = probe_backbone(backbones.pop(label), data, cfg, label, key, cache_dir, progress)
         results['model_keys'][label] = norm(key)
         if out is not None: write_results(results, out)            # partial results survive an interrupted run (--resume)
     results['timing_s']['total'] = round(time.perf_counter() - t0, 2)
@@ -425,13 +429,14 @@ def probe_real(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = '
     return dict(out, timing_s={k: round(v, 2) for k, v in times.items()})
 
 # %% ../nbs/10a_probe_runs.ipynb #55919f19
-def _probe_models_real(specs: list[str], cfg: ProbeConfig, weights: list, data: dict, out_dir=None) -> dict:
+def _probe_models_real(specs: list[str], cfg: ProbeConfig, weights: list, data: dict, out_dir=None, backbones: dict | None = None) -> dict:
     "`probe_models` on a real benchmark (`read_probe_data`): the tasks it supports, one row per model."
     t0 = time.perf_counter()
     results = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), config=asdict(cfg),
                    data=dict(kind=data['kind'], tasks=list(data['tasks']), summary=data['summary']), threads=torch.get_num_threads(), models={}, timing_s={})
     for spec, w in zip(specs, weights):
-        results['models'][spec_label(spec, w)] = probe_real(load_probe_backbone(spec, w or None), data, cfg)
+        label = spec_label(spec, w)
+        results['models'][label] = probe_real((backbones or {}).pop(label, None) or load_probe_backbone(spec, w or None), data, cfg)
         if out_dir is not None: write_results(results, out_dir)
     results['timing_s']['total'] = round(time.perf_counter() - t0, 2)
     if out_dir is not None: write_results(results, out_dir)
@@ -447,11 +452,11 @@ def snd_probe(argv: list[str] | None = None) -> dict | None:
                help='comma-separated specs: name, name:random, name:WEIGHTS, a+b (concatenation)')
     add_option(p, 'weights', default='', help='comma-separated weights files, one per spec (empty entries: none)')
     add_option(p, 'preset', default='cpu_default', help=f'ProbeConfig preset: {", ".join(PROBE_PRESETS)} (default: cpu_default)')
-    add_option(p, 'out', default='probe_results', help='folder for results.json and results.md (default: probe_results)')
+    add_option(p, 'out', default='runs/probe', help='folder for results.json and results.md (default: runs/probe)')
     add_option(p, 'cache_dir', default=None, help='optional folder caching scenes and features')
     add_run_options(p, 'probe run (models whose spec and weights are unchanged are not probed again)')
     add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads (default: $OMP_NUM_THREADS or all cores)')
-    add_option(p, 'quiet', action='store_true', help='no progress bars')
+    add_flag(p, 'progress', 'show progress bars (default) or not (--no-progress)')
     add_option(p, 'data', default='procedural', help='procedural, or a real benchmark KIND:PATH with KIND nyu, scannetpp or scannet1500')
     def main(a):
         if a.threads is not None and a.threads < 1: raise ValueError(f'threads={a.threads}: must be >= 1')
@@ -460,10 +465,10 @@ def snd_probe(argv: list[str] | None = None) -> dict | None:
         ws = [w.strip() or None for w in a.weights.split(',')] if a.weights else None
         cfg = validate_probe_config(probe_config(a.preset, **parse_sets(ProbeConfig, a.set)))
         for s, w in zip(specs, ws or [None] * len(specs)): model_key(s, w)      # names and weights files, before any data is read
-        check_run_folder(Path(a.out), 'snd_probe', PROBE_RUN_FILES, a.resume, a.overwrite)
+        open_run(Path(a.out), 'snd_probe', PROBE_RUN_FILES, a.resume, a.overwrite, asdict(cfg), PROBE_RESUME_MUTABLE, 'probe config')   # reads only
         set_threads(a.threads)
         real = None if a.data == 'procedural' else read_probe_data(a.data, cfg)
-        res = probe_models(specs, cfg, ws, out_dir=a.out, cache_dir=a.cache_dir, progress=not a.quiet, data=real, resume=a.resume, overwrite=a.overwrite)
+        res = probe_models(specs, cfg, ws, out_dir=a.out, cache_dir=a.cache_dir, progress=a.progress is not False, data=real, resume=a.resume, overwrite=a.overwrite)
         print(results_table(res).split('\n\n')[0])
         print(f'wrote {Path(a.out)/"results.json"} and {Path(a.out)/"results.md"} in {res["timing_s"]["total"]:.0f} s')
         return res

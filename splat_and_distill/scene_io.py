@@ -89,7 +89,7 @@ def _inside(folder: Path, p: Path, where: str, key: str, allow_outside: bool) ->
     "`p`, refused when it (after symbolic links) lies outside the scene `folder`, unless `allow_outside`."
     if allow_outside or p.resolve().is_relative_to(folder.resolve()): return p
     raise ValueError(f'{where}: {key} leads to {p.resolve()}, outside the scene folder {folder.resolve()}; move the file into the '
-                     'folder, or allow it explicitly (read_scene(..., allow_outside=True); snd_train --allow_outside_paths true)')
+                     'folder, or allow it explicitly (read_scene(..., allow_outside=True); snd_train --allow_outside_paths)')
 
 # %% ../nbs/02a_scene_io.ipynb #bbcb09d9
 def _open_image(path: Path, what: str, load: bool = True) -> Image.Image:
@@ -409,7 +409,7 @@ def make_snd_scannetpp_folder(root: str | Path, scenes: list, skip_frames: tuple
     return root
 
 # %% ../nbs/02a_scene_io.ipynb #4837a7f3
-def write_scenes(n_scenes: int = 2, n_views: int = 8, size: int = 128, seed: int = 0, out: str = 'outputs/scenes',
+def write_scenes(n_scenes: int = 2, n_views: int = 8, size: int = 128, seed: int = 0, out: str = 'runs/scenes',
                  overwrite: bool = False, progress: bool = True) -> list[Path]:
     "Procedural scenes `seed, seed+1, ...` written in the transforms.json layout with a preview montage each; existing ones refused unless `overwrite`."
     from tqdm.auto import tqdm
@@ -434,11 +434,11 @@ def write_scenes(n_scenes: int = 2, n_views: int = 8, size: int = 128, seed: int
 def snd_scenes(argv: list[str] | None = None) -> list[Path] | None:
     "Command line: generate procedural scenes and write each in the nerfstudio transforms.json layout plus a preview PNG."
     p = cli_parser('snd_scenes', 'Generate procedural scenes; write each in the nerfstudio transforms.json layout plus a preview PNG montage.',
-                   'Example: snd_scenes --n-scenes 2 --n-views 8 --size 128 --out outputs/scenes')
+                   'Example: snd_scenes --n-scenes 2 --n-views 8 --size 128 --out runs/scenes')
     add_option(p, 'n_scenes', type=option_type(int), default=2, help='number of scenes (default: 2)')
     add_option(p, 'n_views', type=option_type(int), default=8, help='views per scene (default: 8)')
     add_option(p, 'size', type=option_type(int), default=128, help='image height and width in pixels (default: 128)')
     add_option(p, 'seed', type=option_type(int), default=0, help='seed of the first scene; scenes use seed, seed+1, ... (default: 0)')
-    add_option(p, 'out', default='outputs/scenes', help='output folder (default: outputs/scenes)')
+    add_option(p, 'out', default='runs/scenes', help='output folder (default: runs/scenes)')
     add_option(p, 'overwrite', action='store_true', help='write scenes again where the output folder already holds them')
     return run_cli(p, argv, lambda a: write_scenes(a.n_scenes, a.n_views, a.size, a.seed, a.out, a.overwrite))

@@ -52,7 +52,7 @@ def test_probe_output_folder_contract(tmp_path, capsys):
     "snd_probe: a second call is refused; --resume keeps the rows of unchanged models; --overwrite replaces."
     args = ['--backbone', 'efficientnet_lite0:random', '--preset', 'tiny', '--set', 'n_views=6', '--set', 'n_train_scenes=1',
             '--set', 'n_test_scenes=1', '--set', 'epochs=1', '--set', 'real_image=false', '--set', 'corr_gaps=1,2',
-            '--out', str(tmp_path / 'p'), '--cache_dir', str(tmp_path / 'c'), '--quiet']
+            '--out', str(tmp_path / 'p'), '--cache_dir', str(tmp_path / 'c'), '--no-progress']
     first = snd_probe(args)
     with pytest.raises(SystemExit) as e: snd_probe(args)
     assert e.value.code == 2 and 'already holds a run' in capsys.readouterr().err

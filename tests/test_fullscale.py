@@ -59,7 +59,7 @@ def test_paper_preset_runs_end_to_end_on_the_authors_layout(tmp_path, scenes, mo
     out = snd_train(['--preset', 'paper_vits14', '--data', str(root), '--backbone', 'dinov2_vits14:random', '--reconstructor', str(_tiny_recon(tmp_path / 'recon')),
                      '--height', '56', '--width', '84', '--gap', '4', '--steps', '3', '--val_scenes', '1', '--val_pairs', '2', '--log_every', '1',
                      '--val_every', '0', '--ckpt_every', '0', '--out', str(tmp_path / 'run'), '--device', 'cpu', '--no-progress',
-                     '--require_masks', 'true', '--workers', '1'])
+                     '--require_masks', '--workers', '1'])
     cfg = out['config']
     assert (cfg['batch_size'], cfg['out_dim'], cfg['lora_rank'], cfg['geometry']) == (1, 65536, 8, 'reconstructor')
     # real instance labels reached the blend: the mask ids that were written, not the all-unknown -1
@@ -208,7 +208,7 @@ def test_nyu_reader_and_snd_probe_table(tmp_path, capsys):
     mapc = loadmat(str(root / 'classMapping40.mat'))['mapClass'].ravel().astype(np.int64)
     assert torch.equal(tr.semantic[0], torch.from_numpy(np.where(lab > 0, mapc[lab - 1] - 1, -1)))      # 894 raw ids -> 40 classes, 0 -> ignored
     snd_probe(['--backbone', 'efficientnet_lite0:random', '--preset', 'tiny', '--data', f'nyu:{root}', '--out', str(tmp_path / 'res'),
-               '--quiet', '--set', 'epochs=2', '--set', 'image_size=24', '--threads', '1'])
+               '--no-progress', '--set', 'epochs=2', '--set', 'image_size=24', '--threads', '1'])
     text = capsys.readouterr().out
     assert '| model |' in text and 'depth AbsRel' in text and 'seg mIoU' in text and 'normals RMSE' in text
     (root / 'splits.mat').unlink()
