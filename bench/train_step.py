@@ -16,8 +16,9 @@ import argparse, sys, tempfile, time
 import torch
 from splat_and_distill.core import set_threads, batch_to
 from splat_and_distill.runs import parse_sets
-from splat_and_distill.train import (make_config, validate_config, load_scenes, build_models, make_criterion, make_optimizer, step_batch,
-                                     teacher_side, autocast, StepTimer, backbone_name, TrainConfig)
+from splat_and_distill.train import (make_config, validate_config, load_scenes, build_models, make_criterion,
+    make_optimizer, teacher_side, autocast, StepTimer, backbone_name, TrainConfig)
+from splat_and_distill.scenes import step_batch
 from splat_and_distill.lift import lift_scale
 from splat_and_distill.distill import distill_step
 from splat_and_distill.scenes import TripletDataset

@@ -22,7 +22,7 @@ def set_seed(seed: int = 0):
     return seed
 
 def rng_state() -> dict:
-    "Python, NumPy, torch CPU (and CUDA, when present) random states: what a checkpoint must hold to resume exactly."
+    "Python, NumPy, torch CPU (and CUDA, when present) random states: what a resumed run needs to draw the same numbers again."
     return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 

@@ -5,7 +5,7 @@
 # %% ../nbs/15_demo.ipynb #084182f9
 from __future__ import annotations
 import dataclasses, datetime, json, os, platform, shutil, sys, time
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
 import torch
@@ -14,13 +14,13 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from torch import Tensor
 from tqdm.auto import tqdm
-from .core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
-    show_images, colorize_depth)
+from splat_and_distill.core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
+    show_images)
 from .runs import (read_json, read_jsonl, check_ranges, parse_sets, cli_parser, add_option,
     add_run_options, option_type, run_cli, open_run, fault_point, add_flag, add_seeds_option)
-from .scenes import make_scene, scene_seeds, TripletDataset
+from .scenes import make_scene, scene_seeds
 from .backbones import make_backbone, load_probe_backbone
-from .lift import lift_and_splat_details
+from .lift import lift_and_splat_details, covisible_pixels, sample_features_at
 from .probe_runs import probe_backbone, model_key
 from splat_and_distill.evaluate import (ProbeProtocol, probe_seeded, STUDY_COLUMNS, paired_summary, summary_table,
     plus_minus, metric_digits)
@@ -211,7 +211,6 @@ def splat_figure(teacher, scene, context, target, blend_alpha=1.0, path=None):
 @torch.no_grad()
 def consistency_map(features_a: Tensor, features_b: Tensor, scene, a: int, b: int) -> Tensor:
     "Per-pixel cosine between view `a`'s feature and its co-visible match's feature in view `b` (`[h, w]`, NaN where not co-visible)."
-    from splat_and_distill.lift import covisible_pixels, sample_features_at
     h, w = scene.depth.shape[-2:]
     uv_a, uv_b = covisible_pixels(scene.depth[a], scene.K[a], scene.c2w[a], scene.depth[b], scene.K[b], scene.c2w[b])
     cos = F.cosine_similarity(sample_features_at(features_a, uv_a, h, w), sample_features_at(features_b, uv_b, h, w), dim=-1)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_distill.ipynb #2204f7b0
 from __future__ import annotations
-import copy, math
+import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_fit3d.ipynb #9d382c9c
 from __future__ import annotations
-import argparse, dataclasses, json, math, sys, time, types, typing
+import json, math, time, types
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -12,39 +12,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from jaxtyping import Float, Int, Bool
+from jaxtyping import Float, Bool
 from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from splat_and_distill.runs import (config_from_args, add_config_options, typed_overrides, parse_sets, check_ranges,
-    check_device, cli_parser, add_option, add_run_options, run_cli, read_json, open_run, fault_point, add_seeds_option,
-    check_resume_config)
-from .core import (set_seed, set_threads, default_device, atomic_path, atomic_write_json,
-    atomic_write_text, pca_rgb, show_images)
+from .runs import typed_overrides, check_ranges, check_device, read_json, open_run, fault_point
+from splat_and_distill.core import (set_seed, set_threads, default_device, atomic_path, atomic_write_json, pca_rgb,
+    show_images)
 from .cameras import unproject_depth, scale_intrinsics
 from .gaussians import Gaussians
 from .splat import hwc_to_chw, ssim, psnr
 from .render import render
 from .lift import downsample_to_tokens, hole_mask, lift_and_splat_details, downscale_batch, lift_scale
-from .reconstruct import load_reconstructor
+from .reconstruct import load_reconstructor, to_gaussians
 from .train import export_student
-from .backbones import make_backbone, make_student, describe_trainable, BACKBONES, load_probe_backbone
-from . import probes as P
-from .probe_runs import probe_backbone, model_key, flatten_metrics
-from splat_and_distill.evaluate import (ProbeProtocol, probe_seeded, paired_summary, summary_table, STUDY_COLUMNS,
-    plus_minus, metric_digits)
+from .backbones import make_backbone, make_student, describe_trainable, BACKBONES
+from .scene_io import scene_folders
+from . import scenes as S
+from . import scene_io
 
 # %% auto #0
-__all__ = ['FIT3D_PRESETS', 'FIT3D_ROWS', 'FIT3D_RANGES', 'FIT_KEYS', 'FIT3D_RUN_FILES', 'FIT3D_RESUME_MUTABLE', 'split_views',
-           'knn_scales', 'FeatureGaussians', 'init_points', 'scene_extent', 'render_feature_gaussians', 'rgb_loss',
-           'feature_loss', 'token_cosine', 'pixel_cosine', 'holdout_metrics', 'lift_metrics', 'FiT3DConfig',
-           'cpu_fit3d', 'tiny_fit3d', 'paper_fit3d', 'fit3d_config', 'train_lift_scale', 'like_train',
-           'stage1_optimizer', 'stage1_schedule', 'teacher_tokens', 'scene_depth', 'converged_at', 'fit_scene',
-           'fit_figure', 'curve_figure', 'render_targets', 'masked_l1', 'finetune', 'fit3d_probe_specs', 'probe_fit3d',
-           'fit3d_summary', 'study_runs', 'side_by_side', 'teacher_agreement', 'fit3d_vs_snd_table', 'load_results',
-           'stage1_table', 'validate_fit3d_config', 'fit3d_scenes', 'save_scene_fit', 'load_scene_fit',
-           'reconstructor_geometry', 'stage1', 'stage2', 'run_fit3d', 'fit3d_study', 'cli_config', 'snd_fit3d']
+__all__ = ['FIT3D_PRESETS', 'FIT3D_RANGES', 'FIT_KEYS', 'FIT3D_RUN_FILES', 'FIT3D_RESUME_MUTABLE', 'split_views', 'knn_scales',
+           'FeatureGaussians', 'init_points', 'scene_extent', 'render_feature_gaussians', 'rgb_loss', 'feature_loss',
+           'token_cosine', 'pixel_cosine', 'holdout_metrics', 'lift_metrics', 'FiT3DConfig', 'cpu_fit3d', 'tiny_fit3d',
+           'paper_fit3d', 'fit3d_config', 'train_lift_scale', 'like_train', 'stage1_optimizer', 'stage1_schedule',
+           'teacher_tokens', 'scene_depth', 'converged_at', 'fit_scene', 'fit_figure', 'curve_figure', 'render_targets',
+           'masked_l1', 'finetune', 'validate_fit3d_config', 'fit3d_scenes', 'save_scene_fit', 'load_scene_fit',
+           'reconstructor_geometry', 'stage1', 'stage2', 'run_fit3d']
 
 # %% ../nbs/12_fit3d.ipynb #6ba6ca77
 def split_views(n_views: int, gap: int = 8, holdout_every: int = 6) -> tuple[list[int], list[tuple[int, int, int]]]:
@@ -256,7 +251,6 @@ def fit3d_config(preset: str = 'cpu_fit3d', overrides: dict | None = None, **kw)
 def train_lift_scale(train_cfg) -> float:
     "The fraction of the image size at which a Splat-and-Distill `TrainConfig` lifts and splats (its `render_scale`, or the auto rule of `lift.lift_scale`)."
     if train_cfg.render_scale is not None: return train_cfg.render_scale
-    from splat_and_distill.reconstruct import load_reconstructor
     recon = load_reconstructor(train_cfg.reconstructor, 'cpu') if train_cfg.geometry == 'reconstructor' and train_cfg.reconstructor else None
     grid = make_backbone(train_cfg.backbone.partition(':')[0], pretrained=False).token_grid(train_cfg.height, train_cfg.width)
     return lift_scale(train_cfg, (train_cfg.height, train_cfg.width), grid, recon)
@@ -421,98 +415,6 @@ def finetune(student: nn.Module, images: Float[Tensor, "n 3 h w"], targets: Floa
         log.append(dict(step=step + 1, loss=loss.item()))
     return log
 
-# %% ../nbs/12_fit3d.ipynb #48b32521
-FIT3D_ROWS = {'student': 'FiT3D student', 'student+teacher': 'FiT3D student + teacher'}   # model key (15_demo's names) -> table row
-
-def fit3d_probe_specs(student_path: str | Path, backbone: str = 'efficientnet_lite0') -> dict:
-    "Chapter 03's model specs of the FiT3D student and of FiT3D's assembly (teacher and student concatenated), by model key."
-    return {'student': f'{backbone}:{student_path}', 'student+teacher': f'{backbone}+{backbone}:{student_path}'}
-
-def probe_fit3d(student_path: str | Path, seed: int, protocol: ProbeProtocol, data: dict, backbone: str = 'efficientnet_lite0',
-                weights: str | None = None) -> dict:
-    "Every probe with probe seed `seed` (chapter 10b's `probe_seeded`) on the teacher, the FiT3D student and student+teacher: `{'teacher': ..., 'models': {...}}`."
-    pc = probe_seeded(protocol, seed)
-    teacher = probe_backbone(load_probe_backbone(backbone, weights), data, pc, 'teacher', cache_key=model_key(backbone, weights),
-                             cache_dir=protocol.cache_dir, progress=protocol.progress)
-    models = {k: probe_backbone(load_probe_backbone(spec), data, pc, k, progress=protocol.progress)
-              for k, spec in fit3d_probe_specs(student_path, backbone.partition(':')[0]).items()}
-    return dict(teacher=teacher, models=models)
-
-# %% ../nbs/12_fit3d.ipynb #fa56c71c
-def _probed(runs: dict, model: str) -> dict:
-    "The seeds of `runs` (`{seed: run}`) whose `model` has probe results."
-    return {s: r for s, r in runs.items() if model in r.get('models', {})}
-
-def fit3d_summary(results: dict) -> dict:
-    "Paired summaries (`paired_summary`: model − teacher, same seed) of the FiT3D student and of student+teacher, by table row."
-    return {row: paired_summary(results['teacher'], _probed(results['runs'], key), key) for key, row in FIT3D_ROWS.items()
-            if _probed(results.get('runs', {}), key)}
-
-def study_runs(study: dict) -> dict:
-    "`{variant: {seed: run}}` of chapter 15's study results (a demo's results.json: its one variant, as 'default')."
-    runs = study.get('runs', {})
-    return {'default': runs} if runs and all('models' in r for r in runs.values()) else runs
-
-def side_by_side(fit3d: dict, study: dict | None = None, variants=('default', 'gt_geometry')) -> tuple[dict, dict]:
-    "Summaries of every row (FiT3D's, then the study's `variants`: student, and student+teacher where probed), each paired with its own teacher; and SnD − FiT3D, paired per seed."
-    rows, h2h, runs = fit3d_summary(fit3d), {}, study_runs(study or {})
-    fit3d_models = {key: {s: r['models'][key] for s, r in _probed(fit3d['runs'], key).items()} for key in FIT3D_ROWS}
-    for v in variants:
-        for key, name in (('student', 'SnD student'), ('student+teacher', 'SnD student + teacher')):
-            r = _probed(runs.get(v, {}), key)
-            if not r: continue
-            rows[f'{name} ({v})'] = paired_summary(study['teacher'], r, key)
-            if fit3d_models[key]: h2h[f'{name} ({v}) − {FIT3D_ROWS[key]}'] = paired_summary(fit3d_models[key], r, key)
-    return rows, h2h
-
-def teacher_agreement(a: dict, b: dict, columns=STUDY_COLUMNS) -> float | None:
-    "Largest relative difference of a headline metric between two sets of teacher probe results (`{seed: results}`) on shared seeds: ~0 when probe code and seeds agree."
-    a, b = ({str(s): flatten_metrics(r) for s, r in x.items()} for x in (a, b))
-    d = [abs(a[s][k] - b[s][k]) / max(abs(a[s][k]), abs(b[s][k]), 1e-12) for s in set(a) & set(b) for k, *_ in columns if k in a[s] and k in b[s]]
-    return max(d) if d else None
-
-def _delta_cell(s: dict, key: str) -> str:
-    "A paired difference `+m ± s` (bold beyond 2 std), as `summary_table` writes it."
-    if key not in s: return '-'
-    txt = ('+' if s[key]['delta'][0] >= 0 else '') + plus_minus(*s[key]['delta'], metric_digits(key))
-    return f'**{txt}**' if s[key]['better'] or s[key]['worse'] else txt
-
-def fit3d_vs_snd_table(fit3d_results: dict, study_results: dict | None = None, variants=('default', 'gt_geometry'), columns=STUDY_COLUMNS) -> str:
-    "Markdown: teacher, FiT3D student and the study's SnD students (alone and with the teacher), mean ± std and paired Δ to the teacher; then SnD − FiT3D, paired per seed."
-    rows, h2h = side_by_side(fit3d_results, study_results, variants)
-    lines = [summary_table(rows, columns)]
-    cols = [c for c in columns if any(c[0] in s for s in rows.values())]
-    lines += [f'| {name} | ' + ' | '.join(_delta_cell(s, k) for k, _, _ in cols) + ' |' for name, s in h2h.items()]
-    seeds = sorted({x for s in rows.values() for m in s.values() for x in m['seeds']})
-    note = [f'Seeds {seeds}; mean ± std over seeds; "− teacher" rows: paired differences to the teacher probed with the same probe seed; '
-            '"SnD − FiT3D" rows: paired per seed. Bold: beyond 2 std of the differences.']
-    if study_results:
-        agree = teacher_agreement(fit3d_results['teacher'], study_results['teacher'], columns)
-        note.append('The teacher row is FiT3D\'s teacher probes; the study probed the same teacher itself, ' +
-                    ('with no shared seed.' if agree is None else f'largest relative headline difference {agree:.1g} (FiT3D\'s JSON keeps 5 significant digits).'))
-    else: note.append("The Splat-and-Distill rows await the study's results (chapter 15's study.json).")
-    return '\n'.join(lines) + '\n\n' + ' '.join(note) + '\n'
-
-# %% ../nbs/12_fit3d.ipynb #9e694ae0
-def load_results(folder: str | Path = 'nbs/results/fit3d', name: str = 'study.json') -> dict:
-    "Committed results (`folder/name`: FiT3D's study.json, or chapter 15's study's) as a dict; `{}` if absent."
-    p = Path(folder) / name
-    return read_json(p, 'results file') if p.is_file() else {}
-
-def stage1_table(study: dict) -> str:
-    "Markdown: per seed (means over scenes), stage 1's held-out token cosine and cost against feed-forward lifting's on the same views."
-    lines = ['| seed | scenes | FiT3D stage 1: held-out cos | converged after: CPU s (wall s) | full run: CPU s | '
-             'lifting a=0.5: cos | lifting, no blending: cos | lifting one triplet: CPU s (wall s) | converged / lifting (CPU) |',
-             '|---|---|---|---|---|---|---|---|---|']
-    for seed, r in sorted(study.get('runs', {}).items(), key=lambda kv: int(kv[0])):
-        sc = r['stage1']['scenes']
-        m = lambda k: float(np.mean([s[k] for s in sc]))
-        lines.append(f"| {seed} | {len(sc)} | {m('token_cos'):.3f} | {m('converged_cpu_seconds'):.1f} ({m('converged_seconds'):.1f}) | "
-                     f"{m('fit_cpu_seconds'):.1f} | {m('lift_token_cos'):.3f} | {m('lift_noblend_token_cos'):.3f} | "
-                     f"{m('lift_cpu_seconds_per_triplet'):.3f} ({m('lift_seconds_per_triplet'):.3f}) | "
-                     f"{m('converged_cpu_seconds') / m('lift_cpu_seconds_per_triplet'):.0f}x |")
-    return '\n'.join(lines) + '\n'
-
 # %% ../nbs/12_fit3d.ipynb #19e08365
 FIT3D_RANGES = {**{k: '>= 1' for k in ('n_views', 'height', 'width', 'gap', 'feat_dim', 'init_stride', 'max_gaussians', 'fit_steps',
                                           'eval_every', 'ft_batch_size', 'lora_rank', 'last_stages')},
@@ -531,7 +433,6 @@ def validate_fit3d_config(cfg: FiT3DConfig) -> FiT3DConfig:
     if cfg.data != 'procedural':
         if not cfg.data: bad('data', 'this preset fits real scenes: pass --data FOLDER (scene folders with transforms.json)')
         if not Path(cfg.data).expanduser().is_dir(): raise FileNotFoundError(f'config data: folder not found: {cfg.data}')
-        from splat_and_distill.scene_io import scene_folders
         if not scene_folders(Path(cfg.data).expanduser()):
             raise FileNotFoundError(f'config data: {cfg.data} holds no scene folder with a transforms.json')
         if cfg.geometry == 'gt': bad('geometry', "'gt' is for procedural scenes; real captures use 'depth' (depth maps) or 'reconstructor'")
@@ -553,7 +454,6 @@ def validate_fit3d_config(cfg: FiT3DConfig) -> FiT3DConfig:
 # %% ../nbs/12_fit3d.ipynb #21b11750
 def fit3d_scenes(cfg: FiT3DConfig) -> list[tuple[str, object]]:
     "`(name, Scene)` pairs to fit: procedural training scenes, or the scene folders of `cfg.data`."
-    from splat_and_distill import scenes as S, scene_io
     if cfg.data == 'procedural':
         return [(f'scene_{seed:07d}', S.load_or_make_scene(seed, cfg.n_views, (cfg.height, cfg.width), cfg.cache_dir))
                 for seed in S.scene_seeds('train', cfg.train_scenes)]
@@ -611,7 +511,6 @@ def _scene_summary(fit: dict, lift: dict, lift_noblend: dict) -> dict:
 
 def reconstructor_geometry(recon):
     "Lifting geometry from the reconstructor: pixel-aligned Gaussians of the context pair of a triplet batch (`lift_metrics`)."
-    from splat_and_distill.reconstruct import to_gaussians
     return lambda batch: to_gaussians(recon(batch['context_rgb'], batch['context_K'], batch['context_c2w']))
 
 def stage1(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, reconstructor=None, device='cpu') -> tuple[dict, bool]:
@@ -698,100 +597,3 @@ def _run_fit3d(cfg: FiT3DConfig, out: Path, teacher: nn.Module, recon, scenes: l
     fault_point('results')
     atomic_write_json(out / 'results.json', results)
     return dict(results=results, paths=_paths(out), stopped=False)
-
-# %% ../nbs/12_fit3d.ipynb #8745165b
-def _compact_run(results: dict) -> dict:
-    "A run's stage-1 and stage-2 summary without what the study tables do not read (curves as columns: step, CPU seconds, cosine)."
-    keep = ('fit_seconds', 'converged_seconds', 'converged_step', 'fit_cpu_seconds', 'converged_cpu_seconds', 'lift_cpu_seconds_per_triplet',
-            'n_gaussians', 'token_cos', 'pixel_cos', 'psnr', 'lift_token_cos', 'lift_pixel_cos', 'lift_noblend_token_cos', 'lift_seconds_per_triplet')
-    scenes = [dict({k: s[k] for k in keep}, name=n, curve={k: [r[k] for r in s['curve']] for k in ('step', 'cpu_seconds', 'token_cos')})
-              for n, s in results['scenes'].items()]
-    return dict(stage1=dict(scenes=scenes, mean=results['mean']), stage2=dict(results['stage2']))
-
-def _rounded(x, digits: int = 5):
-    "Floats rounded to `digits` significant digits, recursively (small committed JSON)."
-    if isinstance(x, float): return float(f'{x:.{digits}g}') if math.isfinite(x) else x
-    if isinstance(x, dict): return {k: _rounded(v, digits) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_rounded(v, digits) for v in x]
-    return x
-
-def _dumps(obj) -> str:
-    "Indented JSON with lists of numbers kept on one line (small, readable diffs)."
-    import re
-    text = json.dumps(_rounded(obj), indent=1)
-    return re.sub(r'\[\s+([-+\d.eE,\s]+?)\s+\]', lambda m: '[' + ' '.join(m.group(1).split()) + ']', text) + '\n'
-
-def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = 'cpu_default', probe_overrides: dict | None = None,
-                out: str | Path | None = None, resume: bool = False, overwrite: bool = False, reprobe: bool = False) -> dict:
-    "The study protocol (chapter 10b): for each seed a full FiT3D run (`OUT/seed_k`) and (if `probe_preset`) every probe with that probe seed; writes `study.json`."
-    protocol = ProbeProtocol(probe_preset or 'cpu_default', dict(probe_overrides or {}), cfg.cache_dir, cfg.progress)
-    if probe_preset is not None: P.validate_probe_config(probe_seeded(protocol, seeds[0]))     # bad probe options fail before any work
-    out = Path(out or cfg.out)
-    own = ['run.json', 'config.json', 'study.json'] + [f'seed_{k}' for k in seeds]
-    folder = open_run(out, 'snd_fit3d_study', own, resume, overwrite, asdict(cfg), FIT3D_RESUME_MUTABLE + ('seed',), 'study config')
-    folder.start()
-    try: return _fit3d_study(cfg, seeds, protocol, probe_preset, probe_overrides, out, reprobe)
-    finally: folder.release()
-
-def _fit3d_study(cfg: FiT3DConfig, seeds: list[int], protocol: ProbeProtocol, probe_preset, probe_overrides, out: Path, reprobe: bool) -> dict:
-    "The body of `fit3d_study` in its locked folder."
-    atomic_write_json(out / 'config.json', asdict(cfg))
-    path = out / 'study.json'
-    study = read_json(path, 'study file') if path.is_file() else dict(config=asdict(cfg), teacher={}, runs={})
-    if 'runs' not in study: raise ValueError(f'{path} was written by an older snd_fit3d (no "runs"); start a new study with another --out')
-    if probe_preset is not None and (reprobe or study.get('probe_preset') not in (None, probe_preset)
-                                     or study.get('probe_overrides', {}) != (probe_overrides or {})):
-        for e in study['runs'].values(): e.pop('models', None)                  # probe again: stage 1 and 2 are reused
-        study['teacher'] = {}; study.pop('summary', None)
-    if probe_preset is not None: study.update(probe_preset=probe_preset, probe_overrides=probe_overrides or {})
-    data = None
-    for seed in seeds:
-        entry = study['runs'].get(str(seed), {})
-        run_dir = out / f'seed_{seed}'
-        run = run_fit3d(dataclasses.replace(cfg, seed=seed, out=str(run_dir), stop_after_scenes=None), resume=(run_dir / 'config.json').is_file())
-        entry.update(seed=seed, **_compact_run(run['results']))
-        if probe_preset is not None and 'models' not in entry:
-            data = data or P.probe_splits(probe_seeded(protocol, seeds[0]), cfg.cache_dir, cfg.progress)   # the same test set for every seed
-            res = probe_fit3d(run['paths']['student_timm'], seed, protocol, data, cfg.backbone, cfg.weights)
-            study['teacher'][str(seed)], entry['models'] = res['teacher'], res['models']
-        study['runs'][str(seed)] = entry
-        study['summary'] = fit3d_summary(study)
-        atomic_write_text(path, _dumps(study))
-        fault_point('seed', seed)                                                # tests: killed between seeds
-    return study
-
-# %% ../nbs/12_fit3d.ipynb #b8dc0bd2
-def _cli_parser() -> argparse.ArgumentParser:
-    p = cli_parser('snd_fit3d', 'FiT3D baseline: per-scene feature Gaussians (stage 1), then fine-tuning the 2D model to their renders (stage 2).',
-                   'presets: ' + ', '.join(f'{k} ({v.__doc__})' for k, v in FIT3D_PRESETS.items()) +
-                   '\nExamples:\n  snd_fit3d --out runs/fit3d                     both stages, cpu_fit3d (add --resume after an interruption)\n'
-                   '  snd_fit3d --seeds 0 1 2 --probe_preset cpu_default --out runs/fit3d_study\n'
-                   'Run folders, --resume and --overwrite: chapter 11; --set syntax: chapter 00.')
-    add_option(p, 'preset', default=None, help=f'starting values: {", ".join(FIT3D_PRESETS)} (default: cpu_fit3d; on --resume: the run\'s saved config)')
-    add_run_options(p)
-    add_seeds_option(p, 'the study protocol over these seeds (0,1,2 or 0 1 2): OUT/seed_k runs and OUT/study.json')
-    add_option(p, 'probe_preset', default=None, help="with --seeds: probe every model with chapter 10's preset (e.g. cpu_default, tiny)")
-    add_option(p, 'reprobe', action='store_true', help='with --seeds --resume: probe every seed again (after the probes changed); stage 1 and 2 are reused')
-    add_config_options(p, FiT3DConfig, cpu_fit3d(), 'config fields (defaults shown are cpu_fit3d values; see --preset)')
-    return p
-
-def cli_config(args) -> FiT3DConfig:
-    "The config a `snd_fit3d` command line describes; on `--resume` without `--preset`, the run's saved config is the start."
-    return config_from_args(FiT3DConfig, args, FIT3D_PRESETS, 'cpu_fit3d', fit3d_config, validate_fit3d_config, pause='stop_after_scenes')
-
-def snd_fit3d(argv: list[str] | None = None) -> dict | None:
-    "Command-line entry point: `snd_fit3d [--preset P] [--out DIR] [--resume] [--KEY VALUE ...] [--set KEY=VALUE ...] [--seeds 0 1 2 --probe_preset cpu_default]`."
-    def main(args):
-        cfg = cli_config(args)
-        if args.probe_preset is not None and args.seeds is None: raise ValueError('--probe_preset needs --seeds (the study protocol probes every seed)')
-        if args.reprobe and not (args.seeds and args.resume): raise ValueError('--reprobe re-probes an existing study: give --seeds and --resume')
-        if args.print_config: print(json.dumps(asdict(cfg), indent=2)); return dict(config=asdict(cfg))
-        if args.seeds is not None:
-            study = fit3d_study(cfg, args.seeds, args.probe_preset, resume=args.resume, overwrite=args.overwrite, reprobe=args.reprobe)
-            if study.get('summary'): print(summary_table(study['summary']))
-            print(stage1_table(study))
-            return dict(study=study)
-        res = run_fit3d(cfg, resume=args.resume, overwrite=args.overwrite)
-        if not res['stopped']: print(json.dumps(res['results']['mean'], indent=1))
-        return res
-    return run_cli(_cli_parser(), argv, main)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float
-from .cameras import pixel_rays, quat_to_rotmat, unproject_depth, project_points
+from .cameras import quat_to_rotmat, unproject_depth
 
 # %% auto #0
 __all__ = ['Gaussians', 'covariance', 'gaussians_from_depth']

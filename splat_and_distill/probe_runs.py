@@ -16,13 +16,16 @@ from .core import set_threads, default_device, atomic_path, atomic_write_json, a
 from .runs import (sha256_file, read_json, parse_sets, cli_parser, add_option, add_run_options,
     option_type, run_cli, open_run, add_flag)
 from .cameras import scale_intrinsics, make_intrinsics
-from .backbones import load_probe_backbone, spec_label
+from .backbones import (load_probe_backbone, spec_label, BACKBONES, DINOV2_ENV, default_teacher_name,
+    efficientnet_lite0_weights_path)
 from .reconstruct import valid_depth
 from .probes import (DATASET_MAX_DEPTH, PROBE_PRESETS, ProbeConfig, ProbeSplit, probe_config,
     validate_probe_config, probe_splits, view_pairs, extract_features, feature_stats, standardize_features,
     train_depth_probe, evaluate_depth_probe, train_normals_probe, evaluate_normals_probe, constant_normal,
     evaluate_constant_normal, train_seg_probe, evaluate_seg_probe, evaluate_correspondence, feature_consistency,
     multiview_consistency_score, real_image_check)
+from . import __version__
+from .scenes import GENERATOR_VERSION
 
 # %% auto #0
 __all__ = ['TABLE_COLUMNS', 'FEATURES_VERSION', 'PROBE_RUN_FILES', 'PROBE_RESUME_MUTABLE', 'NYU_K', 'PROBE_DATA',
@@ -185,9 +188,7 @@ def file_identity(path: str | Path) -> dict:
 
 def model_key(spec: str, weights: str | None = None) -> dict:
     "What the features of a model spec depend on: each backbone, the *content* of every weights file it loads, the library versions."
-    from splat_and_distill.backbones import BACKBONES, DINOV2_ENV, default_teacher_name, efficientnet_lite0_weights_path
     import timm
-    from splat_and_distill import __version__
     parts = []
     for p in [p.strip() for p in spec.split('+') if p.strip()]:
         name, _, arg = p.partition(':')
@@ -230,7 +231,6 @@ def split_digest(split: ProbeSplit) -> str:
     return split._digest[2]
 
 def _data_key(cfg: ProbeConfig) -> dict:
-    from splat_and_distill.scenes import GENERATOR_VERSION
     return {**{k: getattr(cfg, k) for k in ('image_size', 'n_views', 'n_train_scenes', 'n_test_scenes', 'pre_norm')}, 'scenes_version': GENERATOR_VERSION}
 
 def split_key(split: ProbeSplit, cfg: ProbeConfig) -> dict:

@@ -19,6 +19,9 @@ from .runs import check_ranges, check_memory, check_device
 from .reconstruct import valid_depth, depth_metrics, average_metrics
 from .cameras import (pixel_centers, unproject_depth, project_points, scale_intrinsics, make_intrinsics,
                                        relative_rotation_deg)
+from .scenes import scene_nbytes
+from . import scenes as S
+from .lift import covisible_cosines
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'DATASET_MAX_DEPTH', 'PROBE_PRESETS', 'PROBE_RANGES',
@@ -319,7 +322,6 @@ def validate_probe_config(cfg: ProbeConfig) -> ProbeConfig:
     if not gaps or not all(isinstance(g, int) and not isinstance(g, bool) and 1 <= g < cfg.n_views for g in gaps):
         raise ValueError(f'probe config corr_gaps={cfg.corr_gaps!r}: expected whole numbers in [1, n_views={cfg.n_views})')
     check_device(cfg.device)
-    from splat_and_distill.scenes import scene_nbytes
     n = cfg.n_train_scenes + cfg.n_test_scenes
     check_memory(n * scene_nbytes(cfg.n_views, cfg.image_size), f'{n} procedural scenes of {cfg.n_views} views at {cfg.image_size}px (held in memory)',
                  'use fewer scenes or views, or a smaller image_size')
@@ -353,7 +355,6 @@ def split_from_scenes(scenes: list) -> ProbeSplit:
 # %% ../nbs/10_probes.ipynb #c448a676
 def probe_splits(cfg: ProbeConfig, cache_dir: str | Path | None = None, progress: bool = True) -> dict:
     "Train and test `ProbeSplit`s of procedural scenes for `cfg`, plus `n_classes` and `class_names`."
-    from splat_and_distill import scenes as S
     def make(seed):
         if cache_dir is not None and hasattr(S, 'load_or_make_scene'):
             return S.load_or_make_scene(seed, n_views=cfg.n_views, size=cfg.image_size, cache_dir=cache_dir)
@@ -517,7 +518,6 @@ def evaluate_correspondence(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: 
 
 def feature_consistency(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig, seed: int = 0, rel_tol: float = 0.03) -> dict:
     "Mean cosine similarity of features at co-visible pixels of view pairs (chapter 07's `multiview_consistency`), against random pixel pairings (`gap`)."
-    from splat_and_distill.lift import covisible_cosines
     depth, K = grid_depth(split.depth, split.K, cfg.corr_grid_width)
     g = torch.Generator().manual_seed(seed)
     cos_match, cos_rand = [], []

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_reconkd.ipynb #7410eaa8
 from __future__ import annotations
-import argparse, dataclasses, json, math, os, sys, time, typing
+import dataclasses, json, math, os, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -15,24 +15,24 @@ from torch import Tensor
 from jaxtyping import Float, Bool
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
-from splat_and_distill.runs import (add_config_options, read_json, read_jsonl, typed_overrides, parse_sets,
-    check_device, cli_parser, add_option, add_run_options, run_cli, open_run, append_jsonl, config_from_args, fault_point,
-    check_resume_config)
+from .runs import (add_config_options, read_jsonl, typed_overrides, check_device, cli_parser,
+    add_option, add_run_options, run_cli, open_run, append_jsonl, config_from_args, fault_point)
 from splat_and_distill.core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text,
     to_numpy_image)
-from .cameras import unproject_depth, project_points, invert_pose, relative_rotation_deg, scale_intrinsics, frustum_points
+from splat_and_distill.cameras import (unproject_depth, invert_pose, relative_rotation_deg, scale_intrinsics,
+    frustum_points)
 from .scenes import Scene, load_or_make_scene, scene_seeds
-from .scene_io import read_scene
+from .scene_io import read_scene, scene_folders
 from .backbones import efficientnet_lite0, tiny_vit, dinov2
-from .reconstruct import (Reconstructor, conv_block, n_parameters, load_reconstructor, train_reconstructor, make_recon_scenes,
-                          PRESETS as RECON_PRESETS)
+from .reconstruct import (Reconstructor, conv_block, n_parameters, load_reconstructor,
+    train_reconstructor, PRESETS as RECON_PRESETS)
 
 # %% auto #0
 __all__ = ['THRESHOLDS_CM', 'STUDENTS', 'PRESETS', 'METRICS', 'RECONKD_RUN_FILES', 'RESUME_MUTABLE', 'holdout_split',
            'gt_pointmaps', 'pair_partners', 'teacher_pointmaps', 'point_errors', 'pointmap_rgb', 'error_image',
            'show_teacher', 'conf_regression_loss', 'confidence_from_raw', 'PointmapHead', 'PointmapStudent',
            'make_pointmap_student', 'train_student', 'predict_pointmaps', 'localize', 'pose_errors', 'evaluate_student',
-           'time_per_call', 'ReconKDConfig', 'cpu_experiment', 'quick', 'tiny', 'find_scene_folders', 'validate_config',
+           'time_per_call', 'ReconKDConfig', 'cpu_experiment', 'quick', 'tiny', 'validate_config',
            'load_experiment_scenes', 'get_reconstructor', 'show_localisation', 'run_experiment', 'measure_times',
            'summarise', 'compare', 'best_student', 'results_table', 'comparisons_table', 'make_config', 'snd_reconkd']
 
@@ -357,12 +357,6 @@ PRESETS = dict(cpu_experiment=cpu_experiment, quick=quick, tiny=tiny)
 # %% ../nbs/13_reconkd.ipynb #c7251e79
 def _names(text: str) -> list[str]: return [s.strip() for s in text.split(',') if s.strip()]
 
-def find_scene_folders(root: str | Path) -> list[Path]:
-    "Scene folders under `root` (those holding a transforms*.json), sorted; `root` itself if it is one."
-    root = Path(root).expanduser()
-    has = lambda p: any(p.glob('transforms*.json'))
-    return [root] if has(root) else sorted(p for p in root.iterdir() if p.is_dir() and has(p))
-
 def validate_config(cfg: ReconKDConfig) -> ReconKDConfig:
     "Raise `ValueError`/`FileNotFoundError` naming the option and the fix unless `cfg` can run; reads no model or scene."
     def bad(key, msg): raise ValueError(f'{key}={getattr(cfg, key)!r}: {msg}')
@@ -386,7 +380,7 @@ def validate_config(cfg: ReconKDConfig) -> ReconKDConfig:
     else:
         root = Path(cfg.data).expanduser()
         if not root.is_dir(): raise FileNotFoundError(f"data: folder not found: {cfg.data}; pass 'procedural' or a folder containing transforms.json")
-        if not find_scene_folders(root): raise FileNotFoundError(f'data: no transforms.json (or transforms_train.json) in {root} or its sub-folders; expected a nerfstudio-style capture folder')
+        if not scene_folders(root): raise FileNotFoundError(f'data: no transforms.json (or transforms_train.json) in {root} or its sub-folders; expected a nerfstudio-style capture folder')
     if cfg.reconstructor:
         if not (Path(cfg.reconstructor).expanduser() / 'model.safetensors').is_file():
             raise FileNotFoundError(f'reconstructor: no model.safetensors in {cfg.reconstructor}; train one with `snd_recon --out FOLDER`, or leave it empty to train {cfg.recon_preset} once')
@@ -400,7 +394,7 @@ def load_experiment_scenes(cfg: ReconKDConfig) -> list[tuple[str, Scene]]:
     if cfg.data == 'procedural':
         return [(f'procedural_{s}', load_or_make_scene(s, cfg.n_views, cfg.size)) for s in scene_seeds('test', cfg.scenes)]
     out = []
-    for folder in find_scene_folders(cfg.data)[:cfg.scenes]:
+    for folder in scene_folders(cfg.data)[:cfg.scenes]:
         sc = read_scene(folder, size=(cfg.size, cfg.size), split='all')
         if 'gt' in _names(cfg.targets) and not (sc.depth > 0).any():
             raise ValueError(f'{folder}: no depth maps, so there are no ground-truth pointmaps; use --targets teacher')

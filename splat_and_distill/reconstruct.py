@@ -4,28 +4,29 @@
 
 # %% ../nbs/08_reconstruct.ipynb #7858c83b
 from __future__ import annotations
-import dataclasses, json, math, os, pickle, random, sys, time, warnings
+import dataclasses, json, math, pickle, sys, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float
 from tqdm.auto import tqdm
+from safetensors import safe_open
 from safetensors.torch import save_file, load_file
+import matplotlib.pyplot as plt
 from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
     atomic_write_text, colorize_depth, show_images, batch_to, rng_state, set_rng_state)
-from splat_and_distill.runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser,
+from .runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser,
     add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
-    find_checkpoint, step_folders, open_run, append_jsonl, check_resume_config, config_changes, read_jsonl,
-    write_jsonl)
+    find_checkpoint, open_run, append_jsonl, config_changes, read_jsonl, write_jsonl)
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
 from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes, fixed_triplets, fixed_items
 from .gaussians import Gaussians, gaussians_from_depth
 from .splat import ssim, psnr
 from .render import render
+from .scene_io import scene_folders, FolderTripletDataset
 
 # %% auto #0
 __all__ = ['HEAD_CHANNELS', 'PRESETS', 'RECON_RANGES', 'RECON_RUN_FILES', 'RECON_RESUME_MUTABLE', 'depth_candidates',
@@ -515,7 +516,6 @@ def show_reconstruction(model: Reconstructor, batch: dict, i: int = 0, backend: 
 
 def plot_recon_history(records: list, path=None, title: str = ''):
     "Learning curves from `metrics.jsonl` records: losses, depth delta<1.25 (train/val), target PSNR (val vs oracle)."
-    import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 3, figsize=(12, 3))
     st = [r['step'] for r in records]
     axs[0].plot(st, [r['loss'] for r in records], label='loss'); axs[0].plot(st, [r['mse'] for r in records], label='MSE')
@@ -579,7 +579,6 @@ def _weights_path(path: Path) -> Path:
 def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
     "Load a trained `Reconstructor` (in eval mode) from a checkpoint folder or its `model.safetensors`."
     wpath = _weights_path(Path(path))
-    from safetensors import safe_open
     try:
         with safe_open(str(wpath), framework='pt') as f: meta = f.metadata() or {}
         sd = load_file(str(wpath))
@@ -614,26 +613,16 @@ RECON_RESUME_MUTABLE = ('log_every', 'eval_every', 'ckpt_every', 'backend', 'n_v
 def _published_step(out: Path) -> int | None:
     "Step of the weights published in `out/model.safetensors` (None if there are none)."
     try:
-        from safetensors import safe_open
-        with safe_open(str(out / 'model.safetensors'), framework='pt') as f: return int((f.metadata() or {}).get('step', -1))
+            with safe_open(str(out / 'model.safetensors'), framework='pt') as f: return int((f.metadata() or {}).get('step', -1))
     except Exception: return None
 
 def plan_recon_run(out: Path, config: ReconConfig, resume: bool, overwrite: bool) -> dict:
     "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id, folder=RunFolder)`."
     folder = open_run(out, 'snd_recon', RECON_RUN_FILES, resume, overwrite, asdict(config), RECON_RESUME_MUTABLE)
-    info = folder.info
     if not resume: return dict(checkpoint=None, run_id=None, folder=folder)
-    found = find_checkpoint(out, info.get('run_id'))
-    if found is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            got = max([r.get('step', 0) for r in read_jsonl(out / 'metrics.jsonl')] + [0])
-        if got > 0 or any(s > 0 for s, _ in step_folders(out)) or (out / 'train_state.pt').exists():
-            raise FileNotFoundError(f'{out}: the run got to step {got} but no complete checkpoint (model.safetensors + train_state.pt, sealed) '
-                                    f'is left under {out / "checkpoints"}; nothing to resume from. Restore it, or start again with --overwrite')
-        return dict(checkpoint=None, run_id=info.get('run_id'), folder=folder)      # killed before its first checkpoint: start again
-    check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), asdict(config), RECON_RESUME_MUTABLE, str(found[1] / 'config.json'))
-    return dict(checkpoint=found, run_id=info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id'), folder=folder)
+    found, run_id = folder.checkpoint(asdict(config), RECON_RESUME_MUTABLE, evidence=['train_state.pt'],
+                                      what='complete checkpoint (model.safetensors + train_state.pt, sealed)')
+    return dict(checkpoint=found, run_id=run_id, folder=folder)      # no checkpoint: killed before the first, start again
 
 # %% ../nbs/08_reconstruct.ipynb #cb142881
 def make_config(preset: str = 'cpu_default', overrides: dict | None = None) -> ReconConfig:
@@ -643,7 +632,6 @@ def make_config(preset: str = 'cpu_default', overrides: dict | None = None) -> R
 
 def real_recon_data(config: ReconConfig, data: str | Path) -> tuple:
     "Training and validation `FolderTripletDataset`s of a folder of real captures (the last scene validates), at the config's size."
-    from .scene_io import scene_folders, FolderTripletDataset
     folders = scene_folders(data)
     if len(folders) < 2: raise FileNotFoundError(f'{data}: found {len(folders)} scene folder(s); need at least 2 (training + validation)')
     hw = (config.size, config.width or config.size)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from fastcore.docments import docments
 from .core import WRITE_HOOKS, atomic_write_json, atomic_write_text
+from . import __version__
 
 # %% auto #0
 __all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'RUN_LOG', 'LOCK', 'parse_value', 'unknown_keys', 'typed_overrides',
@@ -132,7 +133,6 @@ class CLIParser(argparse.ArgumentParser):
 
 def cli_parser(prog: str, description: str, epilog: str | None = None) -> CLIParser:
     "The parser conventions of every `snd_*` command: exact option names only (no abbreviations), raw help text, `--version`."
-    from splat_and_distill import __version__
     p = CLIParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--version', action='version', version=f'{prog} (splat_and_distill {__version__})')
@@ -318,7 +318,6 @@ def start_run_folder(run_dir: str | Path, kind: str) -> str:
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex
-    from splat_and_distill import __version__
     atomic_write_json(run / 'run.json', dict(kind=kind, run_id=run_id, version=__version__, pid=os.getpid(),
                                              created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')))
     return run_id
@@ -434,6 +433,20 @@ class RunFolder:
         _ACTIVE[self.root] = self
         if self.new: note_written(self.root / 'run.json')
         return self.run_id
+
+    def checkpoint(self, config: dict, mutable, evidence=(), what: str = 'complete checkpoint') -> tuple:
+        "On resume: `((step, folder) or None, run id)` of this run's newest complete checkpoint, its saved config checked; None if the run was killed before its first. A run that got further but left none is an error."
+        found, run_id = find_checkpoint(self.root, self.run_id), self.run_id
+        if found is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')                          # a torn last metrics line warns when it is read
+                got = max([r.get('step', 0) for r in read_jsonl(self.root / 'metrics.jsonl')] + [0])
+            if got > 0 or any(s > 0 for s, _ in step_folders(self.root)) or any((self.root / e).exists() for e in evidence):
+                raise FileNotFoundError(f'{self.root}: the run got to step {got} but no {what} is left under {self.root / "checkpoints"}; '
+                                        'nothing to resume from. Restore it, or start again with --overwrite')
+            return None, run_id
+        check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), config, mutable, str(found[1] / 'config.json'))
+        return found, run_id or read_json(found[1] / MANIFEST).get('run_id')
 
     def _lock(self):
         if self.root in _ACTIVE: _ACTIVE.pop(self.root).release()     # this process again (e.g. a notebook re-run after an error)

@@ -23,7 +23,8 @@ __all__ = ['CLASS_NAMES', 'NUM_CLASSES', 'GENERATOR_VERSION', 'ROOM_INSTANCES', 
            'value_noise', 'solid_texture', 'trajectory', 'make_spec', 'render_views', 'Scene', 'make_scene',
            'scene_montage', 'surface_clearance', 'plot_topdown', 'depth_reprojection', 'reprojection_benchmark',
            'scene_seeds', 'triplet_views', 'TripletDataset', 'ViewDataset', 'PairDataset', 'fixed_triplets',
-           'fixed_items', 'default_cache_dir', 'scene_cache_path', 'load_or_make_scene', 'scene_nbytes']
+           'fixed_items', 'step_seed', 'step_indices', 'StepSampler', 'step_batch', 'default_cache_dir',
+           'scene_cache_path', 'load_or_make_scene', 'scene_nbytes']
 
 # %% ../nbs/02_scenes.ipynb #104f5f80
 CLASS_NAMES = ['floor', 'wall', 'ceiling', 'table', 'cabinet', 'box', 'ball', 'pillar', 'barrel']
@@ -623,6 +624,32 @@ def fixed_items(ds, n: int, seed: int = 0) -> dict:
     "`n` evenly spread items of a triplet dataset (in memory or streamed from folders), collated into one batch."
     idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).round().long().tolist()
     with seeded(seed): items = [ds[i] for i in idx]
+    return torch.utils.data.default_collate(items)
+
+# %% ../nbs/02_scenes.ipynb #fbf42b4c
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    "A seed for (run seed, step, rank), spread so that neighbouring steps are unrelated."
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1)
+
+def step_indices(n: int, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    "Dataset indices of this rank's share of the global batch of `step`."
+    g = torch.Generator().manual_seed(step_seed(seed, step))
+    idx = torch.randint(n, (batch_size * world,), generator=g)  # the global batch, identical on every rank
+    return idx[rank * batch_size:(rank + 1) * batch_size].tolist()
+
+class StepSampler(torch.utils.data.Sampler):
+    "The dataset indices of steps `start..steps-1` (as `step_indices`), for a `DataLoader` whose workers read the frames."
+    def __init__(self, n: int, start: int, steps: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.start, self.steps, self.batch_size, self.seed, self.rank, self.world = n, start, steps, batch_size, seed, rank, world
+    def __len__(self): return max(0, self.steps - self.start)
+    def __iter__(self):
+        return (step_indices(self.n, s, self.batch_size, self.seed, self.rank, self.world) for s in range(self.start, self.steps))
+
+def step_batch(dataset, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> dict:
+    "The collated batch of `step` for `rank`: a pure function of its arguments."
+    idx = step_indices(len(dataset), step, batch_size, seed, rank, world)
+    with seeded(step_seed(seed, step, rank + 1)):
+        items = [dataset[i] for i in idx]
     return torch.utils.data.default_collate(items)
 
 # %% ../nbs/02_scenes.ipynb #7a09228e

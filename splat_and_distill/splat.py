@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float, Int
 from .cameras import invert_pose, unproject_depth
-from .gaussians import Gaussians, covariance, gaussians_from_depth
+from .gaussians import Gaussians, gaussians_from_depth
 
 # %% auto #0
 __all__ = ['ALPHA_MIN', 'T_MIN', 'ALPHA_MAX', 'project', 'flatten_images', 'rasterize_dense', 'bin_gaussians', 'rasterize',

@@ -4,34 +4,35 @@
 
 # %% ../nbs/11_train.ipynb #29db5396
 from __future__ import annotations
-import argparse, copy, dataclasses, json, math, os, pickle, random, sys, time, types, typing, warnings
-from dataclasses import dataclass, field, asdict
+import argparse, copy, json, math, os, pickle, random, sys, time
+from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
-from .runs import (config_from_args, add_config_options, typed_overrides, parse_sets, unknown_keys,
-    check_ranges, check_memory, cli_parser, add_option, add_run_options, run_cli, read_json, fault_point,
-    begin_checkpoint, finish_checkpoint, find_checkpoint, step_folders, open_run, note_written, append_jsonl,
-    check_resume_config, read_jsonl, write_jsonl)
+from .runs import (config_from_args, add_config_options, typed_overrides, check_ranges, check_memory,
+    cli_parser, add_option, add_run_options, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
+    find_checkpoint, open_run, note_written, append_jsonl, read_jsonl, write_jsonl)
 from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
-    atomic_write_text, batch_to, seeded, rng_state, set_rng_state)
-from .lift import lift_scale, downscale_batch
-from .scenes import fixed_triplets, fixed_items
-from .backbones import make_backbone, make_student, merge_lora, BACKBONES
-from .distill import (DINOHead, DistillLoss, DistillModel, make_ema_teacher, ema_update, ema_due, distill_stats,
-                                       distill_step, RECIPES, OBJECTIVES, token_cosines, masked_mean)
+    atomic_write_text, batch_to, rng_state, set_rng_state)
+from .lift import lift_scale, downscale_batch, lift_and_splat_batch, covisible_cosines
+from .scenes import fixed_items, scene_nbytes, TripletDataset, step_batch, StepSampler
+from .backbones import make_backbone, make_student, merge_lora, BACKBONES, timm_to_dinov2_state_dict
+from .distill import (DINOHead, DistillLoss, DistillModel, make_ema_teacher, distill_stats,
+    distill_step, RECIPES, OBJECTIVES, token_cosines, masked_mean)
+from .scene_io import scene_folders
+from . import scenes as S
+from . import scene_io
+from .reconstruct import load_reconstructor, to_gaussians
 
 # %% auto #0
 __all__ = ['PRESETS', 'TRAIN_RANGES', 'MIN_VALID_FRACTION', 'TIMM_NAMES', 'RUN_FILES', 'RESUME_MUTABLE', 'TrainConfig',
-           'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'find_scene_folders', 'backbone_name',
-           'validate_config', 'step_seed', 'step_indices', 'StepSampler', 'step_batch', 'load_scenes',
+           'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'backbone_name', 'validate_config', 'load_scenes',
            'real_scene_folders', 'make_dataset', 'build_models', 'make_criterion', 'make_optimizer', 'StepTimer',
            'autocast', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency', 'validate', 'check_depth', 'train',
            'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'export_student', 'init_distributed', 'plan_run',
@@ -132,11 +133,6 @@ def make_config(preset: str = 'cpu_demo', overrides: dict | None = None, **kw) -
     if preset not in PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
     return PRESETS[preset](**typed_overrides(TrainConfig, {**(overrides or {}), **kw}))
 
-def find_scene_folders(root: str | Path) -> list[Path]:
-    "Scene folders under `root` (see `scene_io.scene_folders`: the authors' `scenes/` layout, sub-folders with a transforms file, or `root`)."
-    from splat_and_distill.scene_io import scene_folders
-    return scene_folders(root)
-
 def backbone_name(spec: str) -> tuple[str, bool]:
     "`'dinov2_vits14:random'` -> `('dinov2_vits14', True)`: the backbone name and whether it is randomly initialised."
     name, _, arg = spec.partition(':')
@@ -169,7 +165,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         if not cfg.data: raise ValueError(f'preset {cfg.preset} trains on real scenes: pass --data FOLDER (a folder of scenes with transforms.json, or the authors\' ROOT with scenes/)')
         root = Path(cfg.data).expanduser()
         if not root.is_dir(): raise FileNotFoundError(f'config data: folder not found: {cfg.data}')
-        found = find_scene_folders(root)
+        found = scene_folders(root)
         if len(found) < 1 + (cfg.val_scenes > 0):
             raise FileNotFoundError(f'config data: {root} holds {len(found)} scene folder(s) with a transforms.json; '
                                     f'need at least {1 + (cfg.val_scenes > 0)} (training + validation)')
@@ -191,47 +187,19 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.data == 'procedural':
         if cfg.train_scenes < 1 or cfg.n_views < cfg.gap + 1:
             raise ValueError(f'config: procedural data needs train_scenes >= 1 and n_views > gap (got {cfg.train_scenes}, {cfg.n_views}, {cfg.gap})')
-        from splat_and_distill.scenes import scene_nbytes
         n = cfg.train_scenes + cfg.val_scenes
         check_memory(n * scene_nbytes(cfg.n_views, (cfg.height, cfg.width)),
                      f'{n} procedural scenes of {cfg.n_views} views at {cfg.height}x{cfg.width} (held in memory)',
                      'use fewer scenes or views, or smaller images')
     return cfg
 
-# %% ../nbs/11_train.ipynb #fbf42b4c
-def step_seed(seed: int, step: int, rank: int = 0) -> int:
-    "A seed for (run seed, step, rank), spread so that neighbouring steps are unrelated."
-    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1)
-
-def step_indices(n: int, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
-    "Dataset indices of this rank's share of the global batch of `step`."
-    g = torch.Generator().manual_seed(step_seed(seed, step))
-    idx = torch.randint(n, (batch_size * world,), generator=g)  # the global batch, identical on every rank
-    return idx[rank * batch_size:(rank + 1) * batch_size].tolist()
-
-class StepSampler(torch.utils.data.Sampler):
-    "The dataset indices of steps `start..steps-1` (as `step_indices`), for a `DataLoader` whose workers read the frames."
-    def __init__(self, n: int, start: int, steps: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.start, self.steps, self.batch_size, self.seed, self.rank, self.world = n, start, steps, batch_size, seed, rank, world
-    def __len__(self): return max(0, self.steps - self.start)
-    def __iter__(self):
-        return (step_indices(self.n, s, self.batch_size, self.seed, self.rank, self.world) for s in range(self.start, self.steps))
-
-def step_batch(dataset, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> dict:
-    "The collated batch of `step` for `rank`: a pure function of its arguments."
-    idx = step_indices(len(dataset), step, batch_size, seed, rank, world)
-    with seeded(step_seed(seed, step, rank + 1)):
-        items = [dataset[i] for i in idx]
-    return torch.utils.data.default_collate(items)
-
 # %% ../nbs/11_train.ipynb #a99eacef
 def load_scenes(cfg: TrainConfig, split: str) -> list:
     "The training or validation scenes of `cfg`."
-    from splat_and_distill import scenes as S, scene_io
     if cfg.data == 'procedural':
         n = cfg.train_scenes if split == 'train' else cfg.val_scenes
         return [S.load_or_make_scene(seed, cfg.n_views, (cfg.height, cfg.width), cfg.cache_dir) for seed in S.scene_seeds(split, n)]
-    folders = find_scene_folders(cfg.data)
+    folders = scene_folders(cfg.data)
     nval = min(cfg.val_scenes, len(folders) - 1)
     pick = folders[len(folders) - nval:] if split == 'val' else folders[:len(folders) - nval]
     if split == 'train' and cfg.train_scenes: pick = pick[:cfg.train_scenes]
@@ -239,14 +207,13 @@ def load_scenes(cfg: TrainConfig, split: str) -> list:
 
 def real_scene_folders(cfg: TrainConfig, split: str) -> list[Path]:
     "The training or validation scene folders of a real-data `cfg` (the last `val_scenes` validate)."
-    folders = find_scene_folders(cfg.data)
+    folders = scene_folders(cfg.data)
     nval = min(cfg.val_scenes, len(folders) - 1)
     pick = folders[len(folders) - nval:] if split == 'val' else folders[:len(folders) - nval]
     return pick[:cfg.train_scenes] if split == 'train' and cfg.train_scenes else pick
 
 def make_dataset(cfg: TrainConfig, split: str):
     "Triplets of `split`: procedural scenes in memory, or real scene folders streamed from disk (None: no validation scenes)."
-    from splat_and_distill import scenes as S, scene_io
     target = 'random' if split == 'train' else 'middle'
     if cfg.data == 'procedural':
         scenes = load_scenes(cfg, split)
@@ -271,7 +238,6 @@ def build_models(cfg: TrainConfig, device: torch.device) -> dict:
     teacher = make_ema_teacher(student)
     recon = None
     if cfg.geometry == 'reconstructor':
-        from splat_and_distill.reconstruct import load_reconstructor
         recon = load_reconstructor(cfg.reconstructor, device=device).eval().requires_grad_(False)
     return dict(original=base.requires_grad_(False), student=student, teacher=teacher, reconstructor=recon)
 
@@ -323,7 +289,6 @@ def autocast(cfg: TrainConfig, device):
 def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstructor: nn.Module | None = None,
                  timer: StepTimer | None = None) -> tuple[Tensor, Tensor]:
     "Target tokens `[b,d,hp,wp]` and valid mask `[b,hp,wp]` for the target views of `batch`, from the (EMA) `teacher`."
-    from splat_and_distill.lift import lift_and_splat_batch
     timer = timer or StepTimer()
     ctx = batch['context_rgb']
     b, v = ctx.shape[:2]
@@ -334,7 +299,6 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
     geometry = {}
     with timer.section('reconstructor'):
         if cfg.geometry == 'reconstructor':
-            from splat_and_distill.reconstruct import to_gaussians
             geometry = dict(gaussians=to_gaussians(reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])))
     with timer.section('lift+splat'):
         tokens, valid = lift_and_splat_batch(lambda images: ctx_tokens, small, blend_alpha=cfg.blend_alpha, token_grid=(hp, wp),
@@ -371,7 +335,6 @@ def geometry_pairs(val_batch: dict, cfg: TrainConfig, token_grid: tuple[int, int
 @torch.no_grad()
 def consistency(backbone: nn.Module, pairs: list[dict], device, chunk: int = 8, rel_tol: float = 0.03) -> dict:
     "Multi-view consistency of `backbone` over view `pairs`: co-visible cosine, random-pair cosine, and their difference (the consistency gap)."
-    from splat_and_distill.lift import covisible_cosines
     was = backbone.training; backbone.eval()
     match, chance = [], []
     g = torch.Generator().manual_seed(0)
@@ -442,7 +405,6 @@ def _run_device(cfg: TrainConfig, world: int, local_rank: int) -> torch.device:
 
 def _consistency_pairs(cfg: TrainConfig, val_ds, val_batch: dict, teacher: DistillModel, recon) -> list[dict] | None:
     "View pairs on which validation measures multi-view consistency (None, said once, where no depth is available)."
-    from splat_and_distill.scenes import TripletDataset
     if isinstance(val_ds, TripletDataset): return val_pairs(val_ds.scenes, cfg.val_pairs, cfg.gap)
     pairs = geometry_pairs(val_batch, cfg, teacher.backbone.token_grid(cfg.height, cfg.width), recon)
     if pairs is None: print('validation: the validation scenes have no depth and geometry is not a reconstructor: '
@@ -464,7 +426,6 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool 
 
 def _train_run(cfg: TrainConfig, plan: dict, resume: bool, overwrite: bool, rank: int, world: int, local_rank: int) -> dict:
     "The body of `train` once the run folder has been checked: data, models, the loop, results."
-    from splat_and_distill.scenes import TripletDataset
     device = _run_device(cfg, world, local_rank)
     main, run, ckpt = rank == 0, Path(cfg.out), plan['checkpoint']
     t_start, cpu_start = time.time(), time.process_time()
@@ -607,7 +568,6 @@ def load_checkpoint(folder: str | Path, student: DistillModel, teacher: DistillM
 
 def export_student(student: DistillModel, path: str | Path, cfg: TrainConfig | None = None, names: str = 'timm') -> Path:
     "Save the student backbone (LoRA merged) in safetensors with timm key names, or `names='dinov2'`: the original DINOv2 (torch.hub) names; returns `path`."
-    from splat_and_distill.backbones import timm_to_dinov2_state_dict
     if names not in ('timm', 'dinov2'): raise ValueError(f"export_student: names must be 'timm' or 'dinov2', got {names!r}")
     bb = merge_lora(copy.deepcopy(getattr(student, 'module', student).backbone))
     sd = _plain_state(bb.model)
@@ -639,22 +599,10 @@ def plan_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id, finished, folder=RunFolder)`."
     run = Path(cfg.out)
     folder = open_run(run, 'snd_train', RUN_FILES, resume, overwrite, asdict(cfg), RESUME_MUTABLE)
-    info = folder.info
     if not resume: return dict(checkpoint=None, run_id=None, finished=False, folder=folder)
-    if (run / 'results.json').is_file():
-        res = read_json(run / 'results.json', 'results file')
-        if res.get('steps') == cfg.steps: return dict(checkpoint=None, run_id=info.get('run_id'), finished=True, folder=folder)
-    found = find_checkpoint(run, info.get('run_id'))
-    if found is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')                          # the metrics log warns about a torn line when it is opened
-            got = max([r.get('step', 0) for r in read_jsonl(run / 'metrics.jsonl')] + [0])
-        if got > 0 or any(s > 0 for s, _ in step_folders(run)) or (run / 'checkpoints' / 'latest.json').exists():
-            raise FileNotFoundError(f'{run}: the run got to step {got} but no complete checkpoint is left under {run / "checkpoints"}; '
-                                    'nothing to resume from. Restore the checkpoint folder, or start again with --overwrite')
-        return dict(checkpoint=None, run_id=info.get('run_id'), finished=False, folder=folder)   # killed before its first checkpoint
-    check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), asdict(cfg), RESUME_MUTABLE, str(found[1] / 'config.json'))
-    run_id = info.get('run_id') or read_json(found[1] / 'complete.json').get('run_id')
+    if (run / 'results.json').is_file() and read_json(run / 'results.json', 'results file').get('steps') == cfg.steps:
+        return dict(checkpoint=None, run_id=folder.run_id, finished=True, folder=folder)
+    found, run_id = folder.checkpoint(asdict(cfg), RESUME_MUTABLE, evidence=['checkpoints/latest.json'])
     return dict(checkpoint=found, run_id=run_id, finished=False, folder=folder)
 
 # %% ../nbs/11_train.ipynb #74a7dc30

@@ -67,5 +67,5 @@ def test_fit3d_resumes_exactly(tmp_path):
     argv = ['--preset', 'tiny', '--train_scenes', '2', '--n_views', '8', '--height', '32', '--width', '32', '--max_gaussians', '300',
             '--fit_steps', '6', '--eval_every', '3', '--ft_steps', '3', '--ft_batch_size', '2', '--threads', '1', '--no-progress',
             '--cache_dir', str(tmp_path / 'cache')]
-    want = kill_and_resume(tmp_path, 'splat_and_distill.fit3d.snd_fit3d', argv, ['scene:1', 'stage2', 'results'], ['results.json'])
+    want = kill_and_resume(tmp_path, 'splat_and_distill.fit3d_runs.snd_fit3d', argv, ['scene:1', 'stage2', 'results'], ['results.json'])
     assert set(want['results.json']['scenes']) == {'scene_0000000', 'scene_0000001'}

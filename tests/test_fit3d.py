@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from splat_and_distill.fit3d import (FeatureGaussians, render_feature_gaussians, rgb_loss, feature_loss, init_points, split_views,
-                                     fit_scene, fit3d_config, validate_fit3d_config, render_targets, finetune, masked_l1, run_fit3d,
-                                     save_scene_fit, load_scene_fit, snd_fit3d, like_train, FiT3DConfig, FIT3D_PRESETS,
-                                     lift_metrics, fit3d_vs_snd_table, side_by_side, teacher_agreement, load_results,
-                                     fit3d_summary, stage1_table, FIT3D_ROWS)
+from splat_and_distill.fit3d import (FeatureGaussians, render_feature_gaussians, rgb_loss, feature_loss, init_points,
+    split_views, fit_scene, fit3d_config, validate_fit3d_config, render_targets, finetune, masked_l1, run_fit3d,
+    save_scene_fit, load_scene_fit, like_train, FiT3DConfig, FIT3D_PRESETS, lift_metrics)
+from splat_and_distill.fit3d_runs import (snd_fit3d, fit3d_vs_snd_table, side_by_side, teacher_agreement, load_results,
+    fit3d_summary, stage1_table, FIT3D_ROWS)
 from splat_and_distill.backbones import make_backbone, make_student
 from splat_and_distill.scenes import make_scene
 from splat_and_distill.scene_io import write_scene
@@ -308,7 +308,7 @@ def test_study_protocol_seeds_and_resume(tmp_path, monkeypatch):
 
 def test_probe_fit3d_uses_the_probe_seed(tmp_path):
     "The teacher, the student and FiT3D's concatenation, probed with chapter 10b's seeded probe config: the seed moves the trained heads only."
-    from splat_and_distill.fit3d import probe_fit3d
+    from splat_and_distill.fit3d_runs import probe_fit3d
     from splat_and_distill.evaluate import ProbeProtocol
     from splat_and_distill.probes import probe_splits, ProbeConfig
     from splat_and_distill.train import export_student
