@@ -244,7 +244,7 @@ FIT3D_PRESETS = {'cpu_fit3d': cpu_fit3d, 'tiny': tiny_fit3d, 'paper_fit3d': pape
 
 # %% ../nbs/12_fit3d.ipynb #e7e0f622
 def fit3d_config(preset: str = 'cpu_fit3d', overrides: dict | None = None, **kw) -> FiT3DConfig:
-    "The `preset` config with `overrides` and keyword overrides (strings read as `--set` reads them, chapter 00); unknown keys are errors."
+    "The `preset` config with `overrides` and keyword overrides (strings read as `--set` reads them, chapter 00a); unknown keys are errors."
     if preset not in FIT3D_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(FIT3D_PRESETS)}')
     return FIT3D_PRESETS[preset](**typed_overrides(FiT3DConfig, {**(overrides or {}), **kw}))
 

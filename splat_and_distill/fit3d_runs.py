@@ -185,7 +185,7 @@ def _cli_parser() -> argparse.ArgumentParser:
                    'presets: ' + ', '.join(f'{k} ({v.__doc__})' for k, v in FIT3D_PRESETS.items()) +
                    '\nExamples:\n  snd_fit3d --out runs/fit3d                     both stages, cpu_fit3d (add --resume after an interruption)\n'
                    '  snd_fit3d --seeds 0 1 2 --probe_preset cpu_default --out runs/fit3d_study\n'
-                   'Run folders, --resume and --overwrite: chapter 11; --set syntax: chapter 00.')
+                   'Run folders, --resume and --overwrite: chapter 11; --set syntax: chapter 00a.')
     add_option(p, 'preset', default=None, help=f'starting values: {", ".join(FIT3D_PRESETS)} (default: cpu_fit3d; on --resume: the run\'s saved config)')
     add_run_options(p)
     add_seeds_option(p, 'the study protocol over these seeds (0,1,2 or 0 1 2): OUT/seed_k runs and OUT/study.json')

@@ -447,14 +447,15 @@ def snd_probe(argv: list[str] | None = None) -> dict | None:
     "Command line: probe frozen features of one or more backbones/checkpoints; write results.json and a markdown table."
     p = cli_parser('snd_probe', 'Probe frozen features of one or more backbones/checkpoints; write results.json and a markdown table.',
                    'Example: snd_probe --backbone efficientnet_lite0,efficientnet_lite0:random --preset tiny --set epochs=3\n'
-                   'Output folder, --resume and --overwrite: chapter 11 ("Run folders"); --set syntax: chapter 00.')
+                   '--resume probes again only the models whose spec or weights changed. Output folder, --resume and --overwrite: chapter 11\n'
+                   '("Run folders"); --set syntax: chapter 00a.')
     add_option(p, 'backbone', default='efficientnet_lite0,efficientnet_lite0:random',
                help='comma-separated specs: name, name:random, name:WEIGHTS, a+b (concatenation)')
     add_option(p, 'weights', default='', help='comma-separated weights files, one per spec (empty entries: none)')
     add_option(p, 'preset', default='cpu_default', help=f'ProbeConfig preset: {", ".join(PROBE_PRESETS)} (default: cpu_default)')
     add_option(p, 'out', default='runs/probe', help='folder for results.json and results.md (default: runs/probe)')
     add_option(p, 'cache_dir', default=None, help='optional folder caching scenes and features')
-    add_run_options(p, 'probe run (models whose spec and weights are unchanged are not probed again)')
+    add_run_options(p, 'probe run')
     add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads (default: $OMP_NUM_THREADS or all cores)')
     add_flag(p, 'progress', 'show progress bars (default) or not (--no-progress)')
     add_option(p, 'data', default='procedural', help='procedural, or a real benchmark KIND:PATH with KIND nyu, scannetpp or scannet1500')

@@ -628,7 +628,7 @@ def make_config(preset: str = 'cpu_experiment', overrides: dict | None = None) -
 def _cli_parser():
     p = cli_parser('snd_reconkd', 'Distil a 3D reconstructor into single-image pointmap students; evaluate points and PnP localisation.',
                    'presets: ' + ', '.join(f'{k} ({v.__doc__})' for k, v in PRESETS.items()) +
-                   '\nExample: snd_reconkd --preset quick --out runs/reconkd_quick\nRun folders, --resume and --overwrite: chapter 11; --set syntax: chapter 00.')
+                   '\nExample: snd_reconkd --preset quick --out runs/reconkd_quick\nRun folders, --resume and --overwrite: chapter 11; --set syntax: chapter 00a.')
     add_option(p, 'preset', default=None, help=f'starting values: {", ".join(PRESETS)} (default: cpu_experiment; on --resume: the run\'s saved config)')
     add_run_options(p, 'experiment')
     add_config_options(p, ReconKDConfig, cpu_experiment(), 'config fields (defaults shown are cpu_experiment values)')

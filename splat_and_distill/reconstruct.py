@@ -20,7 +20,7 @@ from .core import (set_seed, default_device, set_threads, atomic_path, atomic_wr
     atomic_write_text, colorize_depth, show_images, batch_to, rng_state, set_rng_state)
 from .runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser,
     add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
-    find_checkpoint, open_run, append_jsonl, config_changes, read_jsonl, write_jsonl)
+    find_checkpoint, open_run, add_flag, append_jsonl, config_changes, read_jsonl, write_jsonl)
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
 from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes, fixed_triplets, fixed_items
 from .gaussians import Gaussians, gaussians_from_depth
@@ -641,7 +641,7 @@ def real_recon_data(config: ReconConfig, data: str | Path) -> tuple:
 # %% ../nbs/08_reconstruct.ipynb #9277c812
 def run_recon(preset: str | None = None, out: str = 'runs/recon', sets: list[str] | dict | None = None, steps: int | None = None,
               resume: bool = False, overwrite: bool = False, device: str | None = None, threads: int = 0, eval_only: bool = False,
-              data: str | None = None) -> dict:
+              data: str | None = None, progress: bool = True) -> dict:
     "What `snd_recon` does, callable from Python: train (or only evaluate) into `out`; returns the validation metrics."
     check_device(device)
     if threads < 0: raise ValueError(f'threads={threads}: must be >= 0 (0: $OMP_NUM_THREADS or all cores)')
@@ -664,7 +664,7 @@ def run_recon(preset: str | None = None, out: str = 'runs/recon', sets: list[str
     real = real_recon_data(config, data) if data else None               # real captures: RGB rendering loss only where no depth
     if not eval_only:
         print(f'training reconstructor ({config.preset}) into {outp}: {config}')
-        model, _ = train_reconstructor(config, *(real or ()), out=outp, resume=resume, overwrite=overwrite, device=device)
+        model, _ = train_reconstructor(config, *(real or ()), out=outp, resume=resume, overwrite=overwrite, device=device, progress=progress)
     prev = read_json(outp / 'eval.json') if (outp / 'eval.json').is_file() else {}
     if prev.get('step') == model.step and not eval_only: res = prev   # a finished run resumed: its evaluation stands
     else:
@@ -682,7 +682,7 @@ def snd_recon(argv: list[str] | None = None) -> dict | None:
     "Command line: train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone."
     p = cli_parser('snd_recon', 'Train (or evaluate) the feed-forward Gaussian reconstructor on procedural scenes, or on real captures from RGB alone.',
                    'Example: snd_recon --preset cpu_default --out runs/recon --set depth_weight=0.1\n'
-                   'Run folders, --resume and --overwrite: chapter 11 ("Run folders"); --set syntax: chapter 00.')
+                   'Run folders, --resume and --overwrite: chapter 11 ("Run folders"); --set syntax: chapter 00a.')
     add_option(p, 'preset', default=None, help=f'config preset: {", ".join(PRESETS)} (default: cpu_default; on --resume: the run\'s saved config)')
     add_option(p, 'out', default='runs/recon', help='run folder (default: runs/recon)')
     add_run_options(p, 'training run')
@@ -691,4 +691,6 @@ def snd_recon(argv: list[str] | None = None) -> dict | None:
     add_option(p, 'threads', type=option_type(int), default=0, help='CPU threads (default 0: $OMP_NUM_THREADS or all cores)')
     add_option(p, 'eval_only', action='store_true', help='only evaluate the checkpoint in --out')
     add_option(p, 'data', default=None, help='folder of real captures (ours or the authors\' ScanNet++ layout); default: procedural scenes')
-    return run_cli(p, argv, lambda a: run_recon(a.preset, a.out, a.set, a.steps, a.resume, a.overwrite, a.device, a.threads, a.eval_only, a.data))
+    add_flag(p, 'progress', 'show a progress bar (default) or not (--no-progress)')
+    return run_cli(p, argv, lambda a: run_recon(a.preset, a.out, a.set, a.steps, a.resume, a.overwrite, a.device, a.threads, a.eval_only, a.data,
+                                                progress=a.progress is not False))

@@ -662,7 +662,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     presets = ', '.join(f'{k} ({v.__doc__})' for k, v in PRESETS.items())
     p = cli_parser('snd_train', 'Splat-and-Distill training: distil multi-view-consistent, splatted teacher features into a 2D model.',
                    f'presets: {presets}\nExample: snd_train --preset cpu_demo --steps 200 --out runs/demo\n'
-                   'Run folders, --resume and --overwrite: see chapter 11 ("Run folders"); --set syntax: chapter 00.')
+                   'Run folders, --resume and --overwrite: see chapter 11 ("Run folders"); --set syntax: chapter 00a.')
     add_option(p, 'preset', default=None, help=f'starting values: {", ".join(PRESETS)} (default: cpu_demo; on --resume: the run\'s saved config)')
     add_run_options(p)
     add_config_options(p, TrainConfig, cpu_demo(), 'config fields (defaults shown are cpu_demo values; see --preset)')

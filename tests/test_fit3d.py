@@ -280,7 +280,7 @@ def test_reconstructor_geometry_runs(tmp_path):
 
 def test_study_protocol_seeds_and_resume(tmp_path, monkeypatch):
     "For seed k: runs with seed k, every model (teacher included) probed with probe seed k; paired summary; a rerun reuses everything."
-    import splat_and_distill.fit3d as f3
+    import splat_and_distill.fit3d_runs as f3
     calls = []
     def fake_probe(student_path, seed, protocol, data, backbone='efficientnet_lite0', weights=None):
         calls.append((str(student_path), seed, f3.probe_seeded(protocol, seed), backbone))
