@@ -97,3 +97,25 @@ def test_frames_of_mixed_sizes_refused_before_anything_is_written(tmp_path):
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert res.returncode == 2 and len(lines) == 1 and 'frame_00003.png: image is 48x48' in lines[0], res.stderr[-3000:]
     assert not (tmp_path / 'run').exists()
+
+def _weights_files(tmp_path: Path) -> dict[str, Path]:
+    "A truncated weights file, a file that is no weights file at all, and weights of another architecture (wrong keys)."
+    import torch
+    from safetensors.torch import save_file
+    from splat_and_distill.backbones import make_backbone
+    good = tmp_path / 'good.safetensors'
+    save_file({k: v.contiguous() for k, v in make_backbone('efficientnet_lite0').model.state_dict().items()}, str(good))
+    trunc = tmp_path / 'truncated.safetensors'; trunc.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+    foreign = tmp_path / 'notes.safetensors'; foreign.write_text('these are my notes, not weights')
+    wrong = tmp_path / 'wrong_keys.safetensors'; save_file({'fc.weight': torch.zeros(3, 3)}, str(wrong))
+    return dict(truncated=trunc, foreign=foreign, wrong_keys=wrong)
+
+@pytest.mark.parametrize('kind', ['truncated', 'foreign', 'wrong_keys'])
+def test_bad_weights_files_are_one_line_and_write_nothing(tmp_path, kind):
+    path = _weights_files(tmp_path)[kind]
+    out = tmp_path / 'probe'
+    res = subprocess.run(_cmd('probe_runs', 'snd_probe', ['--backbone', f'efficientnet_lite0:{path}', '--preset', 'tiny', '--out', str(out),
+                                                          '--no-progress', '--threads', '1']), env=_env(), capture_output=True, text=True)
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith('snd_probe: error:') and path.name in lines[0], res.stderr[-3000:]
+    assert not out.exists(), 'nothing may be written for bad input'
