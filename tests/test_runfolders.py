@@ -119,3 +119,29 @@ def test_bad_weights_files_are_one_line_and_write_nothing(tmp_path, kind):
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith('snd_probe: error:') and path.name in lines[0], res.stderr[-3000:]
     assert not out.exists(), 'nothing may be written for bad input'
+
+FIT3D = ['--preset', 'tiny', '--train_scenes', '1', '--n_views', '8', '--height', '32', '--width', '32', '--max_gaussians', '300',
+         '--fit_steps', '4', '--eval_every', '2', '--ft_steps', '2', '--ft_batch_size', '2', '--threads', '1', '--no-progress']
+DEMO = ['--quick', '--seeds', '0', '--threads', '1', '--no-progress', '--set', 'train_steps=2', '--set', 'train_scenes=1', '--set', 'n_views=10',
+        '--set', 'probe_overrides={"n_views": 6, "n_train_scenes": 1, "n_test_scenes": 1, "epochs": 1, "real_image": false, "corr_gaps": [1, 2]}']
+COMMANDS = {  # command: (module, function, arguments) of a run of a few seconds
+    'snd_fit3d': ('fit3d_runs', 'snd_fit3d', FIT3D),
+    'snd_fit3d --seeds': ('fit3d_runs', 'snd_fit3d', FIT3D + ['--seeds', '0']),
+    'snd_reconkd': ('reconkd', 'snd_reconkd', ['--preset', 'tiny', '--threads', '1']),
+    'snd_demo': ('demo', 'snd_demo', DEMO),
+    'snd_study': ('demo', 'snd_study', DEMO + ['--variants', 'default,half_blending']),
+}
+
+@pytest.mark.parametrize('name', list(COMMANDS))
+def test_overwrite_keeps_users_files_in_every_owned_subfolder(tmp_path, name):
+    "Run, put a user's file into every subfolder the run wrote, run again with --overwrite: the user's files are all there."
+    mod, func, argv = COMMANDS[name]
+    out = tmp_path / 'run'
+    argv = argv + ['--out', str(out)] + (['--set', f'cache_dir={tmp_path / "cache"}'] if func in ('snd_demo', 'snd_study') else [])
+    subprocess.run(_cmd(mod, func, argv), env=_env(), check=True, capture_output=True)
+    owned = sorted({str(p.parent.relative_to(out)) for p in out.rglob('*') if p.is_file() and p.parent != out})
+    assert owned, 'the run wrote no subfolder'
+    mine = _user_files(out, owned)
+    res = subprocess.run(_cmd(mod, func, argv + ['--overwrite']), env=_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert all(p.read_text() == 'mine' for p in mine), [str(p.relative_to(out)) for p in mine if not p.exists()]
