@@ -106,9 +106,9 @@ def demo_recon_config(cfg: DemoConfig) -> reconstruct.ReconConfig:
     return reconstruct.cpu_default(size=cfg.recon_size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed, steps=cfg.recon_steps)
 
 def _stage(folder: Path, resume: bool) -> dict:
-    "How a stage of a demo run starts: resumed if the demo is resumed and the stage had begun, else new (replacing a stage that never got going)."
+    "How a stage of a demo run starts: resumed if the demo is resumed and the stage had begun, else new, replacing what a stage that never got going wrote (the demo's folder was checked: anything else there is a user's)."
     begun = resume and (folder / 'config.json').is_file()
-    return dict(resume=begun, overwrite=not begun and resume)
+    return dict(resume=begun, overwrite=not begun)
 
 def demo_geometry(cfg: DemoConfig, resume: bool = False) -> str | None:
     "Path of the reconstructor checkpoint to use (trained here unless given), or None for ground-truth geometry."

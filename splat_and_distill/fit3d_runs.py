@@ -167,7 +167,8 @@ def _fit3d_study(cfg: FiT3DConfig, seeds: list[int], protocol: ProbeProtocol, pr
     for seed in seeds:
         entry = study['runs'].get(str(seed), {})
         run_dir = out / f'seed_{seed}'
-        run = run_fit3d(dataclasses.replace(cfg, seed=seed, out=str(run_dir), stop_after_scenes=None), resume=(run_dir / 'config.json').is_file())
+        begun = (run_dir / 'config.json').is_file()                              # else new: the study's folder was checked
+        run = run_fit3d(dataclasses.replace(cfg, seed=seed, out=str(run_dir), stop_after_scenes=None), resume=begun, overwrite=not begun)
         entry.update(seed=seed, **_compact_run(run['results']))
         if probe_preset is not None and 'models' not in entry:
             data = data or P.probe_splits(probe_seeded(protocol, seeds[0]), cfg.cache_dir, cfg.progress)   # the same test set for every seed
