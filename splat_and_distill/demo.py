@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from splat_and_distill.core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text, pca_rgb,
     show_images)
 from .runs import (read_json, read_jsonl, check_ranges, parse_sets, cli_parser, add_option,
-    add_run_options, option_type, run_cli, open_run, fault_point, add_flag, add_seeds_option)
+    add_run_options, option_type, run_cli, open_run, fault_point, add_flag, add_seeds_option, add_config_file_options,
+    read_config_file, print_config)
 from .scenes import make_scene, scene_seeds
 from .backbones import make_backbone, load_probe_backbone
 from .lift import lift_and_splat_details, covisible_pixels, sample_features_at
@@ -429,9 +430,10 @@ def _demo_options(p, quick_help: str):
     add_seeds_option(p, 'distillation seeds, e.g. 0,1,2 or 0 1 2 (default: 0,1,2)')
     add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads')
     add_flag(p, 'progress', 'show progress bars (default) or not (--no-progress)')
+    add_config_file_options(p)
 
 def _demo_config(a, given: dict) -> DemoConfig:
-    given = {**parse_sets(DemoConfig, a.set), **{k: v for k, v in given.items() if v is not None}}
+    given = {**read_config_file(DemoConfig, a.config), **parse_sets(DemoConfig, a.set), **{k: v for k, v in given.items() if v is not None}}
     if given.get('reconstructor') and 'geometry' not in given: given['geometry'] = 'reconstructor'
     return (demo_quick if a.quick else demo_default)(**given, **({} if 'progress' in given or a.progress is None else dict(progress=a.progress)))
 
@@ -452,6 +454,7 @@ def snd_demo(argv: list[str] | None = None) -> dict | None:
     def main(a):
         cfg = _demo_config(a, dict(out=a.out, geometry=a.geometry, reconstructor=a.reconstructor, train_steps=a.train_steps,
                                    recon_steps=a.recon_steps, size=a.size, seed=a.seed, seeds=a.seeds, threads=a.threads))
+        if a.print_config: return print_config(cfg)
         res = run_demo(cfg, resume=a.resume, overwrite=a.overwrite, command='snd_demo ' + ' '.join(sys.argv[1:] if argv is None else map(str, argv)))
         print(demo_table(res))
         print(f"\nwrote {Path(cfg.out)/'results.json'}, {Path(cfg.out)/'results.md'} and figures in {cfg.out}")
@@ -472,6 +475,7 @@ def snd_study(argv: list[str] | None = None) -> dict | None:
     add_run_options(p, 'study')
     def main(a):
         cfg = _demo_config(a, dict(out=a.out or ('runs/study_quick' if a.quick else 'runs/study'), seeds=a.seeds, threads=a.threads))
+        if a.print_config: return print_config(cfg)
         res = run_study(cfg, a.variants, resume=a.resume, overwrite=a.overwrite,
                         command='snd_study ' + ' '.join(sys.argv[1:] if argv is None else map(str, argv)))
         print(study_table(res))

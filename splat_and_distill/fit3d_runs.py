@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 
-from .runs import (config_from_args, add_config_options, cli_parser, add_option, add_run_options,
+from .runs import (print_config, config_from_args, add_config_options, cli_parser, add_option, add_run_options,
     run_cli, read_json, open_run, fault_point, add_seeds_option)
 from .core import atomic_write_json, atomic_write_text
 from .gaussians import Gaussians
@@ -205,7 +205,7 @@ def snd_fit3d(argv: list[str] | None = None) -> dict | None:
         cfg = cli_config(args)
         if args.probe_preset is not None and args.seeds is None: raise ValueError('--probe_preset needs --seeds (the study protocol probes every seed)')
         if args.reprobe and not (args.seeds and args.resume): raise ValueError('--reprobe re-probes an existing study: give --seeds and --resume')
-        if args.print_config: print(json.dumps(asdict(cfg), indent=2)); return dict(config=asdict(cfg))
+        if args.print_config: return print_config(cfg)
         if args.seeds is not None:
             study = fit3d_study(cfg, args.seeds, args.probe_preset, resume=args.resume, overwrite=args.overwrite, reprobe=args.reprobe)
             if study.get('summary'): print(summary_table(study['summary']))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from .core import set_threads, default_device, atomic_path, atomic_write_json, atomic_write_text
 from .runs import (sha256_file, read_json, parse_sets, cli_parser, add_option, add_run_options,
-    option_type, run_cli, open_run, add_flag)
+    option_type, run_cli, open_run, add_flag, add_config_file_options, read_config_file, print_config)
 from .cameras import scale_intrinsics, make_intrinsics
 from .backbones import (load_probe_backbone, spec_label, BACKBONES, DINOV2_ENV, default_teacher_name,
     efficientnet_lite0_weights_path)
@@ -452,19 +452,22 @@ def snd_probe(argv: list[str] | None = None) -> dict | None:
     add_option(p, 'backbone', default='efficientnet_lite0,efficientnet_lite0:random',
                help='comma-separated specs: name, name:random, name:WEIGHTS, a+b (concatenation)')
     add_option(p, 'weights', default='', help='comma-separated weights files, one per spec (empty entries: none)')
-    add_option(p, 'preset', default='cpu_default', help=f'ProbeConfig preset: {", ".join(PROBE_PRESETS)} (default: cpu_default)')
+    add_option(p, 'preset', default=None, help=f'ProbeConfig preset: {", ".join(PROBE_PRESETS)} (default: cpu_default, or the --config file\'s)')
     add_option(p, 'out', default='runs/probe', help='folder for results.json and results.md (default: runs/probe)')
     add_option(p, 'cache_dir', default=None, help='optional folder caching scenes and features')
     add_run_options(p, 'probe run')
     add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads (default: $OMP_NUM_THREADS or all cores)')
     add_flag(p, 'progress', 'show progress bars (default) or not (--no-progress)')
+    add_config_file_options(p)
     add_option(p, 'data', default='procedural', help='procedural, or a real benchmark KIND:PATH with KIND nyu, scannetpp or scannet1500')
     def main(a):
         if a.threads is not None and a.threads < 1: raise ValueError(f'threads={a.threads}: must be >= 1')
         specs = [s.strip() for s in a.backbone.split(',') if s.strip()]
         if not specs: raise ValueError('--backbone: expected at least one spec, e.g. efficientnet_lite0')
         ws = [w.strip() or None for w in a.weights.split(',')] if a.weights else None
-        cfg = validate_probe_config(probe_config(a.preset, **parse_sets(ProbeConfig, a.set)))
+        given = {**read_config_file(ProbeConfig, a.config), **parse_sets(ProbeConfig, a.set)}
+        cfg = validate_probe_config(probe_config(a.preset or given.get('name', 'cpu_default'), **given))
+        if a.print_config: return print_config(cfg)
         for s, w in zip(specs, ws or [None] * len(specs)): model_key(s, w)      # names and weights files, before any data is read
         open_run(Path(a.out), 'snd_probe', PROBE_RUN_FILES, a.resume, a.overwrite, asdict(cfg), PROBE_RESUME_MUTABLE, 'probe config')   # reads only
         set_threads(a.threads)

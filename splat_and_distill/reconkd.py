@@ -15,7 +15,7 @@ from torch import Tensor
 from jaxtyping import Float, Bool
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
-from .runs import (add_config_options, read_jsonl, typed_overrides, check_device, cli_parser,
+from .runs import (print_config, add_config_options, read_jsonl, typed_overrides, check_device, cli_parser,
     add_option, add_run_options, run_cli, open_run, append_jsonl, config_from_args, fault_point)
 from splat_and_distill.core import (set_seed, set_threads, atomic_path, atomic_write_json, atomic_write_text,
     to_numpy_image)
@@ -638,7 +638,7 @@ def snd_reconkd(argv: list[str] | None = None) -> dict | None:
     "Command-line entry point: `snd_reconkd --preset cpu_experiment --out runs/reconkd [--resume] [--key value ...] [--set key=value ...]`."
     def main(args):
         cfg = config_from_args(ReconKDConfig, args, PRESETS, 'cpu_experiment', make_config, validate_config)
-        if args.print_config: print(json.dumps(asdict(cfg), indent=2)); return dict(config=asdict(cfg))
+        if args.print_config: return print_config(cfg)
         res = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite)
         print(results_table(res)); print(); print(comparisons_table(res))
         print(f"\nwrote {Path(cfg.out) / 'results.json'}, table.md, teacher.png, figure.png ({res['cost']['wall_s'] / 60:.1f} min wall)")

@@ -20,7 +20,7 @@ from .core import (set_seed, default_device, set_threads, atomic_path, atomic_wr
     atomic_write_text, colorize_depth, show_images, batch_to, rng_state, set_rng_state)
 from .runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser,
     add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
-    find_checkpoint, open_run, add_flag, append_jsonl, config_changes, read_jsonl, write_jsonl)
+    find_checkpoint, open_run, add_flag, add_config_file_options, read_config_file, print_config, append_jsonl, config_changes, read_jsonl, write_jsonl)
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
 from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes, fixed_triplets, fixed_items
 from .gaussians import Gaussians, gaussians_from_depth
@@ -692,5 +692,11 @@ def snd_recon(argv: list[str] | None = None) -> dict | None:
     add_option(p, 'eval_only', action='store_true', help='only evaluate the checkpoint in --out')
     add_option(p, 'data', default=None, help='folder of real captures (ours or the authors\' ScanNet++ layout); default: procedural scenes')
     add_flag(p, 'progress', 'show a progress bar (default) or not (--no-progress)')
-    return run_cli(p, argv, lambda a: run_recon(a.preset, a.out, a.set, a.steps, a.resume, a.overwrite, a.device, a.threads, a.eval_only, a.data,
-                                                progress=a.progress is not False))
+    add_config_file_options(p)
+    def main(a):
+        sets = {**read_config_file(ReconConfig, a.config), **parse_sets(ReconConfig, a.set)}
+        preset = a.preset or sets.pop('preset', None)
+        sets.pop('preset', None)
+        if a.print_config: return print_config(make_config(preset or 'cpu_default', {**sets, **({} if a.steps is None else dict(steps=a.steps))}))
+        return run_recon(preset, a.out, sets, a.steps, a.resume, a.overwrite, a.device, a.threads, a.eval_only, a.data, progress=a.progress is not False)
+    return run_cli(p, argv, main)

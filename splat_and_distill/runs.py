@@ -19,7 +19,7 @@ __all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'RUN_LOG', 'LOCK', 'parse_val
            'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints', 'check_run_folder',
            'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl', 'append_jsonl',
            'note_written', 'logged_files', 'remove_run_files', 'RunFolder', 'open_run', 'add_config_options',
-           'config_from_args']
+           'add_config_file_options', 'read_config_file', 'print_config', 'config_from_args']
 
 # %% ../nbs/00a_runs.ipynb #fd85a1fe
 _TRUE, _FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
@@ -484,9 +484,26 @@ def add_config_options(parser, cls, base, title: str):
         text = f'{docs.get(f.name) or ""} [default: {getattr(base, f.name)!r}]'.replace('%', '%%')
         if hints[f.name] is bool: add_flag(g, f.name, text)
         else: add_option(g, f.name, default=None, metavar=f.name.upper(), help=text)
+    add_config_file_options(parser)
+
+def add_config_file_options(parser):
+    "`--config FILE` (a config as `--print_config` writes it: options given beside it win) and `--print_config`."
     add_option(parser, 'config', default=None, metavar='FILE',
                help='start from this config (JSON, as --print_config writes it); options given here override it')
     add_option(parser, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
+
+def read_config_file(cls, path: str | Path | None) -> dict:
+    "The fields of dataclass `cls` in the JSON config file `path` ({} for None), typed; unknown keys are errors naming the closest field."
+    if path is None: return {}
+    if not Path(path).is_file(): raise FileNotFoundError(f'--config {path}: no such file (write one with --print_config)')
+    data = read_json(path, 'config file')
+    if not isinstance(data, dict): raise ValueError(f'--config {path}: expected a JSON object of config fields')
+    return typed_overrides(cls, data)
+
+def print_config(cfg) -> dict:
+    "What `--print_config` does: the config as JSON on stdout (the file `--config` reads), and back as a dict."
+    print(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    return dict(config=dataclasses.asdict(cfg))
 
 def config_from_args(cls, args, presets: dict, default: str, make, validate, pause: str | None = None):
     "The `cls` config a parsed command line describes: `--preset`, then `--config FILE`, then options and `--set` (later wins); on `--resume` without `--preset`/`--config`, the run's saved config is the start (`pause`: a field of the last invocation only, not inherited)."
@@ -494,12 +511,8 @@ def config_from_args(cls, args, presets: dict, default: str, make, validate, pau
              **typed_overrides(cls, {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
                                      if f.name != 'preset' and getattr(args, f.name) is not None})}
     if args.preset is not None and args.preset not in presets: raise ValueError(f'unknown preset {args.preset!r}; choose one of {sorted(presets)}')
-    base, source = {}, getattr(args, 'config', None)
-    if source is not None:
-        if not Path(source).is_file(): raise FileNotFoundError(f'--config {source}: no such file (write one with --print_config)')
-        data = read_json(source, 'config file')
-        if not isinstance(data, dict): raise ValueError(f'--config {source}: expected a JSON object of config fields')
-        base = typed_overrides(cls, data)
+    source = getattr(args, 'config', None)
+    base = read_config_file(cls, source)
     saved = Path(given.get('out') or base.get('out') or presets[args.preset or default]().out) / 'config.json'
     if args.resume and args.preset is None and source is None and saved.is_file():
         base = typed_overrides(cls, read_json(saved, 'run config'))

@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
-from .runs import (config_from_args, add_config_options, typed_overrides, check_ranges, check_memory,
+from .runs import (print_config, config_from_args, add_config_options, typed_overrides, check_ranges, check_memory,
     cli_parser, add_option, add_run_options, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
     find_checkpoint, open_run, note_written, append_jsonl, read_jsonl, write_jsonl)
 from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
@@ -676,7 +676,7 @@ def snd_train(argv: list[str] | None = None) -> dict | None:
     "Command-line entry point: `snd_train --preset cpu_demo --out runs/demo [--key value ...] [--set key=value ...]`."
     def main(args):
         cfg = cli_config(args)
-        if args.print_config: print(json.dumps(asdict(cfg), indent=2)); return dict(config=asdict(cfg))
+        if args.print_config: return print_config(cfg)
         out = train(cfg, resume=args.resume, overwrite=args.overwrite)
         if dist.is_initialized(): dist.destroy_process_group()
         if out.get('results'):
