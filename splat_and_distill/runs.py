@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_runs.ipynb #ef0914ad
 from __future__ import annotations
-import argparse, dataclasses, datetime, fcntl, hashlib, json, math, os, signal, sys, types, typing, uuid, warnings
+import argparse, dataclasses, datetime, fcntl, hashlib, json, math, os, signal, sys, time, types, typing, uuid, warnings
 from pathlib import Path
 import torch
 from fastcore.docments import docments
@@ -419,6 +419,7 @@ class RunFolder:
 
     def start(self) -> str:
         "Lock the folder for this process, check it again under the lock, and start the run (a new one writes `run.json`); returns the run id."
+        if os.environ.get('SND_PAUSE_BEFORE_START'): time.sleep(float(os.environ['SND_PAUSE_BEFORE_START']))   # tests: widen the race
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:
