@@ -237,10 +237,11 @@ def test_gsplat_near_plane_rule(cpu_gsplat):
     G, c2w, K = near_plane_scene()
     with torch.no_grad():
         rg, rt = both(G, c2w, K, 16, 16, near_plane=0.5)
-        rtri = render(G, c2w, K, 16, 16, backend='triton', near_plane=0.5)
+        dev = 'cuda' if torch.cuda.is_available() else 'cpu'                  # Triton: compiled on a GPU, else its interpreter
+        rtri = render(G.to(dev), c2w.to(dev), K.to(dev), 16, 16, backend='triton', near_plane=0.5)
     assert rt['depth'][0, 8, 8] > 1.9                                       # the near one is culled: depth of the far one
     assert_match(rg, rt)
-    torch.testing.assert_close(rtri['features'], rt['features'], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rtri['features'].cpu(), rt['features'], rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- gradients and the shared-memory budget
