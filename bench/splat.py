@@ -7,7 +7,8 @@ Triton's interpreter on a 32x32 scene: their agreement with the PyTorch splatter
 
 CUDA (`--device cuda`): in one run, for d = 3, 64, 384, 768, forward and forward+backward, at 256x256 and 576x880
 (targets and both context views at that size: 2*h*w pixel-aligned Gaussians, 1.01 M at 576x880):
-  * gsplat_1call: `render(backend='gsplat')`, all d channels in one gsplat rasterisation (passes of 512 beyond 512);
+  * gsplat_1call: `render(backend='gsplat')`, one `gsplat.rasterization` call for all d channels, in passes of
+                  `render.gsplat_channel_chunk` (up to 513 channels forward; 129 with gradients on an H100);
   * gsplat_3ch:   gsplat 3 channels at a time, one full render per 3 channels (the paper's rasteriser);
   * triton:       `render(backend='triton')`, this project's Triton kernels (chapter 06_triton);
   * torch:        `render(backend='torch')`, the tiled PyTorch splatter;

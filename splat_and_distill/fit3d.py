@@ -427,7 +427,7 @@ def validate_fit3d_config(cfg: FiT3DConfig) -> FiT3DConfig:
     def bad(key, msg): raise ValueError(f'config {key}={getattr(cfg, key)!r}: {msg}')
     name, _, arg = cfg.backbone.partition(':')
     if name not in BACKBONES or arg not in ('', 'random'): bad('backbone', f'expected NAME or NAME:random, NAME one of {list(BACKBONES)}')
-    if name.startswith('dinov2') and not arg and not cfg.weights:
+    if name.startswith(('dinov2', 'dinov3')) and not arg and not cfg.weights:
         raise FileNotFoundError(f'backbone {cfg.backbone} needs its weights from a local file: pass --weights PATH (nothing is downloaded)')
     if cfg.weights and not Path(cfg.weights).expanduser().is_file(): raise FileNotFoundError(f'config weights: file not found: {cfg.weights}')
     if cfg.data != 'procedural':

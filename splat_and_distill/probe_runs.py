@@ -16,7 +16,7 @@ from .core import set_threads, default_device, atomic_path, atomic_write_json, a
 from .runs import (sha256_file, read_json, parse_sets, cli_parser, add_option, add_run_options,
     option_type, run_cli, open_run, add_flag, add_config_file_options, read_config_file, print_config)
 from .cameras import scale_intrinsics, make_intrinsics
-from .backbones import (load_probe_backbone, spec_label, BACKBONES, DINOV2_ENV, default_teacher_name,
+from .backbones import (load_probe_backbone, spec_label, BACKBONES, DINOV2_ENV, DINOV3_ENV, default_teacher_name,
     efficientnet_lite0_weights_path)
 from .reconstruct import valid_depth
 from .probes import (DATASET_MAX_DEPTH, PROBE_PRESETS, ProbeConfig, ProbeSplit, probe_config,
@@ -197,7 +197,7 @@ def model_key(spec: str, weights: str | None = None) -> dict:
         if name not in BACKBONES: raise ValueError(f'{spec!r}: unknown backbone {name!r}; choose one of {list(BACKBONES)}')
         if arg == 'random': src = 'random init, seed 0'
         elif arg in ('', 'pretrained'):
-            path = efficientnet_lite0_weights_path() if name == 'efficientnet_lite0' else os.environ.get(DINOV2_ENV.get(name, ''), '')
+            path = efficientnet_lite0_weights_path() if name == 'efficientnet_lite0' else os.environ.get({**DINOV2_ENV, **DINOV3_ENV}.get(name, ''), '')
             src = file_identity(path) if path and Path(path).expanduser().is_file() else 'built-in'
         elif not Path(arg).expanduser().is_file(): raise FileNotFoundError(f'{spec!r}: weights file {arg!r} not found')
         else: src = file_identity(arg)

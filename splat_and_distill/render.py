@@ -4,6 +4,7 @@
 
 # %% ../nbs/06a_render.ipynb #2d7d407b
 from __future__ import annotations
+import math, warnings
 import torch
 from torch import Tensor
 from jaxtyping import Float
@@ -12,24 +13,54 @@ from .gaussians import Gaussians
 from .splat import project, render_torch
 
 # %% auto #0
-__all__ = ['render']
+__all__ = ['GSPLAT_CHANNELS', 'SMEM_DEFAULT', 'gsplat_bwd_smem', 'gsplat_channel_chunk', 'render']
 
 # %% ../nbs/06a_render.ipynb #aef26be3
+GSPLAT_CHANNELS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513)   # compiled channel counts
+SMEM_DEFAULT = 101_376   # bytes of opt-in shared memory per block on sm_86/sm_89 GPUs, the smallest of current ones (H100: 232,448)
+
+def _gsplat_padded(c: int) -> int:
+    "Channels gsplat's kernels run for a pass of `c`: `c` when compiled for it, else the next power of two."
+    return c if c in GSPLAT_CHANNELS else 1 << (c - 1).bit_length()
+
+def gsplat_bwd_smem(c: int, tile_size: int = 16) -> int:
+    "Shared memory (bytes) of gsplat 1.5.3's backward rasteriser for a pass of `c` channels: `tile² x (4 + 12 + 12 + 4 CDIM)`."
+    return tile_size * tile_size * (4 + 12 + 12 + 4 * _gsplat_padded(c))
+
+def gsplat_channel_chunk(n: int, tile_size: int = 16, grad: bool = True, smem: int | None = None) -> int:
+    "Channels per gsplat pass for `n` channels (features + depth): at most 513; with `grad`, the most whose backward fits `smem` bytes."
+    if not grad: return min(n, 513)
+    smem = SMEM_DEFAULT if smem is None else smem
+    fits = [c for c in range(1, 514) if gsplat_bwd_smem(c, tile_size) <= smem]
+    return min(n, max(fits, default=1))
+
+def _smem_optin(device) -> int:
+    "Opt-in shared memory per block of a CUDA device (the default budget elsewhere)."
+    if torch.device(device).type != 'cuda': return SMEM_DEFAULT
+    return getattr(torch.cuda.get_device_properties(device), 'shared_memory_per_block_optin', SMEM_DEFAULT)
+
+def _f32_step(x: float, toward: float) -> float:
+    "The float32 next to `x` toward `toward`: gsplat compares in float32."
+    return torch.nextafter(torch.tensor(x, dtype=torch.float32), torch.tensor(toward, dtype=torch.float32)).item()
+
 def _gsplat_render(g: Gaussians, viewmats, K, width, height, background, near_plane, far_plane, eps2d, tile_size):
-    "All `d` channels (+ depth) in one gsplat rasterisation pass (passes of 512 beyond 512 channels)."
+    "The `d` channels + depth in gsplat passes sized by `gsplat_channel_chunk`; outputs in the Gaussians' dtype."
     try:
         from gsplat import rasterization
     except ImportError as e:
         raise ImportError("render(backend='gsplat') needs gsplat (pip install gsplat==1.5.3) and a CUDA GPU; use backend='torch' on CPU") from e
     bc = viewmats.shape[:-2]
     bg = None if background is None else background.expand(*bc, g.d).float().contiguous()
+    inputs = [*g.tensors(), viewmats, K] + ([] if background is None else [background])
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    chunk = gsplat_channel_chunk(g.d + 1, tile_size, needs_grad, _smem_optin(g.means.device))
     colors, alphas, _ = rasterization(
         g.means.float().contiguous(), g.quats.float().contiguous(), g.scales.float().contiguous(),
         g.opacities.float().contiguous(), g.features.float().contiguous(), viewmats.float().contiguous(),
-        K.float().contiguous(), width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
-        packed=False, tile_size=tile_size, backgrounds=bg, render_mode='RGB+ED',
-        channel_chunk=g.d + 1 if g.d + 1 <= 513 else 512)
-    return colors[..., :-1], alphas[..., 0], colors[..., -1]
+        K.float().contiguous(), width, height, eps2d=eps2d, packed=False, tile_size=tile_size, backgrounds=bg,
+        near_plane=_f32_step(near_plane, math.inf), far_plane=_f32_step(far_plane, -math.inf),   # open interval, as `project`
+        render_mode='RGB+ED', channel_chunk=chunk)
+    return tuple(x.to(g.dtype) for x in (colors[..., :-1], alphas[..., 0], colors[..., -1]))
 
 # %% ../nbs/06a_render.ipynb #a8fd6924
 def _check_cameras(g: Gaussians, c2w, K, width, height, background):
@@ -44,6 +75,43 @@ def _check_cameras(g: Gaussians, c2w, K, width, height, background):
         raise ValueError(f'render: width and height must be positive ints, got {width!r}, {height!r}')
     if background is not None and background.shape[-1] != g.d:
         raise ValueError(f'render: background must have d={g.d} channels ([d] or [*b, c, d]), got {list(background.shape)}')
+
+# %% ../nbs/06a_render.ipynb #7d8f1012
+_GSPLAT_WHY_NOT: dict = {}   # device -> None (gsplat works there) or the reason it does not
+
+def _gsplat_why_not(device) -> str | None:
+    "None when gsplat's CUDA extension loads and renders one Gaussian on `device`, else why not (tried once per device)."
+    key = str(device)
+    if key not in _GSPLAT_WHY_NOT:
+        try:
+            from gsplat.cuda._backend import _C
+            if _C is None: raise ImportError('its CUDA extension did not load (gsplat.cuda._backend._C is None)')
+            one = Gaussians(torch.zeros(1, 3, device=device) + torch.tensor([0., 0., 2.], device=device),
+                            torch.tensor([[1., 0., 0., 0.]], device=device), torch.full((1, 3), 0.1, device=device),
+                            torch.full((1,), 0.9, device=device), torch.ones(1, 3, device=device))
+            K1 = torch.tensor([[[8., 0., 4.], [0., 8., 4.], [0., 0., 1.]]], device=device)
+            f, _, _ = _gsplat_render(one, torch.eye(4, device=device)[None], K1, 8, 8, None, 0.01, 1e10, 0.3, 16)
+            if not bool(f.sum() > 0): raise RuntimeError('a one-Gaussian render came back empty')
+            _GSPLAT_WHY_NOT[key] = None
+        except Exception as e:
+            _GSPLAT_WHY_NOT[key] = f'{type(e).__name__}: {e}'
+    return _GSPLAT_WHY_NOT[key]
+
+def _auto_backend(device) -> str:
+    "'gsplat' on CUDA when it works there, else 'triton' on CUDA when Triton imports, else 'torch'; warns once per device on a fallback."
+    if torch.device(device).type != 'cuda': return 'torch'
+    first = str(device) not in _GSPLAT_WHY_NOT
+    why = _gsplat_why_not(device)
+    if why is None: return 'gsplat'
+    try:
+        import triton  # noqa: F401
+        fallback = 'triton'
+    except ImportError: fallback = 'torch'
+    if first: warnings.warn(f"render(backend='auto'): gsplat cannot run on {device} ({why}); using backend={fallback!r}", stacklevel=3)
+    return fallback
+
+def _require_cuda(g: Gaussians):
+    if g.means.device.type != 'cuda': raise ValueError(f"render(backend='gsplat') needs CUDA tensors, got {g.means.device}; use backend='torch'")
 
 # %% ../nbs/06a_render.ipynb #6035900d
 def render(
@@ -69,18 +137,12 @@ def render(
     if check:
         g.check()
         _check_cameras(g, c2w, K, width, height, background)
-    if backend == 'auto':
-        backend = 'torch'
-        if g.means.is_cuda:
-            try:
-                import gsplat  # noqa: F401
-                backend = 'gsplat'
-            except ImportError: pass
+    if backend == 'auto': backend = _auto_backend(g.means.device)
     if backend == 'torch': return render_torch(g, c2w, K, width, height, background, near_plane, far_plane, eps2d, tile_size or 8)
     viewmats = invert_pose(c2w.to(g.dtype))
     K = K.to(g.dtype)
     if backend == 'gsplat':
-        if g.means.device.type != 'cuda': raise ValueError(f"render(backend='gsplat') needs CUDA tensors, got {g.means.device}; use backend='torch'")
+        _require_cuda(g)
         feats, alpha, depth = _gsplat_render(g, viewmats, K, width, height, background, near_plane, far_plane, eps2d, tile_size or 16)
     elif backend == 'triton':
         from splat_and_distill.triton_splat import rasterize_triton   # imported here: only backend='triton' needs Triton

@@ -22,7 +22,7 @@ from .core import (set_seed, default_device, set_threads, atomic_path, atomic_wr
     atomic_write_text, batch_to, rng_state, set_rng_state)
 from .lift import lift_scale, downscale_batch, lift_and_splat_batch, covisible_cosines
 from .scenes import fixed_items, scene_nbytes, TripletDataset, step_batch, StepSampler
-from .backbones import make_backbone, make_student, merge_lora, BACKBONES, timm_to_dinov2_state_dict
+from .backbones import make_backbone, make_student, merge_lora, BACKBONES, timm_to_dinov2_state_dict, timm_to_dinov3_state_dict
 from .distill import (DINOHead, DistillLoss, DistillModel, make_ema_teacher, distill_stats,
     distill_step, RECIPES, OBJECTIVES, token_cosines, masked_mean)
 from .scene_io import scene_folders
@@ -56,7 +56,7 @@ class TrainConfig:
     workers: int = 0 # real data: DataLoader worker processes reading frames from disk
     allow_outside_paths: bool = False # real data: read files that transforms.json places outside their scene folder
     # models
-    backbone: str = 'efficientnet_lite0' # teacher/student backbone: efficientnet_lite0, dinov2_vits14, dinov2_vitb14, tiny_vit; NAME:random = random init (timing, tests)
+    backbone: str = 'efficientnet_lite0' # teacher/student backbone: efficientnet_lite0, dinov2_vits14, dinov2_vitb14, dinov3_vits16, dinov3_vitb16, tiny_vit; NAME:random = random init (timing, tests)
     weights: str | None = None # local weights file of the backbone (required for DINOv2)
     policy: str = 'auto' # student trainable policy: auto (ViT: lora, CNN: last_stages), lora, last_stages, full
     lora_rank: int = 8 # LoRA rank (policy lora)
@@ -70,7 +70,7 @@ class TrainConfig:
     blend_alpha: float = 1.0 # semantic blending a (1 = no blending; the paper's 0.5 smooths the targets, see chapter 17)
     mask_aware: bool = True # mask-aware upsampling of the context tokens (False: plain bilinear)
     render_scale: float | None = None # lift and splat at this fraction of the image size (None: auto, see lift_scale)
-    splat_backend: str = 'auto' # auto, torch, gsplat or triton (chapter 06; auto never picks triton)
+    splat_backend: str = 'auto' # auto, torch, gsplat or triton (chapter 06a; auto: gsplat if it runs, else triton on CUDA)
     channel_chunk: int | None = None # lift and splat this many feature channels at a time (bounds memory at full size; None: all)
     amp: str = 'none' # none or bf16 (autocast of teacher, student and loss on the device)
     # loss
@@ -156,7 +156,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     name, random_init = backbone_name(cfg.backbone)
     if name not in BACKBONES: bad('backbone', f'unknown backbone; choose one of {list(BACKBONES)} (NAME:random for a random initialisation)')
     if random_init and cfg.weights: bad('backbone', f'{cfg.backbone} asks for random weights but weights={cfg.weights!r} is given too')
-    if name.startswith('dinov2') and not random_init and not cfg.weights:
+    if name.startswith(('dinov2', 'dinov3')) and not random_init and not cfg.weights:
         raise FileNotFoundError(f'backbone {cfg.backbone} needs its weights from a local file: pass --weights PATH '
                                 '(nothing is downloaded at run time)')
     if cfg.weights and not Path(cfg.weights).expanduser().is_file():
@@ -513,7 +513,8 @@ def _train_run(cfg: TrainConfig, plan: dict, resume: bool, overwrite: bool, rank
 
 # %% ../nbs/11_train.ipynb #1e378735
 TIMM_NAMES = {'efficientnet_lite0': 'tf_efficientnet_lite0', 'dinov2_vits14': 'vit_small_patch14_dinov2',
-              'dinov2_vitb14': 'vit_base_patch14_dinov2', 'tiny_vit': 'vision_transformer (tiny_vit)'}
+              'dinov2_vitb14': 'vit_base_patch14_dinov2', 'dinov3_vits16': 'vit_small_patch16_dinov3',
+              'dinov3_vitb16': 'vit_base_patch16_dinov3', 'tiny_vit': 'vision_transformer (tiny_vit)'}
 
 def _plain_state(module: nn.Module) -> dict:
     "A state dict safetensors accepts: detached, contiguous CPU tensors that share no memory."
@@ -567,13 +568,14 @@ def load_checkpoint(folder: str | Path, student: DistillModel, teacher: DistillM
     return state
 
 def export_student(student: DistillModel, path: str | Path, cfg: TrainConfig | None = None, names: str = 'timm') -> Path:
-    "Save the student backbone (LoRA merged) in safetensors with timm key names, or `names='dinov2'`: the original DINOv2 (torch.hub) names; returns `path`."
-    if names not in ('timm', 'dinov2'): raise ValueError(f"export_student: names must be 'timm' or 'dinov2', got {names!r}")
+    "Save the student backbone (LoRA merged) in safetensors with timm key names, or `names='dinov2'`/`'dinov3'`: the original DINOv2 (torch.hub) / DINOv3 (Meta) names; returns `path`."
+    if names not in ('timm', 'dinov2', 'dinov3'): raise ValueError(f"export_student: names must be 'timm', 'dinov2' or 'dinov3', got {names!r}")
     bb = merge_lora(copy.deepcopy(getattr(student, 'module', student).backbone))
     sd = _plain_state(bb.model)
     if names == 'dinov2': sd = timm_to_dinov2_state_dict(sd)
+    if names == 'dinov3': sd = timm_to_dinov3_state_dict(sd, bb.model.blocks[0].attn.head_dim)
     meta = {'timm_model': TIMM_NAMES.get(getattr(bb, 'name', ''), ''),
-            'format': 'timm state_dict, LoRA merged' if names == 'timm' else 'DINOv2 original (torch.hub) state_dict, LoRA merged'}
+            'format': dict(timm='timm state_dict', dinov2='DINOv2 original (torch.hub) state_dict', dinov3='DINOv3 original (Meta) state_dict')[names] + ', LoRA merged'}
     if cfg is not None: meta['config'] = json.dumps(asdict(cfg))
     _save_tensors(Path(path), sd, meta)
     return Path(path)
@@ -590,7 +592,7 @@ def init_distributed(device: str = 'auto') -> tuple[int, int, int]:
 
 # %% ../nbs/11_train.ipynb #d63e63a2
 RUN_FILES = ['run.json', 'config.json', 'metrics.jsonl', 'checkpoints', 'results.json', 'student_timm.safetensors',
-             'student_dinov2.safetensors', 'tensorboard']
+             'student_dinov2.safetensors', 'student_dinov3.safetensors', 'tensorboard']
 # options a resumed run may change: where and how it runs, and how often it logs, validates and saves; not what it trains
 RESUME_MUTABLE = ('out', 'device', 'threads', 'progress', 'tensorboard', 'stop_after', 'log_every', 'val_every', 'ckpt_every',
                   'keep_ckpts', 'cache_dir')
@@ -618,8 +620,9 @@ def _final_results(cfg: TrainConfig, run: Path, run_id, criterion: DistillLoss, 
     paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), checkpoint=str(latest_checkpoint(run, run_id)))
     if not stopped:
         paths['student_timm'] = str(export_student(student, run / 'student_timm.safetensors', cfg))
-        if backbone_name(cfg.backbone)[0].startswith('dinov2'):     # also with the original DINOv2 (torch.hub) key names
-            paths['student_dinov2'] = str(export_student(student, run / 'student_dinov2.safetensors', cfg, names='dinov2'))
+        family = backbone_name(cfg.backbone)[0][:6]
+        if family in ('dinov2', 'dinov3'):                        # also with the original DINOv2 (torch.hub) / DINOv3 (Meta) key names
+            paths[f'student_{family}'] = str(export_student(student, run / f'student_{family}.safetensors', cfg, names=family))
         atomic_write_json(run / 'results.json', results)
         paths['results'] = str(run / 'results.json')
     return results, paths

@@ -1,10 +1,11 @@
-"Backbones: DINOv2 loader round trips, real EfficientNet-Lite0 weights, token shapes, LoRA merge, student policies."
+"Backbones: DINOv2 and DINOv3 loader round trips, real EfficientNet-Lite0 weights, token shapes, LoRA merge, student policies."
 import re
 import pytest
 import torch
 import torch.nn.functional as F
 from splat_and_distill.backbones import (Backbone, make_backbone, dinov2, efficientnet_lite0, tiny_vit, classify, apply_lora,
-                                         merge_lora, make_student, frozen_copy, trainable_parameters, LoRALinear)
+                                         merge_lora, make_student, frozen_copy, trainable_parameters, LoRALinear,
+                                         dinov3, timm_to_dinov3_state_dict, DINOV3_ENV)
 
 
 @pytest.fixture(scope='module')
@@ -131,3 +132,90 @@ def test_pre_norm_tokens_are_the_last_block_before_the_final_norm():
     assert torch.allclose(bb.model.norm(pre['cls']), post['cls'], atol=1e-5)
     cnn = make_backbone('efficientnet_lite0', pretrained=False)
     assert torch.equal(cnn.forward_features(x, pre_norm=True)['tokens'], cnn.forward_features(x)['tokens'])  # no final norm in a CNN
+
+
+# ---------------------------------------------------------------- DINOv3 (timm's Eva) from local files
+META_TOP = {'cls_token', 'storage_tokens', 'mask_token', 'patch_embed.proj.weight', 'patch_embed.proj.bias', 'rope_embed.periods',
+            'norm.weight', 'norm.bias'}                              # Meta's dinov3_vit*16_pretrain_lvd1689m-*.pth layout
+META_BLOCK = {'norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.qkv.bias_mask', 'attn.proj.weight',
+              'attn.proj.bias', 'ls1.gamma', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight',
+              'mlp.fc2.bias', 'ls2.gamma'}
+
+
+@pytest.fixture(scope='module', params=['dinov3_vits16', 'dinov3_vitb16'])
+def v3_ref(request):
+    torch.manual_seed(0)
+    return dinov3(request.param, pretrained=False)
+
+
+def _meta_file(ref, path, wrap=''):
+    sd = timm_to_dinov3_state_dict(ref.model.state_dict())
+    d = ref.dim
+    assert {k for k in sd if not k.startswith('blocks.')} == META_TOP
+    assert {k[len('blocks.0.'):] for k in sd if k.startswith('blocks.0.')} == META_BLOCK and len({k.split('.')[1] for k in sd if k.startswith('blocks.')}) == 12
+    assert sd['storage_tokens'].shape == (1, 4, d) and sd['mask_token'].shape == (1, d) and sd['rope_embed.periods'].shape == (16,)
+    assert sd['blocks.0.attn.qkv.bias'].shape == (3 * d,) and sd['blocks.0.attn.qkv.bias_mask'][d:2 * d].sum() == 0
+    sd = {wrap + k: v for k, v in sd.items()}
+    from safetensors.torch import save_file
+    if str(path).endswith('.safetensors'): save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else: torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize('fmt', ['pth', 'safetensors'])
+def test_dinov3_loads_meta_and_timm_names(tmp_path, v3_ref, fmt, monkeypatch):
+    name, x = v3_ref.name, torch.rand(1, 3, 64, 80)
+    meta = _meta_file(v3_ref, tmp_path / f'meta.{fmt}', wrap='student.backbone.' if fmt == 'pth' else '')
+    torch.save(v3_ref.model.state_dict(), tmp_path / 'timm.pth')
+    monkeypatch.setenv(DINOV3_ENV[name], str(meta))
+    with torch.no_grad():
+        ref = v3_ref.forward_features(x)
+        for bb in (dinov3(name, weights=meta), dinov3(name, weights=tmp_path / 'timm.pth'), make_backbone(name)):   # the last: $SND_DINOV3_*
+            assert (bb.dim, bb.stride, bb.model.num_prefix_tokens) == (v3_ref.dim, 16, 5)
+            out = bb.forward_features(x)
+            torch.testing.assert_close(out['tokens'], ref['tokens']); torch.testing.assert_close(out['cls'], ref['cls'])
+        pre = v3_ref.forward_features(x, pre_norm=True)['tokens']          # the probes' tokens: the last block, before the norm
+    assert ref['tokens'].shape == pre.shape == (1, v3_ref.dim, 4, 5)
+    torch.testing.assert_close(v3_ref.model.norm(pre.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(pre.shape), ref['tokens'])
+    assert not torch.allclose(pre, ref['tokens'])
+
+
+def test_dinov3_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv('SND_DINOV3_VITS16', raising=False)
+    with pytest.raises(FileNotFoundError, match='SND_DINOV3_VITS16'): dinov3('dinov3_vits16')
+    torch.manual_seed(0)
+    ref = dinov3('dinov3_vits16', pretrained=False)
+    sd = timm_to_dinov3_state_dict(ref.model.state_dict())
+    sd['blocks.2.attn.qkv.bias'][:5] = 0.1                                    # a real query bias: not droppable
+    torch.save(sd, tmp_path / 'biased.pth')
+    with pytest.raises(ValueError, match=r'biased\.pth.*blocks\.2\.attn\.qkv\.bias is not zero'): dinov3('dinov3_vits16', weights=tmp_path / 'biased.pth')
+    sd['blocks.2.attn.qkv.bias'][:5] = 0
+    sd['blocks.2.attn.qkv.bias'][384:390] = 0.1                               # the key third is masked: fine
+    del sd['blocks.3.ls1.gamma']
+    torch.save(sd, tmp_path / 'bad.pth')
+    with pytest.raises(ValueError, match=r'missing keys: \[blocks\.3\.gamma_1\]'): dinov3('dinov3_vits16', weights=tmp_path / 'bad.pth')
+    with pytest.raises(ValueError, match='unknown DINOv3'): dinov3('dinov3_vitl16', pretrained=False)
+
+
+def test_dinov3_lora_student_trains_and_exports_both_namings(tmp_path, v3_ref):
+    "The paper preset's LoRA student (rank 8) on a DINOv3 teacher from a Meta-named file: a few CPU steps, then both exports."
+    from safetensors.torch import load_file
+    from splat_and_distill.train import make_config, train
+    name = v3_ref.name
+    meta = _meta_file(v3_ref, tmp_path / 'meta.pth')
+    cfg = make_config('paper_vits14', dict(backbone=name, weights=str(meta), data='procedural', geometry='gt', height=32, width=48,
+                                           steps=2, out_dim=256, head_hidden=64, head_bottleneck=32, train_scenes=2, val_scenes=1,
+                                           val_pairs=2, log_every=1, val_every=0, ckpt_every=0, progress=False, threads=1,
+                                           device='cpu', out=str(tmp_path / 'run')))
+    assert cfg.lora_rank == 8
+    r = train(cfg)
+    paths = r['paths']
+    assert set(paths) >= {'student_timm', 'student_dinov3'} and 'student_dinov2' not in paths
+    tm, mt = load_file(paths['student_timm']), load_file(paths['student_dinov3'])
+    assert not any('lora' in k for k in tm) and {k for k in mt if not k.startswith('blocks.')} == META_TOP
+    changed = [k for k in tm if 'attn' in k and not torch.equal(tm[k], v3_ref.model.state_dict()[k])]
+    assert changed and all(k.endswith(('qkv.weight', 'proj.weight')) for k in changed)   # LoRA moved only the attention weights
+    x = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        a, b = dinov3(name, weights=paths['student_timm'])(x), dinov3(name, weights=paths['student_dinov3'])(x)
+    torch.testing.assert_close(a, b)

@@ -279,60 +279,6 @@ def test_gsplat_auto_backend_and_batch():
     assert (r['features'] - rt['features']).abs().mean() < 1e-5
 
 
-# ---------------------------------------------------------------- gsplat backend plumbing, on CPU
-def _fake_gsplat_kernels(monkeypatch):
-    """Run the real `gsplat.rasterization` (its Python logic: batching, RGB+ED, channel chunks, backgrounds) on CPU by
-    swapping its CUDA kernels for gsplat's own PyTorch references (projection, tile intersection) and a dense compositor
-    that follows the kernel's depth order (`flatten_ids`)."""
-    import gsplat.rendering as R
-
-    def fully_fused_projection(means, covars, quats, scales, viewmats, Ks, width, height, eps2d=0.3, near_plane=0.01,
-                               far_plane=1e10, radius_clip=0.0, packed=False, sparse_grad=False, calc_compensations=False,
-                               camera_model='pinhole', opacities=None):
-        assert not packed and covars is None and camera_model == 'pinhole'
-        cov = gsplat_ref._quat_scale_to_covar_preci(quats, scales, compute_preci=False)[0]
-        radii, m2, dep, con, comp = gsplat_ref._fully_fused_projection(means, cov, viewmats, Ks, width, height, eps2d, near_plane, far_plane)
-        return radii, m2, dep, con, comp
-
-    def isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height, segmented=False, packed=False, n_images=None, image_ids=None, gaussian_ids=None):
-        return gsplat_ref._isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
-
-    def rasterize_to_pixels(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets, flatten_ids, backgrounds=None, packed=False, absgrad=False):
-        *dims, N, D = colors.shape
-        I = math.prod(dims)
-        rank = torch.full((I * N,), float(I * N), dtype=means2d.dtype)      # kernel order -> a depth for the dense reference
-        first = torch.full((I * N,), len(flatten_ids), dtype=torch.long)
-        first.scatter_reduce_(0, flatten_ids.long(), torch.arange(len(flatten_ids)), reduce='amin')
-        rank = torch.where(first < len(flatten_ids), first.to(means2d.dtype), rank)
-        radii = (first < len(flatten_ids)).int().reshape(I, 1, N, 1).expand(I, 1, N, 2)
-        f, a, _ = rasterize_dense(means2d.reshape(I, 1, N, 2), conics.reshape(I, 1, N, 3), opacities.reshape(I, N), colors.reshape(I, N, D),
-                                  rank.reshape(I, 1, N), radii, width, height,
-                                  None if backgrounds is None else backgrounds.reshape(I, 1, D))
-        return f.reshape(*dims, height, width, D), a.reshape(*dims, height, width, 1)
-
-    monkeypatch.setattr(R, 'fully_fused_projection', fully_fused_projection)
-    monkeypatch.setattr(R, 'isect_tiles', isect_tiles)
-    monkeypatch.setattr(R, 'isect_offset_encode', gsplat_ref._isect_offset_encode)
-    monkeypatch.setattr(R, 'rasterize_to_pixels', rasterize_to_pixels)
-
-
-@pytest.mark.parametrize('d,batched', [(3, False), (16, True), (600, False)])
-def test_gsplat_backend_plumbing_on_cpu(monkeypatch, d, batched):
-    "The arguments `render` hands to `gsplat.rasterization` and the outputs it takes back, checked without a GPU."
-    from splat_and_distill.render import _gsplat_render
-    _fake_gsplat_kernels(monkeypatch)
-    G, c2w, K = _setup(d=d, near=False, n=40)
-    bg = torch.rand(d)
-    if batched:
-        G1 = _setup(d=d, near=False, n=40, seed=3)[0]
-        G, c2w, K = Gaussians.stack([G, G1]), torch.stack([c2w, c2w.flip(0)]), torch.stack([K, K])
-    ref = render(G, c2w, K, 20, 14, backend='torch', background=bg)
-    f, a, z = _gsplat_render(G, invert_pose(c2w), K, 20, 14, bg, 0.01, 1e10, 0.3, 16)
-    torch.testing.assert_close(f, ref['features'], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(a, ref['alpha'], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(z, ref['depth'], rtol=1e-4, atol=1e-4)
-
-
 def test_ssim_properties():
     x = torch.rand(2, 3, 24, 24)
     torch.testing.assert_close(ssim(x, x), torch.tensor(1.))
