@@ -539,9 +539,8 @@ def plot_recon_history(records: list, path=None, title: str = ''):
 # %% ../nbs/08_reconstruct.ipynb #89d07961
 def config_from_dict(d: dict, source: str = 'config') -> ReconConfig:
     "`ReconConfig` from a dict, refusing unknown keys."
-    names = {f.name for f in dataclasses.fields(ReconConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown: raise ValueError(f'{source}: unknown reconstructor config keys {unknown}; known keys are {sorted(names)}')
+    names = sorted(f.name for f in dataclasses.fields(ReconConfig))
+    if set(d) - set(names): raise ValueError(f'{source}: unknown reconstructor config keys {sorted(set(d) - set(names))}; known keys are {names}')
     return ReconConfig(**d)
 
 def _rng_state(gen: torch.Generator) -> dict: return dict(rng_state(), data=gen.get_state())
@@ -695,8 +694,7 @@ def snd_recon(argv: list[str] | None = None) -> dict | None:
     add_config_file_options(p)
     def main(a):
         sets = {**read_config_file(ReconConfig, a.config), **parse_sets(ReconConfig, a.set)}
-        preset = a.preset or sets.pop('preset', None)
-        sets.pop('preset', None)
+        preset, sets = a.preset or sets.get('preset'), {k: v for k, v in sets.items() if k != 'preset'}
         if a.print_config: return print_config(make_config(preset or 'cpu_default', {**sets, **({} if a.steps is None else dict(steps=a.steps))}))
         return run_recon(preset, a.out, sets, a.steps, a.resume, a.overwrite, a.device, a.threads, a.eval_only, a.data, progress=a.progress is not False)
     return run_cli(p, argv, main)
