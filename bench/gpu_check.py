@@ -20,7 +20,7 @@ check goes on):
 Writes OUT/gpu_check.json (machine, versions, each step's command, status, wall time, budget and parsed figures) and
 OUT/gpu_check.log (every step's output), and prints a summary table.
 
-Usage: python bench/gpu_check.py [--out gpu_check_out] [--only step,step] [--dry-run]
+Usage: python bench/gpu_check.py [--out runs/gpu_check] [--only step,step] [--dry-run]
   --dry-run prints the plan (steps, budgets, commands) and exits; it runs anywhere, no GPU needed.
 """
 import argparse, json, os, platform, re, subprocess, sys, time
@@ -139,7 +139,7 @@ def main(argv=None):
         fig = dict(probe=lambda: probe(), train_step=lambda: train_step(rest), snd_train=lambda: snd_train(rest))[name]()
         print('GPU_CHECK', json.dumps(fig)); return
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--out', default='gpu_check_out', help='output folder (JSON and log)')
+    p.add_argument('--out', default='runs/gpu_check', help='output folder (JSON and log; default runs/gpu_check, under the one output root)')
     p.add_argument('--only', default=None, help='comma-separated step names (default: all)')
     p.add_argument('--dry-run', action='store_true', help='print the plan and each step\'s time budget, run nothing')
     p.add_argument('--_fabricate', default=None, help=argparse.SUPPRESS)
