@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TFLITE_MEAN', 'TFLITE_STD', 'DINOV2_ENV', 'DINOV2_TIMM', 'DINOV3_ENV', 'DINOV3_TIMM',
-           'BACKBONES', 'check_images', 'Backbone', 'tiny_vit', 'load_state_dict_file', 'load_weights_strict', 'dinov2',
-           'dinov3', 'efficientnet_lite0_weights_path', 'load_efficientnet_lite0_weights', 'efficientnet_lite0',
-           'classify', 'default_teacher_name', 'make_backbone', 'ConcatBackbone', 'load_probe_backbone', 'spec_label',
-           'LoRALinear', 'apply_lora', 'merge_lora', 'trainable_parameters', 'make_student', 'frozen_copy',
-           'describe_trainable', 'merge_lora_state_dict', 'convert_dinov2_state_dict', 'timm_to_dinov2_state_dict',
-           'convert_dinov3_state_dict', 'timm_to_dinov3_state_dict']
+           'BACKBONES', 'check_images', 'Backbone', 'tiny_vit', 'load_state_dict_file', 'load_weights_strict',
+           'local_vit', 'dinov2', 'dinov3', 'efficientnet_lite0_weights_path', 'load_efficientnet_lite0_weights',
+           'efficientnet_lite0', 'classify', 'default_teacher_name', 'make_backbone', 'ConcatBackbone',
+           'load_probe_backbone', 'spec_label', 'LoRALinear', 'apply_lora', 'merge_lora', 'trainable_parameters',
+           'make_student', 'frozen_copy', 'describe_trainable', 'merge_lora_state_dict', 'convert_dinov2_state_dict',
+           'timm_to_dinov2_state_dict', 'convert_dinov3_state_dict', 'timm_to_dinov3_state_dict']
 
 # %% ../nbs/03_backbones.ipynb #3e6ba56e
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -148,18 +148,22 @@ def load_weights_strict(model: nn.Module, sd: dict, path) -> nn.Module:
     model.load_state_dict(sd)
     return model
 
+def local_vit(name: str, family: str, timm_names: dict, env: dict, convert, weights=None, pretrained: bool = True, hint: str = '') -> Backbone:
+    "The timm ViT `timm_names[name]` with weights from the local file `weights`, else `$env[name]`, read by `convert(state_dict, model, path)`; random init when `pretrained=False`."
+    if name not in timm_names: raise ValueError(f'unknown {family} model {name!r}; choose one of {list(timm_names)}')
+    model = timm.create_model(timm_names[name], pretrained=False, dynamic_img_size=True, num_classes=0)
+    weights = weights or os.environ.get(env[name])
+    if weights is not None:
+        load_weights_strict(model, convert(load_state_dict_file(weights), model, weights), weights)
+    elif pretrained:
+        raise FileNotFoundError(f'{name}: no weights given. Pass weights="path/to/{family.lower()}.pth" or set ${env[name]}; '
+                                f'nothing is downloaded. Use pretrained=False for random weights{hint}.')
+    return Backbone(model.eval(), name, 'vit', model.embed_dim, model.patch_embed.patch_size[0])
+
 def dinov2(name: str = 'dinov2_vits14', weights: str | Path | None = None, pretrained: bool = True) -> Backbone:
     "DINOv2 ViT-S/14 or ViT-B/14 with weights from `weights`, else `$SND_DINOV2_VIT*14`; random init when `pretrained=False`."
-    if name not in DINOV2_TIMM: raise ValueError(f'unknown DINOv2 model {name!r}; choose one of {list(DINOV2_TIMM)}')
-    model = timm.create_model(DINOV2_TIMM[name], pretrained=False, dynamic_img_size=True, num_classes=0)
-    weights = weights or os.environ.get(DINOV2_ENV[name])
-    if weights is not None:
-        load_weights_strict(model, convert_dinov2_state_dict(load_state_dict_file(weights), model), weights)
-    elif pretrained:
-        raise FileNotFoundError(f'{name}: no weights given. Pass weights="path/to/dinov2.pth" or set ${DINOV2_ENV[name]}; '
-                                'nothing is downloaded. Use pretrained=False for random weights, or the offline teacher '
-                                "make_backbone('efficientnet_lite0').")
-    return Backbone(model.eval(), name, 'vit', model.embed_dim, model.patch_embed.patch_size[0])
+    return local_vit(name, 'DINOv2', DINOV2_TIMM, DINOV2_ENV, lambda sd, model, path: convert_dinov2_state_dict(sd, model),
+                     weights, pretrained, ", or the offline teacher make_backbone('efficientnet_lite0')")
 
 # %% ../nbs/03_backbones.ipynb #592cf163
 DINOV3_ENV = {'dinov3_vits16': 'SND_DINOV3_VITS16', 'dinov3_vitb16': 'SND_DINOV3_VITB16'}
@@ -167,15 +171,8 @@ DINOV3_TIMM = {'dinov3_vits16': 'vit_small_patch16_dinov3', 'dinov3_vitb16': 'vi
 
 def dinov3(name: str = 'dinov3_vits16', weights: str | Path | None = None, pretrained: bool = True) -> Backbone:
     "DINOv3 ViT-S/16 or ViT-B/16 (timm's Eva) with weights from `weights`, else `$SND_DINOV3_VIT*16`; random init when `pretrained=False`."
-    if name not in DINOV3_TIMM: raise ValueError(f'unknown DINOv3 model {name!r}; choose one of {list(DINOV3_TIMM)}')
-    model = timm.create_model(DINOV3_TIMM[name], pretrained=False, dynamic_img_size=True, num_classes=0)
-    weights = weights or os.environ.get(DINOV3_ENV[name])
-    if weights is not None:
-        load_weights_strict(model, convert_dinov3_state_dict(load_state_dict_file(weights), model, weights), weights)
-    elif pretrained:
-        raise FileNotFoundError(f'{name}: no weights given. Pass weights="path/to/dinov3.pth" or set ${DINOV3_ENV[name]}; '
-                                'nothing is downloaded. Use pretrained=False for random weights.')
-    return Backbone(model.eval(), name, 'vit', model.embed_dim, model.patch_embed.patch_size[0])
+    return local_vit(name, 'DINOv3', DINOV3_TIMM, DINOV3_ENV, convert_dinov3_state_dict, weights, pretrained)
+
 
 # %% ../nbs/03_backbones.ipynb #6bac9f26
 def efficientnet_lite0_weights_path() -> Path:
