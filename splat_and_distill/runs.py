@@ -419,7 +419,7 @@ class RunFolder:
 
     def start(self) -> str:
         "Lock the folder for this process, check it again under the lock, and start the run (a new one writes `run.json`); returns the run id."
-        if os.environ.get('SND_PAUSE_BEFORE_START'): time.sleep(float(os.environ['SND_PAUSE_BEFORE_START']))   # tests: widen the race
+        if os.environ.get('SND_START_AT'): time.sleep(max(0., float(os.environ['SND_START_AT']) - time.time()))   # tests: start races at one instant
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:

@@ -23,9 +23,11 @@ def test_two_runs_into_one_folder_at_once(tmp_path):
     out, cache = tmp_path / 'conc', tmp_path / 'cache'
     subprocess.run(_cmd('train', 'snd_train', TRAIN + ['--out', str(tmp_path / 'warm'), '--cache_dir', str(cache)]),
                    env=_env(), check=True, capture_output=True)             # scenes cached: both start equally fast
-    # both pass the check that reads the folder, then wait 2 s before taking it: without the lock both would run
+    # both pass the check that reads the folder, then take it at the same instant (SND_START_AT, well after both have
+    # started up and built their data): without the lock both would run
+    start_at = str(time.time() + 20)
     procs = [subprocess.Popen(_cmd('train', 'snd_train', TRAIN + ['--out', str(out), '--cache_dir', str(cache)] + extra),
-                              env={**_env(), 'SND_PAUSE_BEFORE_START': '2'}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env={**_env(), 'SND_START_AT': start_at}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for extra in ([], ['--set', 'lr=0.01'])]
     res = [(p.wait(300), *p.communicate()) for p in procs]
     codes = sorted(r[0] for r in res)
