@@ -1,9 +1,11 @@
 """Benchmark the splatter.
 
 CPU (default): pixel-aligned Gaussians of 2 context views (64x64 -> 8192 Gaussians) rendered into a 64x64 target,
-d=64 and d=384, forward and forward+backward: the tiled PyTorch splatter (`render(backend='torch')`) against the dense
-reference (`rasterize_dense`). Then one correctness row for the Triton kernels (`render(backend='triton')`) run in
-Triton's interpreter on a 32x32 scene: their agreement with the PyTorch splatter, not a timing.
+d=64 and d=384, forward and forward+backward, three splatters side by side: the fused pair splatter
+(`render(backend='torch')`, i.e. `splat.render_torch`), the tiled PyTorch splatter it replaced
+(`render_torch(..., fused=False)` -> `splat.rasterize`), and the dense reference (`rasterize_dense`), with the ratios
+dense/fused, dense/tiled and tiled/fused. Then one correctness row for the Triton kernels (`render(backend='triton')`)
+run in Triton's interpreter on a 32x32 scene: their agreement with the PyTorch splatter, not a timing.
 
 CUDA (`--device cuda`): in one run, for d = 3, 64, 384, 768, forward and forward+backward, at 256x256 and 576x880
 (targets and both context views at that size: 2*h*w pixel-aligned Gaussians, 1.01 M at 576x880):
@@ -11,13 +13,18 @@ CUDA (`--device cuda`): in one run, for d = 3, 64, 384, 768, forward and forward
                   `render.gsplat_channel_chunk` (up to 513 channels forward; 129 with gradients on an H100);
   * gsplat_3ch:   gsplat 3 channels at a time, one full render per 3 channels (the paper's rasteriser);
   * triton:       `render(backend='triton')`, this project's Triton kernels (chapter 06_triton);
-  * torch:        `render(backend='torch')`, the tiled PyTorch splatter;
+  * torch:        `render(backend='torch')`, the fused PyTorch splatter (`--methods` may add `tiled`, the tiled one);
 then, at d = 384, the ratios gsplat 3-channel loop / gsplat one call (target >= 5) and Triton / gsplat one call
 (target <= 2), and the agreement of the three fast paths with the PyTorch splatter. gsplat JIT-compiles its CUDA
 kernels on its first call on a machine (minutes; the warm-up run absorbs it), Triton compiles on first use (seconds).
 A configuration that runs out of GPU memory is reported as OOM and the run goes on.
 
-Timing: median wall-clock of `--repeats` runs after one warm-up (CUDA: synchronised).
+Timing: median wall-clock of `--repeats` runs after one warm-up (CUDA: synchronised). CPU rows run with
+`OMP_WAIT_POLICY=PASSIVE` unless the environment sets it: OpenMP threads that wait for work sleep instead of spinning.
+On a machine shared with other jobs, spinning threads take the cores the working ones need, and a splatter made of
+many small parallel operations (the fused one) then measures the scheduler: at 2 threads and a load average of 6 on 2
+cores, fused forward+backward times spread from 70 to 400 ms with spinning, 37 to 50 ms without. It changes nothing
+with one thread.
 Peak memory:
   * CPU: every configuration runs in a fresh subprocess. After setup (imports, scene, Gaussians) the kernel's peak-RSS
     counter is reset (`echo 5 > /proc/self/clear_refs`, Linux >= 4.0), and we report peak RSS (`VmHWM`) during the
@@ -38,6 +45,7 @@ from fastcore.script import call_parse
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, CTX, TGT = 64, [0, 8], [4]
 CUDA_METHODS = ['gsplat_1call', 'gsplat_3ch', 'triton', 'torch']
+CPU_METHODS = ['fused', 'tiled', 'dense']
 
 
 def scene_views(h: int, w: int):
@@ -64,12 +72,14 @@ def setup(d: int, device: str, h: int = SIZE, w: int = SIZE):
 def run_once(method: str, G, c2w, K, backward: bool, h: int = SIZE, w: int = SIZE):
     "One render (and backward); returns (outputs, grads)."
     from splat_and_distill.render import render
-    from splat_and_distill.splat import project, rasterize_dense
+    from splat_and_distill.splat import project, rasterize_dense, render_torch
     from splat_and_distill.cameras import invert_pose
     g = G.map(lambda t: t.detach().requires_grad_(backward))          # fresh leaves, no copy
-    if method in ('tiled', 'torch', 'triton', 'gsplat_1call'):
-        backend = dict(tiled='torch', gsplat_1call='gsplat').get(method, method)
+    if method in ('fused', 'torch', 'triton', 'gsplat_1call'):
+        backend = dict(fused='torch', gsplat_1call='gsplat').get(method, method)
         r = render(g, c2w, K, w, h, backend=backend); out = (r['features'], r['alpha'], r['depth'])
+    elif method == 'tiled':                                            # the tiled splatter (splat.rasterize)
+        r = render_torch(g, c2w, K, w, h, fused=False); out = (r['features'], r['alpha'], r['depth'])
     elif method == 'dense':
         radii, m2, dep, con = project(g.means, g.covariances(), invert_pose(c2w), K, w, h, opacities=g.opacities)
         out = rasterize_dense(m2, con, g.opacities, g.features, dep, radii, w, h)
@@ -140,12 +150,15 @@ def _grad_rel(ga, gb): return max(((x - y).norm() / y.norm().clamp(min=1e-12)).i
 
 
 def agreement(d: int, device: str) -> dict:
-    "CPU: max abs difference of outputs and (relative) gradients, tiled vs dense."
+    "CPU: max abs difference of outputs and (relative) gradients, fused and tiled vs dense."
     G, c2w, K = setup(d, device)
-    (ot, gt), (od, gd) = run_once('tiled', G, c2w, K, True), run_once('dense', G, c2w, K, True)
-    return dict(d=d, out_tiled_vs_dense=_max_diff(ot, od),
-                depth_rel_tiled_vs_dense=((ot[2] - od[2]).abs() / od[2].clamp(min=1e-6))[od[1] > 1e-3].max().item(),
-                grad_rel_tiled_vs_dense=_grad_rel(gt, gd))
+    od, gd = run_once('dense', G, c2w, K, True)
+    res = dict(d=d)
+    for m in ('fused', 'tiled'):
+        o, g = run_once(m, G, c2w, K, True)
+        res.update({f'out_{m}_vs_dense': _max_diff(o, od), f'depth_rel_{m}_vs_dense': ((o[2] - od[2]).abs() / od[2].clamp(min=1e-6))[od[1] > 1e-3].max().item(),
+                    f'grad_rel_{m}_vs_dense': _grad_rel(g, gd)})
+    return res
 
 
 def agreement_cuda(G, c2w, K, h: int, w: int, methods) -> dict:
@@ -164,9 +177,9 @@ def triton_check(size: int = 32) -> list:
     res = []
     for d in (3, 40):
         G, c2w, K = setup(d, 'cpu', size, size)
-        (ot, gt), (oc, gc_) = run_once('triton', G, c2w, K, True, size, size), run_once('tiled', G, c2w, K, True, size, size)
-        res.append(dict(size=f'{size}x{size}', d=d, n=G.n, out_triton_vs_tiled=_max_diff(ot, oc),
-                        depth_triton_vs_tiled=(ot[2] - oc[2]).abs().max().item(), grad_rel_triton_vs_tiled=_grad_rel(gt, gc_)))
+        (ot, gt), (oc, gc_) = run_once('triton', G, c2w, K, True, size, size), run_once('torch', G, c2w, K, True, size, size)
+        res.append(dict(size=f'{size}x{size}', d=d, n=G.n, out_triton_vs_torch=_max_diff(ot, oc),
+                        depth_triton_vs_torch=(ot[2] - oc[2]).abs().max().item(), grad_rel_triton_vs_torch=_grad_rel(gt, gc_)))
     return res
 
 
@@ -229,7 +242,7 @@ def main(device: str = 'cpu',   # cpu or cuda
          out: str = None,        # optional JSON file for the results
          sizes: str = '256x256,576x880',              # CUDA: target (and context) sizes, HxW
          ds: str = '3,64,384,768',                     # CUDA: feature channels
-         methods: str = ','.join(CUDA_METHODS),        # CUDA: which renderers
+         methods: str = ','.join(CUDA_METHODS),        # CUDA: which renderers (also: tiled)
          _worker: str = None,    # internal: run one CPU configuration and print JSON
          _triton_check: bool = False):  # internal: print the Triton correctness rows as JSON
     torch.set_num_threads(threads)
@@ -243,8 +256,8 @@ def main(device: str = 'cpu',   # cpu or cuda
         if not torch.cuda.is_available(): raise SystemExit('--device cuda: no CUDA GPU is visible')
         size_list = [tuple(int(x) for x in s.split('x')) for s in sizes.split(',')]
         method_list = methods.split(',')
-        unknown = set(method_list) - set(CUDA_METHODS)
-        if unknown: raise SystemExit(f'--methods: unknown {sorted(unknown)}; choose from {CUDA_METHODS}')
+        unknown = set(method_list) - set(CUDA_METHODS + ['tiled'])
+        if unknown: raise SystemExit(f'--methods: unknown {sorted(unknown)}; choose from {CUDA_METHODS + ["tiled"]}')
         rows, agree = cuda_main(size_list, [int(x) for x in ds.split(',')], method_list, repeats)
         dev = torch.cuda.get_device_name()
         ratios = print_cuda_table(rows, agree, dev, repeats, method_list)
@@ -255,8 +268,8 @@ def main(device: str = 'cpu',   # cpu or cuda
     rows = []
     for d in (64, 384):
         for bwd in (False, True):
-            for m in ('tiled', 'dense'):
-                env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
+            for m in CPU_METHODS:
+                env = {'OMP_WAIT_POLICY': 'PASSIVE', **os.environ, 'OMP_NUM_THREADS': str(threads)}
                 res = subprocess.run([sys.executable, __file__, '--device', device, '--repeats', str(repeats), '--threads', str(threads),
                                       '--_worker', f'{m}:{d}:{int(bwd)}'], capture_output=True, text=True, env=env, cwd=ROOT)
                 if res.returncode: raise RuntimeError(res.stderr[-3000:])
@@ -268,17 +281,21 @@ def main(device: str = 'cpu',   # cpu or cuda
     res = subprocess.run([sys.executable, __file__, '--threads', str(threads), '--_triton_check'], capture_output=True, text=True, env=env, cwd=ROOT)
     if res.returncode: raise RuntimeError(res.stderr[-3000:])
     triton_rows = json.loads(res.stdout.strip().splitlines()[-1])
-    dev = f'CPU ({threads} thread{"s" * (threads > 1)}, {os.cpu_count()} cores on the machine)'
+    dev = f'CPU ({threads} thread{"s" * (threads > 1)}, {os.cpu_count()} cores on the machine, OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "PASSIVE")})'
     print(f'\nSplatting 8192 pixel-aligned Gaussians (2 views, 64x64) into a 64x64 target on {dev}; median of {repeats} runs '
           '(dense: 1 run). Peak memory: peak RSS above the post-setup RSS, fresh process per row')
     key = {(r['method'], r['d'], r['mode']): r for r in rows}
-    print(f"{'d':>4} {'mode':<8} {'tiled ms':>9} {'dense ms':>9} {'dense/tiled':>11} {'tiled MB':>9} {'dense MB':>9}")
+    print(f"{'d':>4} {'mode':<8} {'fused ms':>9} {'tiled ms':>9} {'dense ms':>9} {'dense/fused':>11} {'dense/tiled':>11} {'tiled/fused':>11}"
+          f" {'fused MB':>9} {'tiled MB':>9} {'dense MB':>9}")
+    ratios = []
     for d in (64, 384):
         for mode in ('fwd', 'fwd+bwd'):
-            t, dn = key['tiled', d, mode], key['dense', d, mode]
-            print(f"{d:>4} {mode:<8} {t['ms']:9.1f} {dn['ms']:9.1f} {dn['ms'] / t['ms']:10.1f}x {t['peak_mb']:9.1f} {dn['peak_mb']:9.1f}")
+            f, t, dn = key['fused', d, mode], key['tiled', d, mode], key['dense', d, mode]
+            ratios.append(dict(d=d, mode=mode, dense_over_fused=dn['ms'] / f['ms'], dense_over_tiled=dn['ms'] / t['ms'], tiled_over_fused=t['ms'] / f['ms']))
+            print(f"{d:>4} {mode:<8} {f['ms']:9.1f} {t['ms']:9.1f} {dn['ms']:9.1f} {dn['ms'] / f['ms']:10.1f}x {dn['ms'] / t['ms']:10.1f}x "
+                  f"{t['ms'] / f['ms']:10.1f}x {f['peak_mb']:9.1f} {t['peak_mb']:9.1f} {dn['peak_mb']:9.1f}")
     for a in agree: print('agreement', json.dumps({k: (f'{v:.2e}' if isinstance(v, float) else v) for k, v in a.items()}))
     for a in triton_rows: print('triton (interpreter, correctness only)', json.dumps({k: (f'{v:.2e}' if isinstance(v, float) else v) for k, v in a.items()}))
     if out:
         from splat_and_distill.core import atomic_write_json
-        atomic_write_json(out, dict(device=dev, rows=rows, agreement=agree, triton_interpreter=triton_rows))
+        atomic_write_json(out, dict(device=dev, rows=rows, ratios=ratios, agreement=agree, triton_interpreter=triton_rows))

@@ -22,17 +22,18 @@ from .runs import (read_json, read_jsonl, check_ranges, parse_sets, cli_parser, 
 from .scenes import make_scene, scene_seeds
 from .backbones import make_backbone, load_probe_backbone
 from .lift import lift_and_splat_details, covisible_pixels, sample_features_at
-from .probe_runs import probe_backbone, model_key
-from splat_and_distill.evaluate import (ProbeProtocol, probe_seeded, STUDY_COLUMNS, paired_summary, summary_table,
-    plus_minus, metric_digits)
+from .probe_runs import probe_backbone, model_key, pair_measures, eval_scenes
+from .evaluate import (ProbeProtocol, probe_seeded, STUDY_COLUMNS, SUMMARY_LEGEND, paired_summary, summary_table,
+    compare_variants, diff_interval, metric_digits)
 from . import reconstruct, train as T, probes as P
 
 # %% auto #0
-__all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE', 'STUDY_VARIANTS', 'DemoConfig', 'demo_default',
-           'demo_quick', 'validate_demo', 'demo_recon_config', 'demo_geometry', 'reconstructor_eval',
-           'demo_train_config', 'study_run_dir', 'demo_protocol', 'teacher_probes', 'student_run', 'feature_figure',
-           'splat_figure', 'consistency_map', 'effect_figure', 'machine_summary', 'demo_runs', 'demo_summary',
-           'demo_table', 'demo_figures', 'run_demo', 'study_variants', 'study_table', 'run_study', 'publish_results',
+__all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE', 'STUDY_VARIANTS', 'CONTROLS',
+           'EVIDENCE_COLUMNS', 'DemoConfig', 'demo_default', 'demo_quick', 'validate_demo', 'demo_recon_config',
+           'demo_geometry', 'reconstructor_eval', 'demo_train_config', 'study_run_dir', 'demo_protocol',
+           'teacher_probes', 'student_run', 'feature_figure', 'splat_figure', 'consistency_map', 'effect_figure',
+           'machine_summary', 'demo_runs', 'demo_summary', 'demo_table', 'demo_figures', 'run_demo', 'study_variants',
+           'study_summaries', 'remeasure_study', 'difference_rows', 'study_table', 'run_study', 'publish_results',
            'demo_student', 'snd_demo', 'snd_study']
 
 # %% ../nbs/15_demo.ipynb #48d3aebf
@@ -269,7 +270,7 @@ def _demo_runs(cfg: DemoConfig, variants: dict, kind: str, resume: bool, out: Pa
     fault_point('teacher')                                        # tests: killed after the teacher's probes
     timing['teacher_probes'] = time.time() - t; t = time.time()
     runs = {v: {} for v in variants}
-    for v, s in tqdm([(v, s) for v in variants for s in cfg.seeds], desc=f'{kind} runs', disable=not cfg.progress):
+    for s, v in tqdm([(s, v) for s in cfg.seeds for v in variants], desc=f'{kind} runs', disable=not cfg.progress):   # seed-major: a partial study stays balanced
         runs[v][s] = student_run(cfg, s, recon_path, data, v, variants[v], concat=cfg.concat and v == 'default', resume=resume)
         fault_point('student', sum(map(len, runs.values())))     # tests: killed between students
     timing['students'] = time.time() - t
@@ -295,9 +296,7 @@ def demo_table(results: dict) -> str:
              f"Distillation: {tr['steps']} steps of batch {tr['batch_size']} at {c['size']} px, recipe `{tr['recipe']['recipe']}`, "
              f"seeds {list(c['seeds'])}. Probes: preset `{c['probe_preset']}`; seed k of the student is probed with probe seed k, "
              f"and so is the teacher, so each difference is paired.", '',
-             summary_table(results['summary']), '',
-             'mean ± std over seeds (sample std); the teacher row\'s ± is the probe-only noise (same features, one probe seed per '
-             'seed). Bold: the paired difference is beyond 2 std of the differences.']
+             summary_table(results['summary']), '', SUMMARY_LEGEND]
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/15_demo.ipynb #131f17b4
@@ -353,7 +352,17 @@ STUDY_VARIANTS = {
     'cosine_objective': dict(objective='cosine'),    # no heads: 1 - cos to the splatted features (ablation)
     'size_64': dict(height=64, width=64, render_scale=1.0),   # 64 px images: a 4 x 4 token grid, lifting at 64 px
     'lr_3e-4': dict(lr=3e-4),                        # a 3 x larger step (the exploration's best on correspondence)
+    # controls (chapter 09a): everything as the default but the targets
+    'self_target': dict(targets='self_target'),      # the EMA teacher's own tokens of the target view
+    'same_view_splat': dict(targets='same_view_splat'),  # the target's own features through upsample -> lift -> splat -> sampling
+    'plane_geometry': dict(targets='plane_geometry'),    # context depth flattened to a plane at its median
+    'wrong_pose': dict(targets='wrong_pose'),        # each context view placed with the other's pose
 }
+CONTROLS = ['self_target', 'same_view_splat', 'plane_geometry', 'wrong_pose']
+# the columns of the evidence tables in the README and chapter 17: 3D awareness first, then smoothness, then the dense probes
+EVIDENCE_COLUMNS = [c for k in ('consistency.gap', 'consistency.gap_centred', 'corr.mrr', 'corr.recall_2p8tok', 'corr.hard_margin', 'pose.auc_10',
+                                'corr.recall_10px', 'smoothness.cos_neighbour', 'consistency.cos_random', 'depth.abs_rel', 'normals.rmse', 'seg.miou')
+                    for c in STUDY_COLUMNS if c[0] == k]
 
 def study_variants(cfg: DemoConfig, names: list[str] | None = None) -> dict:
     "The study's variants (all by default, then dropping those identical to 'default' under `cfg`); a variant named in `names` that is the default is an error."
@@ -370,16 +379,50 @@ def study_variants(cfg: DemoConfig, names: list[str] | None = None) -> dict:
         out[name] = ov
     return out
 
+# %% ../nbs/15_demo.ipynb #ac58d67c
+def study_summaries(teacher: dict, runs: dict, concat: bool = False) -> dict:
+    "`summary`: each variant minus the teacher; `controls`: the default minus each control of chapter 09a it ran with (paired by seed)."
+    summary = {v: paired_summary(teacher, r) for v, r in runs.items()}
+    if concat and 'default' in runs and all('student+teacher' in x['models'] for x in runs['default'].values()):
+        summary['default, student+teacher'] = paired_summary(teacher, runs['default'], 'student+teacher')
+    controls = {c: compare_variants(runs['default'], runs[c]) for c in CONTROLS if c in runs and 'default' in runs}
+    return dict(summary=summary, controls=controls)
+
+def remeasure_study(out: str | Path, progress: bool = True) -> dict:
+    "Recompute with today's code the measures that train nothing (chapter 10a's `pair_measures`) for the teacher and every student of the finished study in `out`; trained probes are kept; rewrites study.json/md."
+    out = Path(out)
+    res = read_json(out/'study.json', 'study results (run snd_study to the end first)')
+    cfg = DemoConfig(**{**res['config'], 'seeds': tuple(res['config']['seeds']), 'out': str(out), 'progress': progress})
+    pc = probe_seeded(demo_protocol(cfg), cfg.seeds[0])
+    data = P.probe_splits(pc, cfg.cache_dir, progress)
+    def measure(spec: str) -> dict:                              # correspondence, consistency, harder measures; the scenes
+        feats = P.extract_features(load_probe_backbone(spec), data['test'].rgb, pc.feature_batch_size)
+        return {**pair_measures(feats, data['test'], pc), 'eval_scenes': eval_scenes(data)}
+    t = measure('efficientnet_lite0')                            # the teacher's features do not depend on the seed
+    for s in res['teacher']: res['teacher'][s].update(t)
+    for v, runs in tqdm(res['runs'].items(), desc='remeasure', disable=not progress):
+        for r in runs.values(): r['models']['student'].update(measure(f"efficientnet_lite0:{r['student_path']}"))
+    res.update(study_summaries(res['teacher'], res['runs'], cfg.concat),
+               remeasured=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))
+    atomic_write_json(out/'study.json', res, default=str)
+    atomic_write_text(out/'study.md', study_table(res))
+    return res
+
 # %% ../nbs/15_demo.ipynb #76ba3ca2
-def study_table(results: dict) -> str:
-    "Markdown: per variant, the paired difference to the teacher (mean ± std over seeds); bold beyond 2 std."
-    cols = [c for c in STUDY_COLUMNS if any(c[0] in s for s in results['summary'].values())]
-    lines = ['| variant | ' + ' | '.join(c[1] for c in cols) + ' |', '|---|' + '---|' * len(cols)]
-    for name, s in results['summary'].items():
-        cell = lambda k: (lambda txt: f'**{txt}**' if s[k]['better'] or s[k]['worse'] else txt)(
-            ('+' if s[k]['delta'][0] >= 0 else '') + plus_minus(*s[k]['delta'], metric_digits(k))) if k in s else '-'
+def difference_rows(summary: dict, columns=STUDY_COLUMNS) -> str:
+    "Markdown: one row per comparison, its paired difference [95% t-interval] per metric (bold: Holm-adjusted p < 0.05 across the row)."
+    cols = [c for c in columns if any(c[0] in s for s in summary.values())]
+    lines = ['| comparison | ' + ' | '.join(c[1] for c in cols) + ' |', '|---|' + '---|' * len(cols)]
+    for name, s in summary.items():
+        cell = lambda k: (lambda txt: f'**{txt}**' if s[k]['better'] or s[k]['worse'] else txt)(diff_interval(s[k], metric_digits(k))) if k in s else '-'
         lines.append(f'| {name} | ' + ' | '.join(cell(k) for k, _, _ in cols) + ' |')
     return '\n'.join(lines) + '\n'
+
+def study_table(results: dict) -> str:
+    "Markdown: per variant, the paired difference to the teacher; then, where the study ran them, the default minus each control (chapter 09a)."
+    out = difference_rows({f'{v} − teacher': s for v, s in results['summary'].items()})
+    if results.get('controls'): out += '\n' + difference_rows({f'default − {c}': s for c, s in results['controls'].items()})
+    return out + '\n' + SUMMARY_LEGEND + '\n'
 
 def run_study(cfg: DemoConfig | None = None, variants: list[str] | None = None, resume: bool = False, overwrite: bool = False,
               command: str | None = None) -> dict:
@@ -393,10 +436,9 @@ def run_study(cfg: DemoConfig | None = None, variants: list[str] | None = None, 
 
 def _finish_study(cfg: DemoConfig, vs: dict, r: dict, t0: float, command: str | None) -> dict:
     "Summaries, study.json and study.md of a study whose runs are done."
-    summary = {v: paired_summary(r['teacher'], r['runs'][v]) for v in vs}
-    if cfg.concat and 'default' in vs: summary['default, student+teacher'] = paired_summary(r['teacher'], r['runs']['default'], 'student+teacher')
     res = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), command=command or 'run_study(...)',
-               config=asdict(cfg), variants=vs, machine=machine_summary(), teacher=r['teacher'], runs=r['runs'], summary=summary,
+               config=asdict(cfg), variants=vs, machine=machine_summary(), teacher=r['teacher'], runs=r['runs'],
+               **study_summaries(r['teacher'], r['runs'], cfg.concat),
                geometry_eval=reconstructor_eval(r['recon_path']),
                timing_s={**{k: round(v, 1) for k, v in r['timing'].items()}, 'total': round(time.time() - t0, 1)})
     fault_point('results')
@@ -472,12 +514,15 @@ def snd_study(argv: list[str] | None = None) -> dict | None:
     _demo_options(p, 'tiny preset: a smoke check of the whole study')
     add_option(p, 'out', default=None, help='output folder (default runs/study or runs/study_quick)')
     add_option(p, 'variants', type=option_type(list[str]), default=None, help='comma-separated subset of the variants (default: all)')
+    add_option(p, 'remeasure', action='store_true', help='recompute the measures that train nothing (correspondence, consistency, '
+               'the harder measures) of the finished study in --out with this version\'s code; trained probes are kept')
     add_run_options(p, 'study')
     def main(a):
         cfg = _demo_config(a, dict(out=a.out or ('runs/study_quick' if a.quick else 'runs/study'), seeds=a.seeds, threads=a.threads))
         if a.print_config: return print_config(cfg)
-        res = run_study(cfg, a.variants, resume=a.resume, overwrite=a.overwrite,
-                        command='snd_study ' + ' '.join(sys.argv[1:] if argv is None else map(str, argv)))
+        if a.remeasure: res = remeasure_study(cfg.out, cfg.progress)
+        else: res = run_study(cfg, a.variants, resume=a.resume, overwrite=a.overwrite,
+                              command='snd_study ' + ' '.join(sys.argv[1:] if argv is None else map(str, argv)))
         print(study_table(res))
         print(f"\nwrote {Path(cfg.out)/'study.json'} and {Path(cfg.out)/'study.md'}")
         return res

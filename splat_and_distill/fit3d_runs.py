@@ -17,8 +17,8 @@ from .splat import psnr
 from .backbones import load_probe_backbone
 from . import probes as P
 from .probe_runs import probe_backbone, model_key, flatten_metrics
-from splat_and_distill.evaluate import (ProbeProtocol, probe_seeded, paired_summary, summary_table, STUDY_COLUMNS,
-    plus_minus, metric_digits)
+from .evaluate import (ProbeProtocol, probe_seeded, paired_summary, summary_table, STUDY_COLUMNS,
+    metric_digits, diff_interval)
 from .fit3d import (FiT3DConfig, FIT3D_PRESETS, FIT3D_RESUME_MUTABLE, cpu_fit3d, fit3d_config,
     validate_fit3d_config, run_fit3d)
 
@@ -77,9 +77,9 @@ def teacher_agreement(a: dict, b: dict, columns=STUDY_COLUMNS) -> float | None:
     return max(d) if d else None
 
 def _delta_cell(s: dict, key: str) -> str:
-    "A paired difference `+m ± s` (bold beyond 2 std), as `summary_table` writes it."
+    "A paired difference `+m [lo, hi]` (95% t-interval; bold: Holm-adjusted p < 0.05), as `summary_table` writes it."
     if key not in s: return '-'
-    txt = ('+' if s[key]['delta'][0] >= 0 else '') + plus_minus(*s[key]['delta'], metric_digits(key))
+    txt = diff_interval(s[key], metric_digits(key))
     return f'**{txt}**' if s[key]['better'] or s[key]['worse'] else txt
 
 def fit3d_vs_snd_table(fit3d_results: dict, study_results: dict | None = None, variants=('default', 'gt_geometry'), columns=STUDY_COLUMNS) -> str:
@@ -89,8 +89,10 @@ def fit3d_vs_snd_table(fit3d_results: dict, study_results: dict | None = None, v
     cols = [c for c in columns if any(c[0] in s for s in rows.values())]
     lines += [f'| {name} | ' + ' | '.join(_delta_cell(s, k) for k, _, _ in cols) + ' |' for name, s in h2h.items()]
     seeds = sorted({x for s in rows.values() for m in s.values() for x in m['seeds']})
-    note = [f'Seeds {seeds}; mean ± std over seeds; "− teacher" rows: paired differences to the teacher probed with the same probe seed; '
-            '"SnD − FiT3D" rows: paired per seed. Bold: beyond 2 std of the differences.']
+    note = [f'Seeds {seeds}; mean ± std over seeds; "− teacher" rows: paired differences to the teacher probed with the same probe seed, '
+            'mean [95% t-interval]; '
+            '"SnD − FiT3D" rows: paired per seed (mean [95% t-interval]). Bold: Holm-adjusted p < 0.05 (two-sided paired t-test over seeds, '
+            'Holm across the metrics of the row; chapter 10b).']
     if study_results:
         agree = teacher_agreement(fit3d_results['teacher'], study_results['teacher'], columns)
         note.append('The teacher row is FiT3D\'s teacher probes; the study probed the same teacher itself, ' +

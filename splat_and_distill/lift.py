@@ -12,7 +12,7 @@ from jaxtyping import Float, Int, Bool
 from .cameras import pixel_centers, unproject_depth, project_points, scale_intrinsics
 from .gaussians import Gaussians, gaussians_from_depth
 from .splat import hwc_to_chw
-from .render import render
+from .render import prepare, render
 
 # %% auto #0
 __all__ = ['token_centre_pixels', 'sample_at_token_centres', 'naive_upsample_tokens', 'mask_aware_upsample', 'semantic_blend',
@@ -148,6 +148,9 @@ def lift_and_splat_details(
     elif tuple(gaussians.means.shape[:-1]) != (b, v * h * w):
         raise ValueError(f'lift_and_splat: expected pixel-aligned Gaussians [b={b}, n=v*h*w={v * h * w}], got means {list(gaussians.means.shape)}')
     hp, wp = token_grid if token_grid is not None else tuple(ctx_tokens.shape[-2:])
+    chunked = channel_chunk is not None and channel_chunk < d
+    # the chunks share the geometry: project, pair and composite once (a PyTorch-splatter plan; None for gsplat, which projects per call)
+    plan = prepare(gaussians, target_c2w[:, None], target_K[:, None], w, h, backend=backend) if chunked else None
     def steps_2_to_6(tok):                                                     # tok: (b*v, c, hpt, wpt), any channel slice
         c = tok.shape[1]
         # 2. upsample to pixels, respecting the context instance masks
@@ -156,7 +159,7 @@ def lift_and_splat_details(
         # 3. one Gaussian per context pixel, carrying its feature (ordered view, row, column)
         g = Gaussians(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, up.permute(0, 1, 3, 4, 2).reshape(b, v * h * w, c))
         # 4. splat into the target camera
-        out = render(g, target_c2w[:, None], target_K[:, None], w, h, backend=backend)
+        out = render(g, target_c2w[:, None], target_K[:, None], w, h, backend=backend, plan=plan)
         rendered = hwc_to_chw(out['features'][:, 0])                            # (b, c, h, w)
         alpha = out['alpha'][:, 0]                                              # (b, h, w)
         covered = alpha > alpha_threshold
@@ -165,7 +168,7 @@ def lift_and_splat_details(
         # 6. down to the student's token grid
         return dict(tokens=downsample_to_tokens(blended, covered, hp, wp), alpha=alpha, covered=covered, depth=out['depth'][:, 0],
                     context_up=up, rendered=rendered, blended=blended, gaussians=g)
-    if channel_chunk is None or channel_chunk >= d: res = steps_2_to_6(ctx_tokens)
+    if not chunked: res = steps_2_to_6(ctx_tokens)
     else:                                   # every step is per channel given the geometry and labels: chunks give the same numbers
         parts = [steps_2_to_6(ctx_tokens[:, s:s + channel_chunk]) for s in range(0, d, channel_chunk)]
         res = {**parts[0], 'tokens': torch.cat([p['tokens'] for p in parts], 1), 'context_up': None, 'rendered': None, 'blended': None, 'gaussians': None}

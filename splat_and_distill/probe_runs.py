@@ -22,21 +22,43 @@ from .reconstruct import valid_depth
 from .probes import (DATASET_MAX_DEPTH, PROBE_PRESETS, ProbeConfig, ProbeSplit, probe_config,
     validate_probe_config, probe_splits, view_pairs, extract_features, feature_stats, standardize_features,
     train_depth_probe, evaluate_depth_probe, train_normals_probe, evaluate_normals_probe, constant_normal,
-    evaluate_constant_normal, train_seg_probe, evaluate_seg_probe, evaluate_correspondence, feature_consistency,
+    evaluate_constant_normal, train_seg_probe, evaluate_seg_probe, pair_matches, evaluate_correspondence, feature_consistency,
     multiview_consistency_score, real_image_check)
+from .hard_measures import hard_measures, merge_metrics
 from . import __version__
 from .scenes import GENERATOR_VERSION
 
 # %% auto #0
-__all__ = ['TABLE_COLUMNS', 'FEATURES_VERSION', 'PROBE_RUN_FILES', 'PROBE_RESUME_MUTABLE', 'NYU_K', 'PROBE_DATA',
-           'probe_backbone', 'flatten_metrics', 'results_table', 'compare_models', 'probe_models', 'file_identity',
-           'model_key', 'cached_features', 'split_digest', 'split_key', 'write_results', 'make_probe_split', 'read_nyu',
-           'read_scannetpp_probe', 'read_scannet1500', 'read_probe_data', 'probe_real', 'snd_probe']
+__all__ = ['TABLE_COLUMNS', 'FEATURES_VERSION', 'PROBE_RUN_FILES', 'PROBE_RESUME_MUTABLE', 'NYU_K', 'PROBE_DATA', 'pair_measures',
+           'eval_scenes', 'probe_backbone', 'flatten_metrics', 'results_table', 'compare_models', 'probe_models',
+           'file_identity', 'model_key', 'cached_features', 'split_digest', 'split_key', 'write_results',
+           'make_probe_split', 'read_nyu', 'read_scannetpp_probe', 'read_scannet1500', 'read_probe_data', 'probe_real',
+           'snd_probe']
+
+# %% ../nbs/10a_probe_runs.ipynb #2ef8596f
+def pair_measures(test_feats: dict, test: ProbeSplit, cfg: ProbeConfig, times: dict | None = None) -> dict:
+    "The measures that train nothing, from a model's test features: correspondence, consistency and the harder measures (timings into `times`)."
+    times = {} if times is None else times
+    t = time.perf_counter()
+    pairs = view_pairs(test, cfg.corr_gaps, cfg.corr_pairs_per_gap, cfg.pairs_seed)
+    matches = pair_matches(test_feats, test, pairs, cfg)                 # kept ratio-test matches, shared with the harder measures
+    out = dict(corr=evaluate_correspondence(test_feats, test, pairs, cfg, matches=matches)); times['corr'] = time.perf_counter() - t
+    t = time.perf_counter()
+    cpairs = pairs if cfg.consistency_pairs is None else \
+        pairs[torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.pairs_seed))[:cfg.consistency_pairs]]
+    out['consistency'] = multiview_consistency_score(test_feats, test, cpairs, cfg); times['consistency'] = time.perf_counter() - t
+    t = time.perf_counter()
+    out = merge_metrics(out, hard_measures(test_feats, test, pairs, cfg, matches, cpairs)); times['hard_measures'] = time.perf_counter() - t
+    return out
+
+def eval_scenes(data: dict) -> dict:
+    "Which scenes the pair-based numbers of a probe run come from."
+    return dict(split=data.get('eval_split', 'test'), seeds=data['test'].seeds)
 
 # %% ../nbs/10a_probe_runs.ipynb #f1a82fc2
 def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = 'model', cache_key: dict | None = None,
                    cache_dir=None, progress: bool = True) -> dict:
-    "Every probe for one backbone: depth, normals, segmentation, correspondence, consistency (+ Motorcycle check)."
+    "Every probe for one backbone: depth, normals, segmentation, correspondence, consistency, the harder measures (+ Motorcycle check)."
     device = default_device(cfg.device)
     backbone = backbone.to(device).eval()
     tr, te, nc = data['train'], data['test'], data['n_classes']
@@ -58,13 +80,7 @@ def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str
     t = time.perf_counter(); head = train_seg_probe(pf['train'], tr, nc, cfg, desc('segmentation probe'))
     seg = evaluate_seg_probe(head, pf['test'], te, nc)
     out['seg'] = {**seg, 'iou': dict(zip(data.get('class_names', range(nc)), seg['iou']))}; times['seg'] = time.perf_counter() - t
-    t = time.perf_counter()
-    pairs = view_pairs(te, cfg.corr_gaps, cfg.corr_pairs_per_gap, cfg.pairs_seed)
-    out['corr'] = evaluate_correspondence(feats['test'], te, pairs, cfg); times['corr'] = time.perf_counter() - t
-    t = time.perf_counter()
-    cpairs = pairs if cfg.consistency_pairs is None else \
-        pairs[torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.pairs_seed))[:cfg.consistency_pairs]]
-    out['consistency'] = multiview_consistency_score(feats['test'], te, cpairs, cfg); times['consistency'] = time.perf_counter() - t
+    out = merge_metrics(out, pair_measures(feats['test'], te, cfg, times))
     if cfg.real_image:
         t = time.perf_counter()
         real = real_image_check(backbone, cfg, depth_head.cpu(), stats=stats)
@@ -72,6 +88,7 @@ def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str
         out['real'] = real; times['real'] = time.perf_counter() - t
     times['total'] = time.perf_counter() - t0
     out['timing_s'] = {k: round(v, 2) for k, v in times.items()}
+    out['eval_scenes'] = eval_scenes(data)
     out['model'] = dict(dim=int(feats['train']['tokens'].shape[1]), stride=int(getattr(backbone, 'stride', 0)),
                         cls=feats['train']['cls'] is not None, token_grid=list(feats['train']['tokens'].shape[-2:]))
     return out
@@ -88,7 +105,13 @@ TABLE_COLUMNS = [
     ('corr.recall_5px', 'corr R@5 ↑', True), ('corr.recall_10px', 'corr R@10 ↑', True), ('corr.recall_20px', 'corr R@20 ↑', True),
     ('corr.recall_10px_rot0-15', 'R@10 0-15° ↑', True), ('corr.recall_10px_rot15-30', 'R@10 15-30° ↑', True),
     ('corr.recall_10px_rot30-60', 'R@10 30-60° ↑', True), ('corr.recall_10px_rot60-180', 'R@10 60-180° ↑', True),
+    ('corr.recall_1p4tok', 'R@1.4 tok ↑', True), ('corr.recall_2p8tok', 'R@2.8 tok ↑', True), ('corr.recall_5p6tok', 'R@5.6 tok ↑', True),
+    ('corr.recall_2p8tok_rot0-15', 'R@2.8 tok 0-15° ↑', True), ('corr.recall_2p8tok_rot15-30', 'R@2.8 tok 15-30° ↑', True),
+    ('corr.recall_2p8tok_rot30-60', 'R@2.8 tok 30-60° ↑', True), ('corr.recall_2p8tok_rot60-90', 'R@2.8 tok 60-90° ↑', True),
+    ('corr.mrr', 'MRR ↑', True), ('corr.hard_margin', 'hard-negative margin ↑', True),
+    ('pose.auc_5', 'pose AUC@5° ↑', True), ('pose.auc_10', 'pose AUC@10° ↑', True), ('pose.auc_20', 'pose AUC@20° ↑', True),
     ('consistency.gap', 'consistency gap ↑', True), ('consistency.cos_match', 'cos co-visible', True),
+    ('consistency.gap_centred', 'centred gap ↑', True), ('smoothness.cos_neighbour', 'neighbour cos', False),
     ('real.corr.recall_5px', 'Moto R@5 ↑', True), ('real.corr.recall_10px', 'Moto R@10 ↑', True), ('real.corr.recall_20px', 'Moto R@20 ↑', True),
     ('real.depth.abs_rel', 'Moto depth AbsRel ↓', False), ('real.depth_scale_shift.abs_rel', 'Moto AbsRel (scale+shift fit) ↓', False),
 ]
@@ -115,7 +138,12 @@ def results_table(results: dict, columns=TABLE_COLUMNS) -> str:
             'Depth and normal metrics per image then averaged; mean/median normal errors pooled over pixels; mIoU from '
             'dataset-level intersections and unions; correspondence recall in % at 5/10/20 px of a 160-px-wide grid '
             '(scaled to the grid used), binned by relative rotation at 10 px; consistency gap = cosine similarity of '
-            'co-visible pixels minus that of random pixel pairs; Moto = Middlebury Motorcycle real pair.',
+            'co-visible pixels minus that of random pixel pairs; Moto = Middlebury Motorcycle real pair. '
+            'R@t tok: recall at t tokens (Probe3D\'s 5/10/20 px), binned by rotation at 2.8 tokens; MRR: mean reciprocal rank of '
+            'the true match among all pixels; hard-negative margin: cosine to the true match minus the best cosine 1-2 tokens '
+            'away; pose AUC: relative pose from the kept matches (ScanNet-1500 protocol), percent; centred gap: the gap of '
+            'features with each image\'s mean removed; neighbour cos: mean cosine of adjacent tokens (smoothness, not a score). '
+            f"Evaluation scenes: {results.get('data', {}).get('eval_split', 'test')}.",
             '', '<details><summary>config</summary>', '', '```json', json.dumps(cfg, indent=1, default=str), '```', '</details>']
     return '\n'.join(lines + [''] + meta) + '\n'
 
@@ -157,11 +185,13 @@ def _probe_models(specs, cfg, weights, labels, keys, backbones, reuse, previous,
     t0 = time.perf_counter()
     if len(reuse) < len(labels): data = data or probe_splits(cfg, cache_dir, progress)
     t_data = time.perf_counter() - t0
-    summary = (f"{len(data['train'])} train / {len(data['test'])} test views of procedural scenes at {cfg.image_size}px "
+    split = data.get('eval_split', 'test') if data else None
+    summary = (f"{len(data['train'])} train / {len(data['test'])} {split} views of procedural scenes at {cfg.image_size}px "
                f"({cfg.n_train_scenes}/{cfg.n_test_scenes} scenes)") if data else previous.get('data', {}).get('summary', '')
+    seeds = dict(train=data['train'].seeds, test=data['test'].seeds) if data else None
     results = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), config=asdict(cfg),
-                   data=dict(previous.get('data', {}), **(dict(train_views=len(data['train']), test_views=len(data['test']),
-                                                                class_names=data['class_names']) if data else {}), summary=summary),
+                   data=dict(previous.get('data', {}), **(dict(train_views=len(data['train']), test_views=len(data['test']), eval_split=split,
+                                                                scene_seeds=seeds, class_names=data['class_names']) if data else {}), summary=summary),
                    threads=torch.get_num_threads(), models=dict(previous.get('models', {})), model_keys=dict(previous.get('model_keys', {})),
                    timing_s=dict(data=round(t_data, 2)))
     for spec, w, label, key in zip(specs, weights, labels, keys):
@@ -234,8 +264,8 @@ def _data_key(cfg: ProbeConfig) -> dict:
     return {**{k: getattr(cfg, k) for k in ('image_size', 'n_views', 'n_train_scenes', 'n_test_scenes', 'pre_norm')}, 'scenes_version': GENERATOR_VERSION}
 
 def split_key(split: ProbeSplit, cfg: ProbeConfig) -> dict:
-    "The part of a feature-cache key that the data decides: the content of the split's images and the data settings."
-    return {**_data_key(cfg), 'images': split_digest(split)}
+    "The part of a feature-cache key that the data decides: the content of the split's images, its scene seeds and the data settings."
+    return {**_data_key(cfg), 'images': split_digest(split), 'scene_seeds': split.seeds}
 
 # %% ../nbs/10a_probe_runs.ipynb #849625a4
 def write_results(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
@@ -414,8 +444,10 @@ def probe_real(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = '
         t = time.perf_counter()
         if task == 'corr':
             f = feats(te)
-            out['corr'] = evaluate_correspondence(f, te, data['pairs'], cfg)
+            matches = pair_matches(f, te, data['pairs'], cfg)
+            out['corr'] = evaluate_correspondence(f, te, data['pairs'], cfg, matches=matches)
             out['consistency'] = feature_consistency(f, te, data['pairs'], cfg, seed=cfg.pairs_seed)
+            out = merge_metrics(out, hard_measures(f, te, data['pairs'], cfg, matches))
         else:
             stats = feature_stats(feats(tr)) if cfg.standardize else None
             ptr, pte = standardize_features(feats(tr), stats), standardize_features(feats(te), stats)

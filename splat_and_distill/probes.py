@@ -25,15 +25,16 @@ from .lift import covisible_cosines
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'DATASET_MAX_DEPTH', 'PROBE_PRESETS', 'PROBE_RANGES',
-           'MOTORCYCLE_CALIB', 'probe_input', 'depth_bin_centers', 'depth_bin_weights', 'DepthProbe', 'sig_loss',
-           'gradient_loss', 'normals_to_camera', 'valid_normals', 'NormalsProbe', 'normals_kappa', 'angular_loss',
-           'angular_error_deg', 'normal_metrics', 'pooled_angular_stats', 'SegProbe', 'seg_loss', 'confusion_matrix',
-           'miou_from_confusion', 'sample_features', 'ratio_test_matches', 'correspondence_errors',
-           'correspondence_recall', 'extract_features', 'select_features', 'ProbeConfig', 'probe_config',
-           'validate_probe_config', 'ProbeSplit', 'split_from_scenes', 'probe_splits', 'view_pairs', 'feature_stats',
-           'standardize_features', 'fit_probe', 'training_labels', 'depth_input', 'depth_loss', 'train_depth_probe',
-           'evaluate_depth_probe', 'train_normals_probe', 'constant_normal', 'evaluate_constant_normal',
-           'evaluate_normals_probe', 'train_seg_probe', 'evaluate_seg_probe', 'grid_depth', 'evaluate_correspondence',
+           'EVAL_SPLITS', 'MOTORCYCLE_CALIB', 'probe_input', 'depth_bin_centers', 'depth_bin_weights', 'DepthProbe',
+           'sig_loss', 'gradient_loss', 'normals_to_camera', 'valid_normals', 'NormalsProbe', 'normals_kappa',
+           'angular_loss', 'angular_error_deg', 'normal_metrics', 'pooled_angular_stats', 'SegProbe', 'seg_loss',
+           'confusion_matrix', 'miou_from_confusion', 'sample_features', 'ratio_test_matches', 'correspondence_matches',
+           'correspondence_errors', 'correspondence_recall', 'extract_features', 'select_features', 'ProbeConfig',
+           'probe_config', 'check_eval_split', 'validate_probe_config', 'ProbeSplit', 'split_from_scenes',
+           'probe_splits', 'view_pairs', 'feature_stats', 'standardize_features', 'fit_probe', 'training_labels',
+           'depth_input', 'depth_loss', 'train_depth_probe', 'evaluate_depth_probe', 'train_normals_probe',
+           'constant_normal', 'evaluate_constant_normal', 'evaluate_normals_probe', 'train_seg_probe',
+           'evaluate_seg_probe', 'grid_depth', 'per_scene_means', 'pair_matches', 'evaluate_correspondence',
            'feature_consistency', 'multiview_consistency_score', 'motorcycle_pair', 'resize_to_stride',
            'match_scale_shift', 'real_image_check']
 
@@ -196,21 +197,27 @@ def ratio_test_matches(f0: Float[Tensor, "n0 d"], f1: Float[Tensor, "n1 d"], num
     return idx0, nn_idx[idx0], w
 
 # %% ../nbs/10_probes.ipynb #069e1be6
-def correspondence_errors(feat0: Float[Tensor, "d hp wp"], feat1: Float[Tensor, "d hp wp"],
-                          depth0: Float[Tensor, "h w"], depth1: Float[Tensor, "h w"],
-                          K0: Float[Tensor, "3 3"], K1: Float[Tensor, "3 3"], c2w0: Float[Tensor, "4 4"], c2w1: Float[Tensor, "4 4"],
-                          num_corr: int = 1000) -> Float[Tensor, "m"]:
-    "Reprojection error in grid pixels of view 1 of the `num_corr` best ratio-test matches from view 0 to view 1."
+def correspondence_matches(feat0: Float[Tensor, "d hp wp"], feat1: Float[Tensor, "d hp wp"],
+                           depth0: Float[Tensor, "h w"], depth1: Float[Tensor, "h w"],
+                           K0: Float[Tensor, "3 3"], K1: Float[Tensor, "3 3"], c2w0: Float[Tensor, "4 4"], c2w1: Float[Tensor, "4 4"],
+                           num_corr: int = 1000) -> tuple[Float[Tensor, "m 2"], Float[Tensor, "m 2"], Float[Tensor, "m"]]:
+    "The `num_corr` best ratio-test matches from view 0 to view 1: their grid-pixel positions in each view and their reprojection error in view 1."
     hw = depth0.shape[-2:]
     uv = pixel_centers(*hw, device=depth0.device)                            # (h, w, 2)
     v0, v1 = valid_depth(depth0), valid_depth(depth1)
-    if v0.sum() == 0 or v1.sum() < 2: return torch.empty(0)
+    if v0.sum() == 0 or v1.sum() < 2: return torch.empty(0, 2), torch.empty(0, 2), torch.empty(0)
     pts0 = unproject_depth(torch.where(v0, depth0, torch.zeros_like(depth0)), K0, c2w0)[v0]   # (n0, 3) world
     f0, f1 = sample_features(feat0, uv[v0], hw), sample_features(feat1, uv[v1], hw)
     idx0, idx1, _ = ratio_test_matches(f0, f1, num_corr)
     uv_0in1, z = project_points(pts0[idx0], K1, c2w1)                       # (m, 2), (m,)
     err = (uv_0in1 - uv[v1][idx1]).norm(dim=-1)
-    return torch.where(z > 1e-6, err, torch.full_like(err, float('inf')))
+    return uv[v0][idx0], uv[v1][idx1], torch.where(z > 1e-6, err, torch.full_like(err, float('inf')))
+
+def correspondence_errors(feat0: Float[Tensor, "d hp wp"], feat1: Float[Tensor, "d hp wp"], depth0: Float[Tensor, "h w"], depth1: Float[Tensor, "h w"],
+                          K0: Float[Tensor, "3 3"], K1: Float[Tensor, "3 3"], c2w0: Float[Tensor, "4 4"], c2w1: Float[Tensor, "4 4"],
+                          num_corr: int = 1000) -> Float[Tensor, "m"]:
+    "Reprojection error in grid pixels of view 1 of the `num_corr` best ratio-test matches from view 0 to view 1."
+    return correspondence_matches(feat0, feat1, depth0, depth1, K0, K1, c2w0, c2w1, num_corr)[2]
 
 # %% ../nbs/10_probes.ipynb #795833c4
 def correspondence_recall(errors: list[Tensor], rotations_deg: Tensor | None = None, grid_width: int = 160,
@@ -257,7 +264,8 @@ class ProbeConfig:
     image_size: int = 128           # procedural views are image_size^2; labels and metrics at this resolution
     n_views: int = 24               # views per procedural scene
     n_train_scenes: int = 8         # probes train on scene_seeds('train', n)
-    n_test_scenes: int = 8          # and report on scene_seeds('test', n)
+    n_test_scenes: int = 8          # and report on scene_seeds(eval_split, n)
+    eval_split: str = 'test'        # scenes the probes report on: 'val', 'test' or 'fresh' (the heads always train on 'train')
     min_depth: float = 1e-3         # first depth bin centre (FiT3D)
     max_depth: float = 10.          # last depth bin centre, metres: NYUv2's 10 (procedural rooms stay under 6 m; ScanNet++: 20, see DATASET_MAX_DEPTH)
     n_bins: int = 256
@@ -276,7 +284,7 @@ class ProbeConfig:
     weight_decay: float = 1e-4
     seed: int = 0                   # probe seed: the heads' initial weights and mini-batch order
     pairs_seed: int = 0             # which test view pairs correspondence and consistency use (part of the test set, not of the probe)
-    corr_gaps: tuple = (2, 5, 10, 20)  # view-index gaps of test pairs (~2 deg per frame: 4 to 40 deg)
+    corr_gaps: tuple = (2, 5, 10, 15, 20)  # view-index gaps of test pairs (1.5-3.3 deg per frame: 3 to 68 deg; >= 30 pairs per bin up to 60 deg)
     corr_pairs_per_gap: int = 4     # pairs per gap and test scene
     corr_grid_width: int = 64       # correspondence grid width (ScanNet: 160); thresholds scale with it
     corr_num: int | None = None     # matches kept per pair; None: 1000 * grid pixels / (160*120), as ScanNet
@@ -314,9 +322,18 @@ PROBE_RANGES = dict(image_size='>= 16', n_views='>= 2', n_train_scenes='>= 1', n
                     corr_pairs_per_gap='>= 1', corr_grid_width='>= 8', corr_num='>= 1', consistency_pairs='>= 1', real_width='>= 16',
                     real_grid_width='>= 8', feature_batch_size='>= 1')
 
+EVAL_SPLITS = ('val', 'test', 'fresh')   # scene-seed ranges of chapter 02 the probes may report on
+
+def check_eval_split(split: str) -> str:
+    "`split` if the probes may report on it, else a `ValueError` saying which splits exist."
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"probe config eval_split={split!r}: expected one of {list(EVAL_SPLITS)} (chapter 02's scene_seeds ranges; "
+                         "the probe heads always train on 'train', so it cannot be the evaluation split)")
+    return split
+
 def validate_probe_config(cfg: ProbeConfig) -> ProbeConfig:
     "Raise `ValueError` naming the field unless `cfg` can run (ranges, depth bins, pair gaps, device, memory); touches no data."
-    check_ranges(cfg, PROBE_RANGES, 'probe config')
+    check_ranges(cfg, PROBE_RANGES, 'probe config'); check_eval_split(cfg.eval_split)
     if cfg.max_depth <= cfg.min_depth: raise ValueError(f'probe config: max_depth={cfg.max_depth} must exceed min_depth={cfg.min_depth}')
     gaps = tuple(cfg.corr_gaps)
     if not gaps or not all(isinstance(g, int) and not isinstance(g, bool) and 1 <= g < cfg.n_views for g in gaps):
@@ -339,6 +356,7 @@ class ProbeSplit:
     c2w: Tensor       # (n, 4, 4) camera-to-world
     scene: Tensor     # (n,) scene index within the split
     view: Tensor      # (n,) view index within its scene
+    seeds: list | None = None  # scene seed of each scene index (procedural scenes); None for real data
     def __len__(self): return len(self.rgb)
 
 def split_from_scenes(scenes: list) -> ProbeSplit:
@@ -350,20 +368,20 @@ def split_from_scenes(scenes: list) -> ProbeSplit:
                       normals=normals_to_camera(cat('normals').float(), c2w), semantic=cat('semantic').long(),
                       K=cat('K').float(), c2w=c2w,
                       scene=torch.cat([torch.full((len(s.rgb),), i) for i, s in enumerate(scenes)]),
-                      view=torch.cat([torch.arange(len(s.rgb)) for s in scenes]))
+                      view=torch.cat([torch.arange(len(s.rgb)) for s in scenes]), seeds=[s.meta.get('seed') for s in scenes])
 
 # %% ../nbs/10_probes.ipynb #c448a676
 def probe_splits(cfg: ProbeConfig, cache_dir: str | Path | None = None, progress: bool = True) -> dict:
-    "Train and test `ProbeSplit`s of procedural scenes for `cfg`, plus `n_classes` and `class_names`."
+    "Train and evaluation (`cfg.eval_split`, under the key 'test') `ProbeSplit`s of procedural scenes, plus `n_classes`, `class_names`, `eval_split`."
     def make(seed):
         if cache_dir is not None and hasattr(S, 'load_or_make_scene'):
             return S.load_or_make_scene(seed, n_views=cfg.n_views, size=cfg.image_size, cache_dir=cache_dir)
         return S.make_scene(seed, n_views=cfg.n_views, size=cfg.image_size)
     out = {}
-    for split, n in (('train', cfg.n_train_scenes), ('test', cfg.n_test_scenes)):
+    for key, split, n in (('train', 'train', cfg.n_train_scenes), ('test', check_eval_split(cfg.eval_split), cfg.n_test_scenes)):
         seeds = S.scene_seeds(split, n)
-        out[split] = split_from_scenes([make(s) for s in tqdm(seeds, desc=f'{split} scenes', leave=False, disable=not progress)])
-    out['n_classes'], out['class_names'] = S.NUM_CLASSES, list(S.CLASS_NAMES)
+        out[key] = split_from_scenes([make(s) for s in tqdm(seeds, desc=f'{split} scenes', leave=False, disable=not progress)])
+    out['n_classes'], out['class_names'], out['eval_split'] = S.NUM_CLASSES, list(S.CLASS_NAMES), cfg.eval_split
     return out
 
 def view_pairs(split: ProbeSplit, gaps=(1, 2, 4, 8), per_gap: int = 4, seed: int = 0) -> Int[Tensor, "p 2"]:
@@ -506,18 +524,38 @@ def grid_depth(depth: Float[Tensor, "*b h w"], K: Float[Tensor, "*b 3 3"], grid_
     d = F.interpolate(depth.reshape(-1, 1, h, w), size=(gh, grid_width), mode='nearest-exact').reshape(*depth.shape[:-2], gh, grid_width)
     return d, scale_intrinsics(K, grid_width / w, gh / h)
 
-def evaluate_correspondence(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig, grid_width: int | None = None) -> dict:
-    "Ratio-test correspondence recall over view pairs of a split (thresholds scaled to the grid), binned by rotation."
+def per_scene_means(values: Float[Tensor, "p"], scenes: Int[Tensor, "p"], weights: Tensor | None = None) -> list[float]:
+    "Weighted mean of per-item `values` within each scene (scene ids in increasing order); non-finite values skipped."
+    w = torch.ones_like(values) if weights is None else weights.to(values.dtype)
+    out = []
+    for s in scenes.unique().tolist():
+        m = (scenes == s) & torch.isfinite(values) & (w > 0)
+        out.append(float((values[m] * w[m]).sum() / w[m].sum()) if m.any() else float('nan'))
+    return out
+
+def pair_matches(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig, grid_width: int | None = None) -> list[tuple]:
+    "`correspondence_matches` of every view pair (positions in grid pixels, reprojection errors) on the correspondence grid."
+    depth, K = grid_depth(split.depth, split.K, grid_width or cfg.corr_grid_width)
+    n = cfg.corr_matches(depth.shape[-1], depth.shape[-2])
+    return [correspondence_matches(feats['tokens'][i], feats['tokens'][j], depth[i], depth[j], K[i], K[j],
+                                   split.c2w[i], split.c2w[j], n) for i, j in pairs.tolist()]
+
+def evaluate_correspondence(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig, grid_width: int | None = None,
+                            matches: list | None = None) -> dict:
+    "Ratio-test correspondence recall over view pairs of a split (thresholds scaled to the grid), binned by rotation and per scene."
     gw = grid_width or cfg.corr_grid_width
-    depth, K = grid_depth(split.depth, split.K, gw)
-    n = cfg.corr_matches(gw, depth.shape[-2])
-    errors = [correspondence_errors(feats['tokens'][i], feats['tokens'][j], depth[i], depth[j], K[i], K[j],
-                                    split.c2w[i], split.c2w[j], n) for i, j in pairs.tolist()]
+    gh = grid_depth(split.depth[:1], split.K[:1], gw)[0].shape[-2]
+    matches = pair_matches(feats, split, pairs, cfg, gw) if matches is None else matches
+    errors, scale = [m[2] for m in matches], gw / 160
     rots = relative_rotation_deg(split.c2w[pairs[:, 0]], split.c2w[pairs[:, 1]])
-    return {**correspondence_recall(errors, rots, gw), 'pairs': len(pairs), 'grid': [depth.shape[-2], gw], 'num_corr': n}
+    scenes, n = split.scene[pairs[:, 0]], torch.tensor([float(len(e)) for e in errors])
+    hit = lambda t: torch.tensor([float(100 * (e < t * scale).float().mean()) if len(e) else float('nan') for e in errors])
+    per_scene = {f'recall_{t}px': per_scene_means(hit(t), scenes, n) for t in CORR_THRESHOLDS_160}
+    return {**correspondence_recall(errors, rots, gw), 'pairs': len(pairs), 'grid': [gh, gw], 'num_corr': cfg.corr_matches(gw, gh),
+            'per_scene': per_scene}
 
 def feature_consistency(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig, seed: int = 0, rel_tol: float = 0.03) -> dict:
-    "Mean cosine similarity of features at co-visible pixels of view pairs (chapter 07's `multiview_consistency`), against random pixel pairings (`gap`)."
+    "Mean cosine similarity of features at co-visible pixels of view pairs (chapter 07's `multiview_consistency`), against random pixel pairings (`gap`); also per scene."
     depth, K = grid_depth(split.depth, split.K, cfg.corr_grid_width)
     g = torch.Generator().manual_seed(seed)
     cos_match, cos_rand = [], []
@@ -526,7 +564,9 @@ def feature_consistency(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: Prob
                                             depth[j], K[j], split.c2w[j], rel_tol, g)
         cos_match.append(cos); cos_rand.append(cos_chance)
     cm, cr = torch.cat(cos_match), torch.cat(cos_rand)
-    return dict(cos_match=float(cm.mean()), cos_random=float(cr.mean()), gap=float(cm.mean() - cr.mean()), pixels=len(cm))
+    scenes = torch.cat([torch.full((len(c),), int(split.scene[i])) for c, i in zip(cos_match, pairs[:, 0].tolist())])   # (pixels,)
+    per_scene = {k: per_scene_means(v, scenes) for k, v in (('cos_match', cm), ('cos_random', cr), ('gap', cm - cr))}
+    return dict(cos_match=float(cm.mean()), cos_random=float(cr.mean()), gap=float(cm.mean() - cr.mean()), pixels=len(cm), per_scene=per_scene)
 
 def multiview_consistency_score(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig) -> dict:
     "Multi-view consistency of cached features on view pairs of a split (see `feature_consistency`)."

@@ -10,10 +10,10 @@ from torch import Tensor
 from jaxtyping import Float
 from .cameras import invert_pose
 from .gaussians import Gaussians
-from .splat import project, render_torch
+from .splat import SplatPlan, plan_render, project, render_torch
 
 # %% auto #0
-__all__ = ['GSPLAT_CHANNELS', 'SMEM_DEFAULT', 'gsplat_bwd_smem', 'gsplat_channel_chunk', 'render']
+__all__ = ['GSPLAT_CHANNELS', 'SMEM_DEFAULT', 'gsplat_bwd_smem', 'gsplat_channel_chunk', 'render', 'prepare']
 
 # %% ../nbs/06a_render.ipynb #aef26be3
 GSPLAT_CHANNELS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513)   # compiled channel counts
@@ -114,6 +114,13 @@ def _require_cuda(g: Gaussians):
     if g.means.device.type != 'cuda': raise ValueError(f"render(backend='gsplat') needs CUDA tensors, got {g.means.device}; use backend='torch'")
 
 # %% ../nbs/06a_render.ipynb #6035900d
+def _check_plan(plan: SplatPlan, g: Gaussians, c2w, width, height, backend):
+    if backend != 'torch': raise ValueError(f"render: plan= is the PyTorch splatter's geometry; use backend='torch' (or 'auto' on CPU), got {backend!r}")
+    if not isinstance(plan, SplatPlan): raise ValueError(f'render: plan must come from render.prepare, got {type(plan).__name__}')
+    if plan.shape != tuple(c2w.shape[:-2]) or (plan.width, plan.height) != (width, height) or plan.n != g.n:
+        raise ValueError(f'render: this plan is for {list(plan.shape)} cameras, {plan.width}x{plan.height} images and n={plan.n} Gaussians per scene, '
+                         f'got {list(c2w.shape[:-2])}, {width}x{height} and n={g.n}: prepare it with the same Gaussians and cameras')
+
 def render(
     gaussians: Gaussians | list[Gaussians],   # [*b, n, ...] (or a list of unbatched sets, one per scene)
     c2w: Float[Tensor, "*b c 4 4"],           # camera-to-world (OpenCV); scene k is seen by cameras c2w[k]
@@ -122,12 +129,14 @@ def render(
     backend: str = 'auto',                    # 'auto' | 'torch' | 'gsplat' | 'triton' (chapter triton_splat)
     background: Tensor | None = None,         # [d] or [*b, c, d]; default 0 (no background)
     near_plane: float = 0.01, far_plane: float = 1e10, eps2d: float = 0.3,
-    tile_size: int | None = None,             # binning tile (pixels): default 16 for gsplat and triton, 8 for torch (faster on CPU)
+    tile_size: int | None = None,             # binning tile (pixels) of gsplat and triton (default 16); torch's fused splatter has none
     check: bool = True,                       # validate inputs (a few cheap reductions)
+    plan: SplatPlan | None = None,            # from `prepare` with the same Gaussians' geometry and cameras: only features are splatted
 ) -> dict:
     "Splat `d`-channel Gaussians into cameras: `dict(features [*b,c,h,w,d], alpha [*b,c,h,w], depth [*b,c,h,w])` (expected z-depth; 0 in holes)."
     if isinstance(gaussians, (list, tuple)):
         if len({g.n for g in gaussians}) == 1: gaussians = Gaussians.stack(list(gaussians))
+        elif plan is not None: raise ValueError('render: plan= needs Gaussians with one n for every scene (stacked), not a list rendered scene by scene')
         else:
             outs = [render(g, c2w[i], K[i], width, height, backend, None if background is None or background.ndim == 1 else background[i],
                            near_plane, far_plane, eps2d, tile_size, check) for i, g in enumerate(gaussians)]
@@ -138,7 +147,8 @@ def render(
         g.check()
         _check_cameras(g, c2w, K, width, height, background)
     if backend == 'auto': backend = _auto_backend(g.means.device)
-    if backend == 'torch': return render_torch(g, c2w, K, width, height, background, near_plane, far_plane, eps2d, tile_size or 8)
+    if plan is not None: _check_plan(plan, g, c2w, width, height, backend)
+    if backend == 'torch': return render_torch(g, c2w, K, width, height, background, near_plane, far_plane, eps2d, tile_size or 8, plan=plan)
     viewmats = invert_pose(c2w.to(g.dtype))
     K = K.to(g.dtype)
     if backend == 'gsplat':
@@ -152,3 +162,19 @@ def render(
         feats, alpha, depth = rasterize_triton(means2d, conics, g.opacities, g.features, depths, radii, width, height, bg, tile_size or 16)
     else: raise ValueError(f"render: backend must be 'auto', 'torch', 'gsplat' or 'triton', got {backend!r}")
     return dict(features=feats, alpha=alpha, depth=depth)
+
+# %% ../nbs/06a_render.ipynb #7001f8be
+def prepare(
+    gaussians: Gaussians,                     # [*b, n, ...]; the features are not read
+    c2w: Float[Tensor, "*b c 4 4"], K: Float[Tensor, "*b c 3 3"], width: int, height: int,
+    backend: str = 'auto',                    # as `render`: a plan for 'torch', None for the others
+    near_plane: float = 0.01, far_plane: float = 1e10, eps2d: float = 0.3,
+    check: bool = True,                       # validate inputs
+) -> SplatPlan | None:
+    "The geometry of a `render` call, for `render(..., plan=)`: a `splat.SplatPlan` for the PyTorch splatter, None for other backends."
+    if not isinstance(gaussians, Gaussians): raise TypeError(f'prepare: expected Gaussians, got {type(gaussians).__name__}')
+    if check:
+        gaussians.check()
+        _check_cameras(gaussians, c2w, K, width, height, None)
+    if backend == 'auto': backend = _auto_backend(gaussians.means.device)
+    return plan_render(gaussians, c2w, K, width, height, near_plane, far_plane, eps2d) if backend == 'torch' else None

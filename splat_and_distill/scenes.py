@@ -544,10 +544,10 @@ def reprojection_benchmark(n_pairs: int = 10, n_views: int = 16, size: int = 96,
     return out
 
 # %% ../nbs/02_scenes.ipynb #ea8e2dc4
-_SPLIT_BASE = {'train': 0, 'val': 1_000_000, 'test': 2_000_000}
+_SPLIT_BASE = {'train': 0, 'val': 1_000_000, 'test': 2_000_000, 'fresh': 3_000_000}
 
 def scene_seeds(split: str, n: int) -> list[int]:
-    "The first `n` scene seeds of `split` ('train', 'val' or 'test'); the ranges are disjoint."
+    "The first `n` scene seeds of `split` ('train', 'val', 'test' or 'fresh'); the ranges are disjoint."
     if split not in _SPLIT_BASE: raise ValueError(f"split must be one of {list(_SPLIT_BASE)}, got {split!r}")
     if not 0 <= n <= 1_000_000: raise ValueError(f'n must be in [0, 1000000], got {n}')
     return [_SPLIT_BASE[split] + i for i in range(n)]

@@ -29,6 +29,7 @@ from .scene_io import scene_folders
 from . import scenes as S
 from . import scene_io
 from .reconstruct import load_reconstructor, to_gaussians
+from .controls import TARGETS, control_views, plane_gaussians
 
 # %% auto #0
 __all__ = ['PRESETS', 'TRAIN_RANGES', 'MIN_VALID_FRACTION', 'TIMM_NAMES', 'RUN_FILES', 'RESUME_MUTABLE', 'TrainConfig',
@@ -68,6 +69,7 @@ class TrainConfig:
     geometry: str = 'gt' # where Gaussians come from: gt (procedural ground truth), depth (per-frame depth maps of real scenes) or reconstructor
     reconstructor: str | None = None # checkpoint folder or .safetensors of a trained reconstructor (geometry=reconstructor)
     blend_alpha: float = 1.0 # semantic blending a (1 = no blending; the paper's 0.5 smooths the targets, see chapter 17)
+    targets: str = 'splat' # splat (the method) or a control of chapter 09a: self_target, same_view_splat, plane_geometry, wrong_pose
     mask_aware: bool = True # mask-aware upsampling of the context tokens (False: plain bilinear)
     render_scale: float | None = None # lift and splat at this fraction of the image size (None: auto, see lift_scale)
     splat_backend: str = 'auto' # auto, torch, gsplat or triton (chapter 06a; auto: gsplat if it runs, else triton on CUDA)
@@ -178,6 +180,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         if not Path(cfg.reconstructor).expanduser().exists(): raise FileNotFoundError(f'config reconstructor: not found: {cfg.reconstructor}')
     elif cfg.reconstructor: bad('reconstructor', f"is set but geometry={cfg.geometry!r} does not use it; pass --geometry reconstructor, or drop --reconstructor")
     if cfg.recipe not in RECIPES: bad('recipe', f'choose one of {list(RECIPES)}')
+    if cfg.targets not in TARGETS: bad('targets', f'choose one of {list(TARGETS)} (chapter 09a)')
     if cfg.objective not in OBJECTIVES: bad('objective', f'choose one of {list(OBJECTIVES)}')
     if cfg.policy not in ('auto', 'lora', 'last_stages', 'full'): bad('policy', "choose auto, lora, last_stages or full")
     if cfg.policy == 'lora' and name == 'efficientnet_lite0': bad('policy', 'LoRA needs attention layers; use last_stages for the CNN')
@@ -290,6 +293,11 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
                  timer: StepTimer | None = None) -> tuple[Tensor, Tensor]:
     "Target tokens `[b,d,hp,wp]` and valid mask `[b,hp,wp]` for the target views of `batch`, from the (EMA) `teacher`."
     timer = timer or StepTimer()
+    if cfg.targets == 'self_target':                                      # control: the teacher's own view, nothing lifted
+        with timer.section('teacher'), autocast(cfg, batch['target_rgb'].device):
+            tokens = teacher.tokens(batch['target_rgb']).float()
+        return tokens, torch.ones_like(tokens[:, 0], dtype=torch.bool)
+    batch = control_views(batch, cfg.targets)                             # the other controls change what is lifted
     ctx = batch['context_rgb']
     b, v = ctx.shape[:2]
     hp, wp = teacher.backbone.token_grid(*batch['target_rgb'].shape[-2:])
@@ -299,7 +307,9 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
     geometry = {}
     with timer.section('reconstructor'):
         if cfg.geometry == 'reconstructor':
-            geometry = dict(gaussians=to_gaussians(reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])))
+            out = reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])
+            flat = cfg.targets == 'plane_geometry'
+            geometry = dict(gaussians=to_gaussians(plane_gaussians(out, small['context_K'], small['context_c2w']) if flat else out))
     with timer.section('lift+splat'):
         tokens, valid = lift_and_splat_batch(lambda images: ctx_tokens, small, blend_alpha=cfg.blend_alpha, token_grid=(hp, wp),
                                              backend=cfg.splat_backend, mask_aware=cfg.mask_aware, channel_chunk=cfg.channel_chunk, **geometry)

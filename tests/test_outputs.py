@@ -18,7 +18,7 @@ from run_notebooks import KEY, n_images, skipped, source_hash
 
 # Notebooks that must be committed with outputs (extend as chapters are executed with bench/run_notebooks.py)
 WITH_OUTPUTS = ['00_core', '00a_runs', '01_cameras', '02_scenes', '02a_scene_io', '03_backbones', '04_gaussians', '05_splat', '06_triton',
-                '06a_render', '07_lift', '08_reconstruct', '09_distill', '10_probes', '10a_probe_runs', '10b_evaluate', '11_train',
+                '06a_render', '07_lift', '08_reconstruct', '09_distill', '09a_controls', '10_probes', '10_probes_hard', '10a_probe_runs', '10b_evaluate', '11_train',
                 '12_fit3d', '13_reconkd', '14_fullscale',
                 '15_demo', '16_walkthrough', '17_results']
 NBS = sorted((ROOT/'nbs').glob('*.ipynb'))

@@ -257,12 +257,14 @@ def test_training_labels_keep_label_values():
 
 def _same(a: dict, b: dict) -> bool:
     "Equal metric dicts, NaN equal to NaN."
-    same = lambda x, y: (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)) or x == y
+    nan = lambda x, y: isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)
+    same = lambda x, y: (isinstance(x, list) and isinstance(y, list) and len(x) == len(y) and all(nan(u, v) or u == v for u, v in zip(x, y))) \
+        or nan(x, y) or x == y
     return a.keys() == b.keys() and all(_same(a[k], b[k]) if isinstance(a[k], dict) else same(a[k], b[k]) for k in a)
 
 
 def _tiny_probe_cfg(**kw):
-    return probe_config('tiny', n_views=6, n_train_scenes=1, n_test_scenes=1, epochs=2, real_image=False, corr_gaps=(1, 2), **kw)
+    return probe_config('tiny', **{**dict(n_views=6, n_train_scenes=1, n_test_scenes=1, epochs=2, real_image=False, corr_gaps=(1, 2)), **kw})
 
 
 def test_feature_cache_keyed_by_weights_content(tmp_path):
@@ -309,4 +311,141 @@ def test_probe_runs_are_deterministic():
     data, bb = probe_splits(cfg, progress=False), load_probe_backbone('efficientnet_lite0')
     torch.manual_seed(1); a = probe_backbone(bb, data, cfg, progress=False)
     torch.manual_seed(2); b = probe_backbone(bb, data, cfg, progress=False)
-    for k in ('depth', 'normals', 'seg', 'corr', 'consistency'): assert _same(a[k], b[k]), (k, a[k], b[k])
+    for k in ('depth', 'normals', 'seg', 'corr', 'consistency', 'pose', 'smoothness'): assert _same(a[k], b[k]), (k, a[k], b[k])
+
+
+# --- evaluation split (chapter 10) and the harder measures (chapter 10_probes_hard)
+
+def test_eval_split_config_and_seeds():
+    from splat_and_distill.scenes import scene_seeds
+    from splat_and_distill.probes import validate_probe_config, probe_splits
+    assert probe_config('cpu_default').eval_split == 'test' and scene_seeds('fresh', 2) == [3_000_000, 3_000_001]
+    ranges = [set(scene_seeds(s, 100)) for s in ('train', 'val', 'test', 'fresh')]
+    assert all(not a & b for i, a in enumerate(ranges) for b in ranges[i + 1:])
+    for bad in ('train', 'Test', ''):
+        with pytest.raises(ValueError, match=r"eval_split=.*expected one of \['val', 'test', 'fresh'\]"):
+            validate_probe_config(probe_config('tiny', eval_split=bad))
+    with pytest.raises(ValueError, match='eval_split'): probe_splits(probe_config('tiny', eval_split='train'), progress=False)
+    d = probe_splits(probe_config('tiny', n_views=2, image_size=16, n_train_scenes=1, n_test_scenes=2, eval_split='val'), progress=False)
+    assert d['train'].seeds == [0] and d['test'].seeds == [1_000_000, 1_000_001] and d['eval_split'] == 'val'
+
+
+def test_split_key_includes_scene_seeds():
+    import dataclasses
+    from splat_and_distill.probe_runs import split_key
+    from splat_and_distill.probes import split_from_scenes
+    from splat_and_distill.scenes import make_scene
+    sp, cfg = split_from_scenes([make_scene(3, n_views=2, size=16)]), probe_config('tiny')
+    assert split_key(sp, cfg)['scene_seeds'] == [3]
+    assert split_key(dataclasses.replace(sp, seeds=[3_000_003]), cfg) != split_key(sp, cfg)   # same images, other split
+
+
+def test_correspondence_matches_positions():
+    K, eye = _cam()
+    depth, feat = 2 + torch.rand(24, 32), torch.randn(16, 24, 32)
+    uv0, uv1, err = P.correspondence_matches(feat, feat, depth, depth, K, K, eye, eye, num_corr=50)
+    assert uv0.shape == uv1.shape == (50, 2) and torch.allclose(uv0, uv1) and err.max() < 1e-3
+    torch.testing.assert_close(err, correspondence_errors(feat, feat, depth, depth, K, K, eye, eye, num_corr=50))
+
+
+def test_per_scene_means():
+    v, s = torch.tensor([1., 3., 10., float('nan'), 4.]), torch.tensor([2, 2, 5, 5, 7])
+    assert P.per_scene_means(v, s, torch.tensor([1., 3., 1., 1., 0.]))[:2] == [2.5, 10.]
+    assert math.isnan(P.per_scene_means(v, s, torch.tensor([1., 3., 1., 1., 0.]))[2])       # zero weight: no value
+    assert P.per_scene_means(v, s) == [2., 10., 4.]
+
+
+def test_token_recall_by_hand():
+    from splat_and_distill.hard_measures import token_recall, token_key
+    assert (token_key(1.4), token_key(2.8), token_key(5.6)) == ('recall_1p4tok', 'recall_2p8tok', 'recall_5p6tok')
+    r = token_recall([torch.tensor([0., 5., 15., 30., 100.]), torch.tensor([1., 200.])], torch.tensor([70., 20.]),
+                     torch.tensor([0, 0]), token_px=8.)                      # 11.2, 22.4, 44.8 px
+    assert r['recall_1p4tok'] == pytest.approx(300 / 7) and r['recall_5p6tok'] == pytest.approx(500 / 7)
+    assert r['recall_2p8tok_rot60-90'] == pytest.approx(60.) and r['recall_2p8tok_rot15-30'] == pytest.approx(50.)
+    assert (r['pairs_rot60-90'], r['pairs_rot0-15'], r['token_px']) == (1, 0, 8.) and math.isnan(r['recall_2p8tok_rot0-15'])
+    assert r['per_scene']['recall_2p8tok'] == [pytest.approx(400 / 7)]       # one scene: pooled over its matches
+
+
+def test_mrr_identical_shuffled_and_constant():
+    from splat_and_distill.hard_measures import true_match_index, reciprocal_ranks
+    K, eye = _cam()
+    ia, ib = true_match_index(torch.full((24, 32), 2.), K, eye, torch.full((24, 32), 2.), K, eye)
+    assert torch.equal(ia, ib) and len(ia) == 24 * 32
+    f = F.normalize(torch.randn(24 * 32, 32), dim=1)
+    assert reciprocal_ranks(f @ f.T, ib).mean() == 1.
+    chance = sum(1 / r for r in range(1, 24 * 32 + 1)) / (24 * 32)
+    shuffled = torch.stack([reciprocal_ranks(f @ f[torch.randperm(24 * 32)].T, ib).mean() for _ in range(5)]).mean()
+    assert 0.3 * chance < shuffled < 2 * chance
+    torch.testing.assert_close(reciprocal_ranks(torch.zeros(3, 9), torch.tensor([0, 4, 8])), torch.full((3,), 0.2))   # ties: average rank 5
+
+
+def test_true_match_follows_the_camera():
+    from splat_and_distill.hard_measures import true_match_index
+    K = make_intrinsics(30., 30., 16., 12.)
+    c1 = torch.eye(4); c1[0, 3] = 0.2                                         # 2 px disparity on a plane at z = 3
+    ia, ib = true_match_index(torch.full((24, 32), 3.), K, torch.eye(4), torch.full((24, 32), 3.), K, c1)
+    assert ((ia - ib) == 2).all() and len(ia) == 24 * 30                        # view 1 sees each point 2 px to the left
+
+
+def test_hard_negative_margin_falls_with_blur():
+    from splat_and_distill.hard_measures import true_match_index, hard_negative_margin, ring_offsets
+    off = ring_offsets(4., 8.).float().norm(dim=1)
+    assert off.min() >= 4 and off.max() <= 8
+    K, eye = _cam()
+    _, ib = true_match_index(torch.full((24, 32), 2.), K, eye, torch.full((24, 32), 2.), K, eye)
+    sharp, m = torch.randn(64, 24, 32), {}
+    for k in (1, 9, 15):
+        f = F.normalize(F.avg_pool2d(sharp[None], k, 1, k // 2, count_include_pad=False)[0].flatten(1).T, dim=1)
+        m[k] = float(hard_negative_margin(f @ f.T, ib, (24, 32), token_px=4.).nanmean())
+    assert m[1] > 0.5 and m[15] < m[9] < m[1]
+    # a ring wholly outside the image gives NaN, not a number
+    assert torch.isnan(hard_negative_margin(torch.rand(1, 4), torch.tensor([0]), (2, 2), token_px=10.)).all()
+
+
+def test_smoothness_and_centring():
+    from splat_and_distill.hard_measures import neighbour_smoothness, centre_features
+    t = torch.randn(3, 16, 8, 8)
+    blurred = F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)
+    assert (neighbour_smoothness(blurred) > neighbour_smoothness(t) + 0.2).all()
+    torch.testing.assert_close(neighbour_smoothness(torch.ones(2, 4, 3, 3)), torch.ones(2))
+    c = centre_features(dict(tokens=t + torch.randn(1, 16, 1, 1) * 5, cls=torch.ones(3, 16)))
+    torch.testing.assert_close(c['tokens'], centre_features(dict(tokens=t, cls=None))['tokens'], atol=1e-5, rtol=1e-5)
+    assert c['cls'] is None and c['tokens'].mean((2, 3)).abs().max() < 1e-5
+
+
+def test_relative_pose_exact_and_auc():
+    import numpy as np
+    from splat_and_distill.hard_measures import estimate_relative_pose, pose_error_deg, relative_pose_gt, pose_auc
+    from splat_and_distill.cameras import project_points
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(150, 3, generator=g) * 2 + torch.tensor([-1., -1., 3.])
+    c1 = look_at(torch.tensor([0.5, 0.1, 0.]), torch.tensor([0., 0., 4.]), up=(0., -1., 0.))   # rotated and translated
+    K = make_intrinsics(60., 60., 32., 32.)
+    uv0, uv1 = project_points(pts, K, torch.eye(4))[0].numpy(), project_points(pts, K, c1)[0].numpy()
+    R_gt, t_gt = relative_pose_gt(torch.eye(4), c1)
+    assert pose_error_deg(R_gt, 3 * t_gt, R_gt, t_gt) < 1e-5 and pose_error_deg(R_gt, -t_gt, R_gt, t_gt) < 1e-5   # scale and sign free
+    pose = estimate_relative_pose(uv0, uv1, K.numpy(), K.numpy())
+    assert pose_error_deg(*pose, R_gt, t_gt) < 0.1
+    assert estimate_relative_pose(uv0[:4], uv1[:4], K.numpy(), K.numpy()) is None
+    a = pose_auc([1., 3., math.inf], (5, 10))
+    assert a['auc_5'] == pytest.approx(50.) and a['auc_10'] == pytest.approx(100 * (1 / 6 + 1 + (2 / 3) * 7) / 10)
+    assert math.isnan(pose_auc([])['auc_5']) and pose_auc([0.] * 3)['auc_20'] == pytest.approx(100.)
+    assert np.isfinite(pose_error_deg(*pose, R_gt, t_gt))
+
+
+def test_probe_backbone_reports_the_harder_measures():
+    from splat_and_distill.backbones import load_probe_backbone
+    from splat_and_distill.probe_runs import probe_backbone, flatten_metrics
+    from splat_and_distill.probes import probe_splits
+    cfg = _tiny_probe_cfg(n_test_scenes=2, eval_split='fresh')
+    data = probe_splits(cfg, progress=False)
+    r = probe_backbone(load_probe_backbone('efficientnet_lite0'), data, cfg, progress=False)
+    flat = flatten_metrics(r)
+    for k in ('corr.recall_10px', 'corr.recall_2p8tok', 'corr.recall_2p8tok_rot0-15', 'corr.pairs_rot60-90', 'corr.mrr',
+              'corr.hard_margin', 'consistency.gap', 'consistency.gap_centred', 'smoothness.cos_neighbour', 'pose.auc_10'):
+        assert k in flat, k
+    assert r['eval_scenes'] == dict(split='fresh', seeds=[3_000_000, 3_000_001])
+    for group, names in (('corr', ('recall_5px', 'recall_2p8tok', 'mrr', 'hard_margin')), ('consistency', ('gap', 'cos_match', 'gap_centred')),
+                         ('smoothness', ('cos_neighbour',)), ('pose', ('auc_10',))):
+        for n in names: assert len(r[group]['per_scene'][n]) == 2, (group, n)
+    assert 0 < flat['corr.mrr'] <= 1 and 0 <= flat['pose.auc_20'] <= 100 and 'per_scene' not in ''.join(flat)

@@ -20,3 +20,25 @@ def test_committed_summary_is_recomputable():
     again = json.loads(json.dumps(demo_summary(res['teacher'], res['runs'], res['config']['concat'])))
     assert again == res['summary']
     assert len(res['config']['seeds']) >= 3, 'published comparisons need at least 3 seeds'
+
+EVIDENCE = ROOT/'nbs'/'results'/'evidence'/'study.json'
+
+def test_readme_evidence_tables_are_the_committed_study():
+    "The README's evidence tables (each variant − teacher, default − each control) are rendered from the committed evidence study."
+    from splat_and_distill.demo import difference_rows, EVIDENCE_COLUMNS
+    res = json.loads(EVIDENCE.read_text())
+    readme = (ROOT/'README.md').read_text()
+    for rows in ({f'{v} − teacher': s for v, s in res['summary'].items()}, {f'default − {c}': s for c, s in res['controls'].items()}):
+        assert difference_rows(rows, EVIDENCE_COLUMNS) in readme, 'README evidence table differs from nbs/results/evidence/study.json: paste difference_rows(...)'
+
+def test_evidence_study_is_the_protocol():
+    "Published evidence: the default and every control, at least 5 seeds, probed on the fresh scenes only it reads, summaries recomputable."
+    from splat_and_distill.demo import study_summaries, CONTROLS
+    res = json.loads(EVIDENCE.read_text())
+    assert len(res['config']['seeds']) >= 5 and set(res['runs']) == {'default', *CONTROLS}
+    assert all(sorted(map(int, r)) == sorted(res['config']['seeds']) for r in res['runs'].values()), 'every variant ran every seed'
+    assert res['config']['probe_overrides']['eval_split'] == 'fresh'
+    scenes = {tuple(r['models']['student']['eval_scenes']['seeds']) for v in res['runs'].values() for r in v.values()}
+    assert len(scenes) == 1 and min(next(iter(scenes))) >= 3_000_000, 'every student was measured on the same fresh scenes'
+    again = json.loads(json.dumps(study_summaries(res['teacher'], res['runs'], res['config']['concat'])))
+    assert again['summary'] == res['summary'] and again['controls'] == res['controls']

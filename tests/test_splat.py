@@ -1,12 +1,13 @@
-"Splatter parity: projection vs gsplat's PyTorch reference, tiled vs dense compositing, gradients, edge cases, gsplat CUDA."
+"Splatter parity: projection vs gsplat's PyTorch reference, tiled and fused vs dense compositing, gradients, edge cases, plans, gsplat CUDA."
 import math
 import pytest
 import torch
 import torch.nn.functional as F
 from splat_and_distill.cameras import intrinsics_from_fov, invert_pose, look_at
 from splat_and_distill.gaussians import Gaussians, covariance, gaussians_from_depth
-from splat_and_distill.splat import bin_gaussians, project, rasterize, rasterize_dense, hwc_to_chw, render_torch, ssim, psnr
-from splat_and_distill.render import render
+from splat_and_distill.splat import (bin_gaussians, project, rasterize, rasterize_dense, rasterize_fused, pixel_pairs, plan_render,
+                                     splat_features, hwc_to_chw, render_torch, ssim, psnr)
+from splat_and_distill.render import render, prepare
 
 gsplat_ref = pytest.importorskip('gsplat.cuda._torch_impl')
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -302,3 +303,196 @@ def test_render_torch_is_what_render_runs():
     a, b = render(Gb, torch.stack([c2w, c2w]), torch.stack([K, K]), 16, 12, backend='torch', tile_size=16), \
         render_torch(Gb, torch.stack([c2w, c2w]), torch.stack([K, K]), 16, 12, tile_size=16)
     for k in ('features', 'alpha', 'depth'): assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- the fused pair splatter (rasterize_fused, SplatPlan)
+def _values_and_grads(raster, G, c2w, K, w, h, bg=None, seed=1):
+    "A render through `project` and `raster`, and the gradients w.r.t. means, quats, scales, opacities, features of a random loss."
+    g = G.map(lambda t: t.clone().requires_grad_())
+    radii, m2, dep, con = project(g.means, g.covariances(), invert_pose(c2w), K, w, h, opacities=g.opacities)
+    f, a, z = raster(m2, con, g.opacities, g.features, dep, radii, w, h, background=bg)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (f * torch.randn(f.shape, generator=gen, dtype=f.dtype)).sum() + (a * torch.randn(a.shape, generator=gen, dtype=f.dtype)).sum() \
+        + (z * a.detach()).sum()
+    loss.backward()
+    return (f, a, z), [t.grad for t in g.tensors()]
+
+
+def _assert_same(got, ref, rtol=1e-4):
+    (vt, gt), (vd, gd) = got, ref
+    for x, y in zip(vt, vd): torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    for x, y in zip(gt, gd):
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x, y, rtol=rtol, atol=1e-5 * max(1., y.abs().max().item()))
+
+
+@pytest.mark.parametrize('w,h,bg', [(40, 30, 'd'), (33, 17, None), (16, 16, 'cd'), (5, 3, 'd')])
+def test_fused_matches_dense_and_tiled(w, h, bg):
+    "Values and gradients of the fused splatter equal the dense reference and the tiled splatter (near, behind, off-screen Gaussians)."
+    G, c2w, K = _setup(d=5, w=w, h=h)
+    bg = None if bg is None else torch.rand(5) if bg == 'd' else torch.rand(2, 5)
+    fused = _values_and_grads(rasterize_fused, G, c2w, K, w, h, bg)
+    _assert_same(fused, _values_and_grads(rasterize_dense, G, c2w, K, w, h, bg))
+    _assert_same(fused, _values_and_grads(lambda *a, **k: rasterize(*a, **k, tile_size=8, chunk=16), G, c2w, K, w, h, bg))
+
+
+def test_fused_batched_scenes_and_cameras():
+    "Two scenes, each seen by two cameras (features shared by a scene's cameras), per-camera backgrounds."
+    G0, c2w, K = _setup(d=4, near=True, n=80, seed=0)
+    G1 = _setup(d=4, near=True, n=80, seed=1)[0]
+    Gb, c2wb, Kb = Gaussians.stack([G0, G1]), torch.stack([c2w, c2w.flip(0)]), torch.stack([K, K])
+    bg = torch.rand(2, 2, 4)
+    _assert_same(_values_and_grads(rasterize_fused, Gb, c2wb, Kb, 40, 30, bg), _values_and_grads(rasterize_dense, Gb, c2wb, Kb, 40, 30, bg))
+
+
+def _dense_support(means2d, conics, opacities, depths, radii, w, h):
+    "(pixel, Gaussian) pairs with alpha >= 1/255 in the dense reference, as flat ids, and their depths."
+    I, n = depths.shape
+    pix = torch.stack(torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing='ij')[::-1], -1).reshape(-1, 2)
+    out = set()
+    for i in range(I):
+        idx = (radii[i] > 0).all(-1).nonzero()[:, 0]
+        dx, dy = means2d[i, idx, 0][None] - pix[:, :1], means2d[i, idx, 1][None] - pix[:, 1:]
+        sig = 0.5 * (conics[i, idx, 0] * dx * dx + conics[i, idx, 2] * dy * dy) + conics[i, idx, 1] * dx * dy
+        al = (opacities[i, idx] * torch.exp(-sig)).clamp(max=0.999)
+        hit = ((sig >= 0) & (al >= 1 / 255)).nonzero()
+        out |= set(zip((i * h * w + hit[:, 0]).tolist(), (i * n + idx[hit[:, 1]]).tolist()))
+    return out
+
+
+@pytest.mark.parametrize('case', ['random', 'large', 'tiny_image', 'one_row'])
+def test_pixel_pairs_are_the_dense_alpha_support(case):
+    "The pairs are exactly the dense reference's alpha >= 1/255 entries, pixel-major and front to back (ties by index)."
+    w, h = dict(tiny_image=(3, 2), one_row=(17, 1)).get(case, (40, 30))
+    G, c2w, K = _setup(d=2, w=w, h=h, near=case == 'random')
+    if case == 'large': G = Gaussians(G.means, G.quats, G.scales * 4, G.opacities, G.features)   # boxes wider than 16 px: several blocks each
+    radii, m2, dep, con = project(G.means, G.covariances(), invert_pose(c2w), K, w, h, opacities=G.opacities)
+    dep = dep.clone(); dep[:, 5:10] = dep[:, 5:6]                                # ties in depth
+    op = G.opacities.expand(2, -1)
+    p = pixel_pairs(m2, con, op, dep, radii, w, h)
+    got = list(zip(p.pix.tolist(), p.gid.tolist()))
+    assert len(got) == len(set(got)) > 0 and set(got) == _dense_support(m2, con, op, dep, radii, w, h)
+    if case == 'large': assert (radii > 8).any()
+    small = pixel_pairs(m2, con, op, dep, radii, w, h, max_block=50)              # many candidate blocks: the same pairs
+    for k in ('pix', 'gid', 'e', 'slot', 'g_pix'): assert torch.equal(getattr(small, k), getattr(p, k)), k
+    same = p.pix[1:] == p.pix[:-1]
+    assert (p.pix[1:] >= p.pix[:-1]).all()
+    d = dep.reshape(-1)[p.gid]
+    assert ((d[1:] > d[:-1]) | ((d[1:] == d[:-1]) & (p.gid[1:] > p.gid[:-1])))[same].all()
+
+
+def test_depth_order_is_a_stable_sort_by_depth():
+    "The float32 key sort of `_depth_order` (bits and index) orders like a stable argsort: signs, -0., ties, infinities."
+    from splat_and_distill.splat import _depth_order
+    d = torch.tensor([[3., -1., 0., -0., 2.5, -1., 1e-30, -1e-30, float('inf'), 2.5, -7e5, 0.]])
+    vis = torch.ones_like(d, dtype=torch.bool); vis[0, 4] = False
+    ref = torch.argsort(d, dim=1, stable=True)[0]
+    assert torch.equal(_depth_order(d, vis), ref[vis[0, ref]])
+    assert torch.equal(_depth_order(d.double(), vis), ref[vis[0, ref]])
+
+def test_fused_opaque_pixels_hit_the_stop_rule():
+    "Pixel-aligned opaque Gaussians (the benchmark's kind): many pixels stop at T <= 1e-4 before their last pair; same as dense."
+    G, c2w, K = _pixel_aligned_scene(3, 'cpu', size=16)
+    G = G.map(lambda t: t.clone()); G.opacities.fill_(1.)
+    _assert_same(_values_and_grads(rasterize_fused, G, c2w, K, 16, 16), _values_and_grads(rasterize_dense, G, c2w, K, 16, 16))
+    plan = plan_render(G, c2w, K, 16, 16)
+    per_pixel_pairs = torch.diff(plan.pairs.offsets, append=torch.tensor([len(plan.pairs.pix)]))
+    per_pixel_used = torch.zeros_like(per_pixel_pairs).index_add_(0, plan.pairs.pix, (plan.weights > 0).long())
+    assert (per_pixel_used < per_pixel_pairs).sum() > 20                         # pairs behind the stop get no weight
+    assert plan.T.min() > 1e-4 and plan.alpha.max() > 0.999
+
+
+def test_fused_gradcheck_float64():
+    "The closed-form backward against finite differences, w.r.t. means2d, conics, opacities, features, depths and background."
+    g = torch.Generator().manual_seed(3)
+    n, w, h = 6, 7, 5
+    m2 = (torch.rand(1, n, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h])).requires_grad_()
+    A = torch.rand(1, n, generator=g, dtype=torch.float64) * 0.4 + 0.2
+    C = torch.rand(1, n, generator=g, dtype=torch.float64) * 0.4 + 0.2
+    B = (torch.rand(1, n, generator=g, dtype=torch.float64) - 0.5) * 0.2
+    con = torch.stack([A, B, C], -1).requires_grad_()
+    op = (torch.rand(n, generator=g, dtype=torch.float64) * 0.5 + 0.2).requires_grad_()
+    feat = torch.rand(n, 3, generator=g, dtype=torch.float64).requires_grad_()
+    dep = (torch.rand(1, n, generator=g, dtype=torch.float64) + 1).requires_grad_()
+    bg = torch.rand(3, generator=g, dtype=torch.float64).requires_grad_()
+    radii = torch.full((1, n, 2), 10, dtype=torch.int32)
+    def fn(m2, con, op, feat, dep, bg):
+        f, a, z = rasterize_fused(m2, con, op, feat, dep, radii, w, h, background=bg)
+        return f, a, z * a
+    assert torch.autograd.gradcheck(fn, (m2, con, op, feat, dep, bg), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_nothing_visible():
+    "All Gaussians behind the camera, or none at all: zero images, background, finite zero gradients."
+    G, c2w, K = _setup(d=3, near=False, n=30)
+    for G_ in (G.map(lambda t: t.clone()), G[:0]):
+        if G_.n: G_.means[:] = c2w[0, :3, 3] - 1.0 * c2w[0, :3, 2]
+        g = G_.map(lambda t: t.clone().requires_grad_())
+        radii, m2, dep, con = project(g.means, g.covariances(), invert_pose(c2w[:1]), K[:1], 12, 9, opacities=g.opacities)
+        f, a, z = rasterize_fused(m2, con, g.opacities, g.features, dep, radii, 12, 9, background=torch.ones(3))
+        assert torch.equal(a, torch.zeros_like(a)) and torch.equal(f, torch.ones_like(f)) and torch.equal(z, torch.zeros_like(z))
+        (f.sum() + a.sum()).backward()
+        for t in g.tensors(): assert t.grad is not None and torch.isfinite(t.grad).all() and (t.grad == 0).all()
+
+
+def test_plan_reuse_channel_chunks_equal_one_render():
+    "One plan, features rendered in channel chunks: the same images, and the same gradients (geometry and features) as one render."
+    G, c2w, K = _setup(d=7, near=True, n=120)
+    bg = torch.rand(7)
+    wts = torch.randn(2, 30, 40, 7, generator=torch.Generator().manual_seed(0))
+    res = []
+    for chunks in (None, [3, 3, 1]):
+        g = G.map(lambda t: t.clone().requires_grad_())
+        if chunks is None:
+            r = render_torch(g, c2w, K, 40, 30, background=bg); f = r['features']
+        else:
+            plan = plan_render(g, c2w, K, 40, 30)
+            f = torch.cat([splat_features(plan, ff, b_) for ff, b_ in zip(g.features.split(chunks, -1), bg.split(chunks))], -1)
+            r = dict(features=f, alpha=plan.alpha, depth=plan.depth)
+        ((f * wts).sum() + r['alpha'].sum() + r['depth'].sum()).backward()
+        res.append(([f, r['alpha'], r['depth']], [t.grad for t in g.tensors()]))
+    _assert_same(res[1], res[0], rtol=1e-5)
+
+
+def test_render_with_a_prepared_plan():
+    "`render.prepare` then `render(..., plan=)`: the same as `render`; a plan for other cameras, sizes or Gaussians is refused."
+    G, c2w, K = _setup(d=4, near=True, n=60)
+    plan = prepare(G, c2w, K, 23, 17)
+    G2 = Gaussians(G.means, G.quats, G.scales, G.opacities, torch.rand(G.n, 6))
+    for g in (G, G2):
+        a, b = render(g, c2w, K, 23, 17, plan=plan), render(g, c2w, K, 23, 17)
+        for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6)
+    for bad, msg in [(lambda: render(G, c2w, K, 24, 17, plan=plan), 'plan'), (lambda: render(G, c2w[:1], K[:1], 23, 17, plan=plan), 'plan'),
+                     (lambda: render(G[:50], c2w, K, 23, 17, plan=plan), 'plan'), (lambda: render(G, c2w, K, 23, 17, backend='gsplat', plan=plan), 'torch')]:
+        with pytest.raises(ValueError) as e: bad()
+        assert msg in str(e.value)
+
+
+def test_lift_channel_chunks_reuse_the_geometry():
+    "Chunked lifting (one plan for every channel chunk) gives the unchunked targets, alpha and depth."
+    from splat_and_distill.lift import lift_and_splat_details
+    from splat_and_distill.scenes import make_scene
+    sc = make_scene(1, n_views=9, size=32)
+    c, t = sc.select([0, 8]), sc.select([4])
+    teacher = lambda x: F.avg_pool2d(torch.cat([x, x.flip(1), x * x, x.roll(1, 1)], 1), 8)    # 12 channels, 4x4 tokens
+    args = (teacher, c.rgb[None], c.instance[None], c.K[None], c.c2w[None], t.K, t.c2w, t.instance)
+    a = lift_and_splat_details(*args, context_depth=c.depth[None], blend_alpha=0.5, backend='torch')
+    b = lift_and_splat_details(*args, context_depth=c.depth[None], blend_alpha=0.5, backend='torch', channel_chunk=5)
+    torch.testing.assert_close(b['tokens'], a['tokens'], rtol=1e-5, atol=1e-6)
+    for k in ('alpha', 'depth', 'valid'): assert torch.equal(a[k], b[k]), k
+
+
+def test_fused_alpha_clamp_gives_no_gradient():
+    "Gaussians centred on pixel centres with opacity near 1: alpha is clamped at 0.999 there and that pair passes no gradient, as in the dense reference."
+    res = []
+    for raster in (rasterize_fused, rasterize_dense):
+        m2 = torch.tensor([[[2.5, 1.5], [4.5, 3.5], [3.2, 2.7]]], requires_grad=True)                     # two on pixel centres
+        con = torch.tensor([[[0.8, 0.1, 0.6], [0.5, 0., 0.5], [0.3, -0.05, 0.4]]], requires_grad=True)
+        op = torch.tensor([1.0, 0.9995, 0.7], requires_grad=True)
+        feat = torch.tensor([[1., 0.], [0., 1.], [0.5, 0.5]], requires_grad=True)
+        dep = torch.tensor([[1., 2., 3.]], requires_grad=True)
+        f, a, z = raster(m2, con, op, feat, dep, torch.full((1, 3, 2), 6, dtype=torch.int32), 7, 5)
+        ((f * torch.linspace(-1, 2, 70).view(1, 5, 7, 2)).sum() + a.sum() + (z * a).sum()).backward()
+        res.append(((f, a, z), [t.grad for t in (m2, con, op, feat, dep)]))
+    assert res[1][0][1][0, 1, 2] >= 0.999                                                # pixel (2, 1): Gaussian 0 clamped
+    _assert_same(res[0], res[1], rtol=1e-5)
