@@ -245,7 +245,7 @@ def test_side_by_side_table_pairs_each_row_with_its_teacher():
     assert 'SnD student + teacher (gt_geometry) − FiT3D student + teacher' not in h2h
     assert teacher_agreement(fit3d['teacher'], study['teacher']) == pytest.approx(0.001 / 0.471)    # relative: seed 2's d1, 0.47 vs 0.471
     table = fit3d_vs_snd_table(fit3d, study)
-    assert '| SnD student (gt_geometry) − FiT3D student | **+0.040 ± 0.000**' in table and 'largest relative headline difference 0.002' in table
+    assert '| SnD student (gt_geometry) − FiT3D student | **+0.040 [0.040, 0.040]**' in table and 'largest relative headline difference 0.002' in table
     alone = fit3d_vs_snd_table(fit3d, None)
     assert 'SnD' not in alone.split('\n\n')[0] and 'await' in alone
     demo = dict(teacher=study['teacher'], runs=study['runs']['default'])           # a demo's results.json: one variant
