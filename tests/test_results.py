@@ -42,3 +42,13 @@ def test_evidence_study_is_the_protocol():
     assert len(scenes) == 1 and min(next(iter(scenes))) >= 3_000_000, 'every student was measured on the same fresh scenes'
     again = json.loads(json.dumps(study_summaries(res['teacher'], res['runs'], res['config']['concat'])))
     assert again['summary'] == res['summary'] and again['controls'] == res['controls']
+
+def test_scaling_point_is_recomputable():
+    "The 1,200-step scaling point: four times the evidence study's steps, the same fresh scenes, summaries recomputable."
+    from splat_and_distill.demo import study_summaries
+    ev, res = json.loads(EVIDENCE.read_text()), json.loads((ROOT/'nbs'/'results'/'scaling'/'steps1200'/'study.json').read_text())
+    assert res['config']['train_steps'] == 4 * ev['config']['train_steps'] and set(res['runs']) == {'default', 'self_target'}
+    scenes = lambda r: {tuple(x['models']['student']['eval_scenes']['seeds']) for v in r['runs'].values() for x in v.values()}
+    assert scenes(res) == scenes(ev)
+    again = json.loads(json.dumps(study_summaries(res['teacher'], res['runs'], False)))
+    assert again['summary'] == res['summary'] and again['controls'] == res['controls']
