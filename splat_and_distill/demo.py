@@ -24,7 +24,7 @@ from .backbones import make_backbone, load_probe_backbone
 from .lift import lift_and_splat_details, covisible_pixels, sample_features_at
 from .probe_runs import probe_backbone, model_key, pair_measures, eval_scenes
 from .evaluate import (ProbeProtocol, probe_seeded, STUDY_COLUMNS, SUMMARY_LEGEND, paired_summary, summary_table,
-    compare_variants, diff_interval, metric_digits)
+    compare_variants, diff_cell)
 from . import reconstruct, train as T, probes as P
 
 # %% auto #0
@@ -414,8 +414,7 @@ def difference_rows(summary: dict, columns=STUDY_COLUMNS) -> str:
     cols = [c for c in columns if any(c[0] in s for s in summary.values())]
     lines = ['| comparison | ' + ' | '.join(c[1] for c in cols) + ' |', '|---|' + '---|' * len(cols)]
     for name, s in summary.items():
-        cell = lambda k: (lambda txt: f'**{txt}**' if s[k]['better'] or s[k]['worse'] else txt)(diff_interval(s[k], metric_digits(k))) if k in s else '-'
-        lines.append(f'| {name} | ' + ' | '.join(cell(k) for k, _, _ in cols) + ' |')
+        lines.append(f'| {name} | ' + ' | '.join(diff_cell(s, k) for k, _, _ in cols) + ' |')
     return '\n'.join(lines) + '\n'
 
 def study_table(results: dict) -> str:

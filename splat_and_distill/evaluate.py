@@ -14,7 +14,7 @@ from .probe_runs import flatten_metrics
 # %% auto #0
 __all__ = ['STUDY_COLUMNS', 'SUMMARY_LEGEND', 'ProbeProtocol', 'probe_seeded', 'mean_std', 'paired_t', 'holm', 'scene_values',
            'scene_bootstrap', 'paired_comparison', 'paired_summary', 'compare_variants', 'plus_minus', 'metric_digits',
-           'diff_interval', 'summary_table']
+           'diff_interval', 'diff_cell', 'summary_table']
 
 # %% ../nbs/10b_evaluate.ipynb #d7e61aee
 @dataclass
@@ -139,6 +139,12 @@ def diff_interval(r: dict, digits: int) -> str:
     txt = f"{r['diff']:+.{digits}f}"
     return txt if math.isnan(r['ci'][0]) else f"{txt} [{r['ci'][0]:.{digits}f}, {r['ci'][1]:.{digits}f}]"
 
+def diff_cell(s: dict, key: str) -> str:
+    "The table cell of metric `key` of a paired comparison `s`: `diff_interval`, bold where Holm-significant; '-' where `s` lacks it."
+    if key not in s: return '-'
+    txt = diff_interval(s[key], metric_digits(key))
+    return f'**{txt}**' if s[key]['better'] or s[key]['worse'] else txt
+
 def summary_table(summaries: dict, columns=STUDY_COLUMNS, baseline: str = 'teacher') -> str:
     "Markdown: the baseline row, then per model its mean ± std, its paired difference [95% interval] (bold: Holm-adjusted p < 0.05), and the scene-bootstrap interval where present."
     stale = [k for s in summaries.values() for k, r in s.items() if 'ci' not in r]
@@ -150,8 +156,7 @@ def summary_table(summaries: dict, columns=STUDY_COLUMNS, baseline: str = 'teach
     lines.append(f'| {baseline} | ' + ' | '.join(plus_minus(*first[k]['teacher'], metric_digits(k)) if k in first else '-' for k, _, _ in cols) + ' |')
     for name, s in summaries.items():
         lines.append(f'| {name} | ' + ' | '.join(plus_minus(*s[k]['model'], metric_digits(k)) if k in s else '-' for k, _, _ in cols) + ' |')
-        cell = lambda k: (lambda txt: f'**{txt}**' if s[k]['better'] or s[k]['worse'] else txt)(diff_interval(s[k], metric_digits(k)))
-        lines.append(f'| {name} − {baseline} | ' + ' | '.join(cell(k) if k in s else '-' for k, _, _ in cols) + ' |')
+        lines.append(f'| {name} − {baseline} | ' + ' | '.join(diff_cell(s, k) for k, _, _ in cols) + ' |')
         boot = lambda k, d: f"[{s[k]['scene_bootstrap']['ci'][0]:+.{d}f}, {s[k]['scene_bootstrap']['ci'][1]:+.{d}f}]"
         if any('scene_bootstrap' in s[k] for k, _, _ in cols if k in s):
             lines.append(f'| {name} − {baseline}, scenes | ' + ' | '.join(boot(k, metric_digits(k)) if k in s and 'scene_bootstrap' in s[k] else '-'

@@ -17,8 +17,8 @@ from .splat import psnr
 from .backbones import load_probe_backbone
 from . import probes as P
 from .probe_runs import probe_backbone, model_key, flatten_metrics
-from .evaluate import (ProbeProtocol, probe_seeded, paired_summary, summary_table, STUDY_COLUMNS,
-    metric_digits, diff_interval)
+from splat_and_distill.evaluate import (ProbeProtocol, probe_seeded, paired_summary, summary_table, STUDY_COLUMNS,
+    diff_cell)
 from .fit3d import (FiT3DConfig, FIT3D_PRESETS, FIT3D_RESUME_MUTABLE, cpu_fit3d, fit3d_config,
     validate_fit3d_config, run_fit3d)
 
@@ -76,18 +76,12 @@ def teacher_agreement(a: dict, b: dict, columns=STUDY_COLUMNS) -> float | None:
     d = [abs(a[s][k] - b[s][k]) / max(abs(a[s][k]), abs(b[s][k]), 1e-12) for s in set(a) & set(b) for k, *_ in columns if k in a[s] and k in b[s]]
     return max(d) if d else None
 
-def _delta_cell(s: dict, key: str) -> str:
-    "A paired difference `+m [lo, hi]` (95% t-interval; bold: Holm-adjusted p < 0.05), as `summary_table` writes it."
-    if key not in s: return '-'
-    txt = diff_interval(s[key], metric_digits(key))
-    return f'**{txt}**' if s[key]['better'] or s[key]['worse'] else txt
-
 def fit3d_vs_snd_table(fit3d_results: dict, study_results: dict | None = None, variants=('default', 'gt_geometry'), columns=STUDY_COLUMNS) -> str:
     "Markdown: teacher, FiT3D student and the study's SnD students (alone and with the teacher), mean ± std and paired Δ to the teacher; then SnD − FiT3D, paired per seed."
     rows, h2h = side_by_side(fit3d_results, study_results, variants)
     lines = [summary_table(rows, columns)]
     cols = [c for c in columns if any(c[0] in s for s in rows.values())]
-    lines += [f'| {name} | ' + ' | '.join(_delta_cell(s, k) for k, _, _ in cols) + ' |' for name, s in h2h.items()]
+    lines += [f'| {name} | ' + ' | '.join(diff_cell(s, k) for k, _, _ in cols) + ' |' for name, s in h2h.items()]
     seeds = sorted({x for s in rows.values() for m in s.values() for x in m['seeds']})
     note = [f'Seeds {seeds}; mean ± std over seeds; "− teacher" rows: paired differences to the teacher probed with the same probe seed, '
             'mean [95% t-interval]; '
