@@ -12,16 +12,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float
 import timm
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TFLITE_MEAN', 'TFLITE_STD', 'DINOV2_ENV', 'DINOV2_TIMM', 'DINOV3_ENV', 'DINOV3_TIMM',
-           'BACKBONES', 'check_images', 'Backbone', 'tiny_vit', 'load_state_dict_file', 'load_weights_strict',
-           'local_vit', 'dinov2', 'dinov3', 'efficientnet_lite0_weights_path', 'load_efficientnet_lite0_weights',
-           'efficientnet_lite0', 'classify', 'default_teacher_name', 'make_backbone', 'ConcatBackbone',
-           'load_probe_backbone', 'spec_label', 'LoRALinear', 'apply_lora', 'merge_lora', 'trainable_parameters',
-           'make_student', 'frozen_copy', 'describe_trainable', 'merge_lora_state_dict', 'convert_dinov2_state_dict',
-           'timm_to_dinov2_state_dict', 'convert_dinov3_state_dict', 'timm_to_dinov3_state_dict']
+           'BACKBONES', 'TRAINED_PART_FORMAT', 'check_images', 'Backbone', 'tiny_vit', 'load_state_dict_file',
+           'load_weights_strict', 'local_vit', 'dinov2', 'dinov3', 'efficientnet_lite0_weights_path',
+           'load_efficientnet_lite0_weights', 'efficientnet_lite0', 'classify', 'default_teacher_name', 'make_backbone',
+           'ConcatBackbone', 'load_probe_backbone', 'spec_label', 'LoRALinear', 'apply_lora', 'merge_lora',
+           'trainable_parameters', 'make_student', 'frozen_copy', 'describe_trainable', 'merge_lora_state_dict',
+           'convert_dinov2_state_dict', 'timm_to_dinov2_state_dict', 'convert_dinov3_state_dict',
+           'timm_to_dinov3_state_dict', 'save_trained_part', 'trained_part_base', 'load_trained_part']
 
 # %% ../nbs/03_backbones.ipynb #3e6ba56e
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -222,6 +224,9 @@ def default_teacher_name() -> str:
 def make_backbone(name: str = 'auto', weights: str | Path | None = None, pretrained: bool = True, **kw) -> Backbone:
     "Build a backbone by name: 'auto', 'efficientnet_lite0', 'dinov2_vits14', 'dinov2_vitb14', 'dinov3_vits16', 'dinov3_vitb16' or 'tiny_vit'."
     if name == 'auto': name = default_teacher_name()
+    if weights is not None and (base := trained_part_base(weights)) is not None:   # a trained part (plumbing, below): base + overlay
+        if base != name: raise ValueError(f'{weights}: a trained part of {base!r}, but the spec names {name!r}; use {base}:{weights}')
+        return load_trained_part(make_backbone(name, **kw), weights)
     if name == 'efficientnet_lite0': return efficientnet_lite0(weights, pretrained, **kw)
     if name in DINOV2_TIMM: return dinov2(name, weights, pretrained)
     if name in DINOV3_TIMM: return dinov3(name, weights, pretrained)
@@ -435,3 +440,39 @@ def timm_to_dinov3_state_dict(sd: dict, head_dim: int = 64, rope_base: float = 1
     out['mask_token'] = torch.zeros(1, d, dtype=sd['cls_token'].dtype)
     out['rope_embed.periods'] = rope_base ** (2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2))
     return out
+
+# %% ../nbs/03_backbones.ipynb #ca5beeb6
+TRAINED_PART_FORMAT = 'snd-trained-part'   # safetensors metadata 'format' of a file written by save_trained_part
+
+def save_trained_part(weights_file: str | Path,          # a full student checkpoint, in any layout `make_backbone` reads
+                      base_spec: str,                     # the pretrained backbone it was fine-tuned from, e.g. 'efficientnet_lite0'
+                      out: str | Path,                    # the .safetensors file to write
+                      dtype: torch.dtype = torch.float16) -> dict:
+    "Write the tensors of a trained student that differ from its pretrained base, in `dtype`, with metadata naming the base; returns them."
+    base = make_backbone(base_spec).model.state_dict()                      # timm names: no 'model.' prefix
+    trained = make_backbone(base_spec, weights=weights_file).model.state_dict()   # the usual loader: same names, every key checked
+    part = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in trained.items() if not torch.equal(v, base[k])}
+    if not part: raise ValueError(f'{weights_file}: every tensor equals the pretrained {base_spec}; nothing was trained')
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(part, str(out), metadata={'format': TRAINED_PART_FORMAT, 'base': base_spec, 'dtype': str(dtype).removeprefix('torch.')})
+    return part
+
+def trained_part_base(path: str | Path) -> str | None:
+    "The base backbone a trained-part file names in its metadata; None for any other file (full weights, .pth, missing)."
+    path = Path(path).expanduser()
+    if path.suffix != '.safetensors' or not path.is_file(): return None
+    try:
+        with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
+    except Exception: return None                                          # unreadable: the full-file loader says why
+    return meta.get('base') if meta.get('format') == TRAINED_PART_FORMAT else None
+
+def load_trained_part(backbone: Backbone, path: str | Path) -> Backbone:
+    "Overlay a trained-part file on `backbone` (its pretrained base), each tensor cast back to the model's dtype (float32)."
+    part, own = load_state_dict_file(path), backbone.model.state_dict()
+    unexpected = [k for k in part if k not in own]
+    shapes = [f'{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in part.items() if k in own and v.shape != own[k].shape]
+    if unexpected or shapes:
+        raise ValueError(f'{path}: trained part does not fit {backbone.name}: keys not in the model: {unexpected[:8]}; '
+                         f'shape mismatches: {shapes[:8]}. Was it written for another backbone?')
+    backbone.model.load_state_dict({k: v.to(own[k].dtype) for k, v in part.items()}, strict=False)
+    return backbone

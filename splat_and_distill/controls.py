@@ -7,12 +7,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from jaxtyping import Float
-from .cameras import unproject_depth, project_points, relative_rotation_deg
+from .cameras import unproject_depth, relative_rotation_deg
 from .scenes import TripletDataset
-from .lift import lift_and_splat_details
+from .lift import lift_and_splat_details, plane_depth, plane_parallax
 
 # %% auto #0
-__all__ = ['TARGETS', 'plane_depth', 'control_views', 'plane_gaussians', 'plane_parallax', 'parallax_sweep']
+__all__ = ['TARGETS', 'control_views', 'plane_gaussians', 'parallax_sweep']
 
 # %% ../nbs/09a_controls.ipynb #8d183401
 TARGETS = dict(
@@ -22,14 +22,6 @@ TARGETS = dict(
     plane_geometry='each context depth replaced by a fronto-parallel plane at its median depth: correct poses, flat geometry',
     wrong_pose="each context view lifted and placed with another context view's camera pose",
 )
-
-# %% ../nbs/09a_controls.ipynb #e3598a61
-def plane_depth(depth: Float[Tensor, "*b h w"]) -> Float[Tensor, "*b h w"]:
-    "Each depth map replaced by a constant plane at its median valid depth (invalid pixels, <= 0 or non-finite, stay 0)."
-    valid = torch.isfinite(depth) & (depth > 0)
-    flat = torch.where(valid, depth, torch.full_like(depth, float('nan'))).flatten(-2)       # (*b, h*w)
-    med = flat.nanmedian(-1).values.nan_to_num(0)                                           # (*b,) 0 if no valid pixel
-    return torch.where(valid, med[..., None, None].expand_as(depth), torch.zeros_like(depth))
 
 # %% ../nbs/09a_controls.ipynb #9dcad28c
 def control_views(batch: dict, targets: str = 'splat') -> dict:
@@ -57,18 +49,6 @@ def plane_gaussians(out: dict, K: Float[Tensor, "b v 3 3"], c2w: Float[Tensor, "
     ratio = torch.where(depth > 0, plane / depth.clamp(min=1e-12), torch.ones_like(depth)).reshape(b, v * h * w, 1)
     means = unproject_depth(torch.where(plane > 0, plane, depth), K, c2w).reshape(b, v * h * w, 3)   # (b, v*h*w, 3)
     return {**out, 'depth': plane, 'means': means, 'scales': out['scales'] * ratio}
-
-# %% ../nbs/09a_controls.ipynb #1bccbfbf
-def plane_parallax(depth: Float[Tensor, "v h w"], K: Float[Tensor, "v 3 3"], c2w: Float[Tensor, "v 4 4"],
-                   target_K: Float[Tensor, "3 3"], target_c2w: Float[Tensor, "4 4"]) -> Float[Tensor, "v h w"]:
-    "Per context pixel, the distance (target pixels) between where its true 3D point and its plane point land in the target (NaN: invalid or behind)."
-    true_pts = unproject_depth(depth.clamp(min=0), K, c2w)                   # (v, h, w, 3)
-    flat_pts = unproject_depth(plane_depth(depth), K, c2w)
-    uv_t, z_t = project_points(true_pts.flatten(0, 2), target_K, target_c2w)  # (v*h*w, 2), (v*h*w,)
-    uv_f, z_f = project_points(flat_pts.flatten(0, 2), target_K, target_c2w)
-    dist = (uv_t - uv_f).norm(dim=-1)
-    ok = (depth.flatten() > 0) & (z_t > 0) & (z_f > 0)
-    return torch.where(ok, dist, torch.full_like(dist, float('nan'))).reshape(depth.shape)
 
 # %% ../nbs/09a_controls.ipynb #e30ea466
 @torch.no_grad()

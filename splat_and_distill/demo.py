@@ -352,6 +352,7 @@ STUDY_VARIANTS = {
     'cosine_objective': dict(objective='cosine'),    # no heads: 1 - cos to the splatted features (ablation)
     'size_64': dict(height=64, width=64, render_scale=1.0),   # 64 px images: a 4 x 4 token grid, lifting at 64 px
     'lr_3e-4': dict(lr=3e-4),                        # a 3 x larger step (the exploration's best on correspondence)
+    'fast_ema': dict(ema_every=1, ema_momentum=0.99),  # a teacher that moves: EMA every step at 0.99 (26% of the way in 30 steps)
     # controls (chapter 09a): everything as the default but the targets
     'self_target': dict(targets='self_target'),      # the EMA teacher's own tokens of the target view
     'same_view_splat': dict(targets='same_view_splat'),  # the target's own features through upsample -> lift -> splat -> sampling

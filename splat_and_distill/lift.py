@@ -17,8 +17,8 @@ from .render import prepare, render
 # %% auto #0
 __all__ = ['token_centre_pixels', 'sample_at_token_centres', 'naive_upsample_tokens', 'mask_aware_upsample', 'semantic_blend',
            'downsample_to_tokens', 'hole_mask', 'lift_and_splat_details', 'lift_and_splat', 'lift_and_splat_batch',
-           'feature_cosine', 'lift_scale', 'downscale_batch', 'covisible_pixels', 'sample_features_at',
-           'covisible_cosines', 'multiview_consistency', 'lift_consistency_report']
+           'feature_cosine', 'plane_depth', 'plane_parallax', 'lift_scale', 'downscale_batch', 'covisible_pixels',
+           'sample_features_at', 'covisible_cosines', 'multiview_consistency', 'lift_consistency_report']
 
 # %% ../nbs/07_lift.ipynb #1a7408e7
 def token_centre_pixels(hp: int, wp: int, h: int, w: int, device=None) -> tuple[Tensor, Tensor]:
@@ -194,6 +194,26 @@ def feature_cosine(a: Float[Tensor, "*b d h w"], b: Float[Tensor, "*b d h w"], v
     "Mean cosine similarity of two feature maps over `valid` pixels (same camera)."
     cos = F.cosine_similarity(a, b, dim=-3)                                    # (*b, h, w)
     return cos.mean() if valid is None else cos[valid].mean()
+
+# %% ../nbs/07_lift.ipynb #58e21186
+def plane_depth(depth: Float[Tensor, "*b h w"]) -> Float[Tensor, "*b h w"]:
+    "Each depth map replaced by a constant plane at its median valid depth (invalid pixels, <= 0 or non-finite, stay 0)."
+    valid = torch.isfinite(depth) & (depth > 0)
+    flat = torch.where(valid, depth, torch.full_like(depth, float('nan'))).flatten(-2)       # (*b, h*w)
+    med = flat.nanmedian(-1).values.nan_to_num(0)                                           # (*b,) 0 if no valid pixel
+    return torch.where(valid, med[..., None, None].expand_as(depth), torch.zeros_like(depth))
+
+# %% ../nbs/07_lift.ipynb #5d74f628
+def plane_parallax(depth: Float[Tensor, "v h w"], K: Float[Tensor, "v 3 3"], c2w: Float[Tensor, "v 4 4"],
+                   target_K: Float[Tensor, "3 3"], target_c2w: Float[Tensor, "4 4"]) -> Float[Tensor, "v h w"]:
+    "Per context pixel, the distance (target pixels) between where its true 3D point and its plane point land in the target (NaN: invalid or behind)."
+    true_pts = unproject_depth(depth.clamp(min=0), K, c2w)                   # (v, h, w, 3)
+    flat_pts = unproject_depth(plane_depth(depth), K, c2w)
+    uv_t, z_t = project_points(true_pts.flatten(0, 2), target_K, target_c2w)  # (v*h*w, 2), (v*h*w,)
+    uv_f, z_f = project_points(flat_pts.flatten(0, 2), target_K, target_c2w)
+    dist = (uv_t - uv_f).norm(dim=-1)
+    ok = (depth.flatten() > 0) & (z_t > 0) & (z_f > 0)
+    return torch.where(ok, dist, torch.full_like(dist, float('nan'))).reshape(depth.shape)
 
 # %% ../nbs/07_lift.ipynb #8a90788d
 def lift_scale(cfg, image_hw: tuple[int, int], token_grid: tuple[int, int], reconstructor=None) -> float:
