@@ -191,3 +191,86 @@ def test_docs_page_shows_figures(page, docs_site):
     page.goto((docs_site/'index.html').as_uri())
     assert page.locator('a[href="05_splat.html"]').count() >= 1, 'the index does not link the chapter'
     page.screenshot(path=ART/'docs_index.png')
+
+# ---- formulas typeset offline: the site's own MathJax, with every request that leaves the local server blocked ----
+sys.path.insert(0, str(ROOT/'bench'))
+import build_docs
+
+MATH = '.MathJax, .MathJax_Display, .MathJax_CHTML, .mjx-chtml'   # what MathJax 2.7 leaves (HTML-CSS or CommonHTML output)
+
+@pytest.fixture(scope='module')
+def math_sites(tmp_path_factory):
+    "Chapter 05 (it has formulas) built with a given MathJax source, once per source."
+    built = {}
+    def get(source):
+        if source not in built:
+            out = tmp_path_factory.mktemp(f'math_{source}')/'_docs'
+            build_docs.build(out, chapters=['05_splat'], mathjax=source)
+            built[source] = out
+        return built[source]
+    return get
+
+@pytest.fixture
+def offline_server():
+    "Serves a folder on 127.0.0.1; yields serve(folder) -> base URL."
+    import functools, http.server, threading
+    servers = []
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a): pass
+    def serve(folder):
+        srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Quiet, directory=str(folder)))
+        threading.Thread(target=srv.serve_forever, daemon=True).start(); servers.append(srv)
+        return f'http://127.0.0.1:{srv.server_address[1]}/'
+    yield serve
+    for s in servers: s.shutdown(); s.server_close()
+
+def _typeset(page, base: str, name: str, wait_ms: int) -> dict:
+    """Open `base + name` with every request not to `base` aborted, give MathJax `wait_ms` to typeset, and report:
+    math (typeset elements), raw (markdown text that still shows TeX delimiters), blocked (aborted URLs), missing (404s)."""
+    blocked, missing = [], []
+    def route(r):
+        u = r.request.url
+        if u.startswith(base) or u.startswith('data:') or u.startswith('blob:'): r.continue_()
+        else: blocked.append(u); r.abort()
+    page.route('**/*', route)
+    page.on('response', lambda resp: missing.append(resp.url) if resp.status >= 400 else None)
+    page.goto(base + name, wait_until='load')
+    done = f'''() => window.MathJax && MathJax.Hub && MathJax.Hub.queue && !MathJax.Hub.queue.pending && !MathJax.Hub.queue.running
+        && document.querySelectorAll("{MATH}").length > 0 && !document.querySelector(".MathJax_Processing, .MathJax_Preview:not(:empty)")'''
+    try: page.wait_for_function(done, timeout=wait_ms, polling=250)
+    except Exception: pass
+    page.wait_for_timeout(500)
+    raw = page.evaluate(r'''() => [...document.querySelectorAll('.jp-RenderedMarkdown')].map(md => {
+            const c = md.cloneNode(true);
+            c.querySelectorAll('code, pre, script, .MJX_Assistive_MathML').forEach(e => e.remove());
+            return c.textContent; })
+        .filter(t => /\$\$|\\\(|\\\[|\$[^$\n]*\\[A-Za-z]+/.test(t)).map(t => t.trim().slice(0, 200))''')
+    font = page.evaluate('() => { const o = window.MathJax && MathJax.OutputJax; return o && o["HTML-CSS"] && o["HTML-CSS"].fontInUse || null }')
+    return dict(math=page.locator(MATH).count(), raw=raw, blocked=blocked, missing=missing, font=font,
+                errors=page.locator('.MathJax_Error, .noError, .merror').count())
+
+@pytest.mark.parametrize('source', ['pip', 'debian'])
+def test_docs_formulas_typeset_offline(page, math_sites, offline_server, source):
+    "With the network closed, chapter 05's formulas are typeset by the site's own MathJax: no raw TeX is left."
+    if source == 'debian' and not (build_docs.MATHJAX/'MathJax.js').exists(): pytest.skip('no Debian MathJax (apt-get install libjs-mathjax)')
+    if source == 'pip' and build_docs._pip_mathjax() is None: pytest.skip('jupyter-server-mathjax is not installed')
+    r = _typeset(page, offline_server(math_sites(source)), '05_splat.html', 60_000)
+    _log(f'{source}: {r["math"]} typeset elements, font {r["font"]}, raw {len(r["raw"])}, blocked {r["blocked"]}, missing {r["missing"]}')
+    shot = page.locator('.MathJax_Display, .mjx-chtml.MJXc-display').first
+    if shot.count(): shot.scroll_into_view_if_needed(); shot.screenshot(path=ART/f'docs_formula_{source}.png')
+    assert r['math'] > 0, f'no formula was typeset ({source} MathJax); blocked requests: {r["blocked"]}'
+    assert not r['raw'], f'raw TeX is still shown: {r["raw"][:3]}'
+    # the pip config's NativeMML styles (unused in Chromium) name TeX .otf fonts that jupyter-server-mathjax does not ship;
+    # the formulas are set in its STIX-Web woff fonts, which must all be there
+    missing = [u for u in r['missing'] if not (source == 'pip' and '/fonts/HTML-CSS/TeX/otf/' in u)]
+    assert not missing, f'the site lacks files MathJax asked for: {missing}'
+    if source == 'pip': assert r['font'] == 'STIX-Web', f'HTML-CSS set the formulas in {r["font"]!r}, not the shipped STIX-Web fonts'
+    assert not r['blocked'], f'the page tried to reach the network: {r["blocked"]}'
+    assert r['errors'] == 0, 'MathJax reported a TeX error'
+    w = shot.evaluate('e => e.getBoundingClientRect().width')
+    assert w > 50, f'the first display formula is {w} px wide'
+
+def test_docs_formulas_raw_without_local_mathjax(page, math_sites, offline_server):
+    "The check above can fail: without a local MathJax (the CDN is blocked) the same page shows raw TeX."
+    r = _typeset(page, offline_server(math_sites('none')), '05_splat.html', 5_000)
+    assert r['math'] == 0 and r['raw'] and any('mathjax' in u.lower() for u in r['blocked']), r
