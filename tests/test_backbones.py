@@ -219,3 +219,101 @@ def test_dinov3_lora_student_trains_and_exports_both_namings(tmp_path, v3_ref):
     with torch.no_grad():
         a, b = dinov3(name, weights=paths['student_timm'])(x), dinov3(name, weights=paths['student_dinov3'])(x)
     torch.testing.assert_close(a, b)
+
+
+# ---- trained parts: a student stored as the tensors that differ from its pretrained base (chapter 03) ----
+import hashlib, json
+from pathlib import Path
+from safetensors import safe_open
+from safetensors.torch import save_file, load_file
+from splat_and_distill.backbones import save_trained_part, trained_part_base, load_probe_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT/'nbs'/'results'/'student'/'efficientnet_lite0_snd_default_seed0.safetensors'
+PART_META = {'format': 'snd-trained-part', 'base': 'efficientnet_lite0'}
+
+
+def _rel(a, b): return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope='module')
+def eff_teacher():
+    return make_backbone('efficientnet_lite0')
+
+
+@pytest.fixture(scope='module')
+def perturbed(tmp_path_factory):
+    "A full student file (as snd_train writes it) whose last block is randomly perturbed, and its model."
+    torch.manual_seed(0)
+    model = make_backbone('efficientnet_lite0')
+    with torch.no_grad():
+        for k, p in model.model.named_parameters():
+            if k.startswith('blocks.4.'): p.mul_(1 + 0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp('student')/'student_timm.safetensors'
+    save_file(model.model.state_dict(), str(path))
+    return path, model
+
+
+def test_trained_part_round_trip(tmp_path, perturbed, eff_teacher):
+    full, model = perturbed
+    out = tmp_path/'part.safetensors'
+    part = save_trained_part(full, 'efficientnet_lite0', out)
+    stored = load_file(str(out))
+    with safe_open(str(out), 'pt') as f: assert {k: f.metadata()[k] for k in PART_META} == PART_META
+    base = eff_teacher.model.state_dict()
+    changed = {k for k, v in model.model.state_dict().items() if not torch.equal(v, base[k])}
+    assert set(stored) == set(part) == changed and all(k.startswith('blocks.4.') for k in stored)   # unchanged tensors are not stored
+    assert all(v.dtype == torch.float16 for v in stored.values()) and out.stat().st_size < full.stat().st_size / 10
+    back = load_probe_backbone(f'efficientnet_lite0:{out}')
+    sd = back.model.state_dict()
+    for k, v in base.items():                         # the base where nothing is stored, the stored tensor cast back elsewhere
+        assert torch.equal(sd[k], stored[k].float() if k in stored else v), k
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad(): f_back, f_full, f_base = back(x), model(x), eff_teacher(x)
+    assert _rel(f_back, f_full) < 5e-3 < 0.05 < _rel(f_base, f_full)       # fp16 precision, far from the teacher
+
+
+def test_trained_part_errors(tmp_path, perturbed):
+    full, _ = perturbed
+    out = tmp_path/'part.safetensors'
+    save_trained_part(full, 'efficientnet_lite0', out)
+    with pytest.raises(ValueError, match=r"part\.safetensors: a trained part of 'efficientnet_lite0', but the spec names 'tiny_vit'"):
+        load_probe_backbone(f'tiny_vit:{out}')
+    bad = tmp_path/'bad_key.safetensors'
+    save_file({'blocks.9.conv.weight': torch.zeros(3, dtype=torch.float16)}, str(bad), metadata=PART_META)
+    with pytest.raises(ValueError, match=r'bad_key\.safetensors: trained part does not fit .*blocks\.9\.conv\.weight'):
+        load_probe_backbone(f'efficientnet_lite0:{bad}')
+    shape = tmp_path/'bad_shape.safetensors'
+    save_file({'blocks.4.0.bn1.bias': torch.zeros(7, dtype=torch.float16)}, str(shape), metadata=PART_META)
+    with pytest.raises(ValueError, match=r'bad_shape\.safetensors: .*blocks\.4\.0\.bn1\.bias: file \(7,\) vs model'):
+        load_probe_backbone(f'efficientnet_lite0:{shape}')
+    same = tmp_path/'pretrained.safetensors'
+    save_file(make_backbone('efficientnet_lite0').model.state_dict(), str(same))
+    with pytest.raises(ValueError, match='nothing was trained'): save_trained_part(same, 'efficientnet_lite0', tmp_path/'x.safetensors')
+
+
+def test_full_weights_file_still_loads(perturbed):
+    full, model = perturbed
+    assert trained_part_base(full) is None
+    back = load_probe_backbone(f'efficientnet_lite0:{full}')
+    for k, v in model.model.state_dict().items(): assert torch.equal(back.model.state_dict()[k], v), k
+
+
+def test_committed_student(eff_teacher):
+    "The student chapter 16 shows: small, a trained part of the teacher, not the teacher, and the evidence study's student."
+    assert COMMITTED.is_file() and COMMITTED.stat().st_size < 2e6, COMMITTED
+    about = json.loads(COMMITTED.with_suffix('.json').read_text())
+    assert trained_part_base(COMMITTED) == about['base'] == 'efficientnet_lite0'
+    assert {k: about[k] for k in ('study', 'variant', 'seed', 'steps')} == dict(study='evidence', variant='default', seed=0, steps=300)
+    student = load_probe_backbone(f'efficientnet_lite0:{COMMITTED}')
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad(): f_student, f_teacher = student(x), eff_teacher(x)
+    assert F.cosine_similarity(f_student, f_teacher, dim=1).min() < 0.999, 'the committed student has the teacher\'s features'
+    full = ROOT/about['source']
+    if not full.is_file(): pytest.skip(f'{about["source"]} is not here (runs/ is not committed): fp32 comparison skipped')
+    if hashlib.sha256(full.read_bytes()).hexdigest() != about['source_sha256']:
+        pytest.skip(f'{about["source"]} is another training run than the committed student was cut from')
+    with torch.no_grad(): f_full = load_probe_backbone(f'efficientnet_lite0:{full}')(x)
+    assert _rel(f_student, f_full) < 5e-3
