@@ -144,6 +144,7 @@ def pca_rgb(*feats: torch.Tensor, valid: list | None = None, q: float = 0.01, ba
         out.append(rgb.T.reshape(3, *f.shape[1:]))  # (3, h, w)
     return out
 
+# %% ../nbs/00_core.ipynb #0e058292
 def show_images(images: list, titles: list | None = None, ncols: int | None = None, size: float = 2.5, suptitle: str | None = None, path: str | Path | None = None):
     "Show a grid of `[3,h,w]`/`[h,w]` tensors or arrays; optionally save it as PNG at `path`. Returns the figure."
     n = len(images); ncols = ncols or n; nrows = (n + ncols - 1) // ncols

@@ -145,6 +145,7 @@ def diff_cell(s: dict, key: str) -> str:
     txt = diff_interval(s[key], metric_digits(key))
     return f'**{txt}**' if s[key]['better'] or s[key]['worse'] else txt
 
+# %% ../nbs/10b_evaluate.ipynb #7943e677
 def summary_table(summaries: dict, columns=STUDY_COLUMNS, baseline: str = 'teacher') -> str:
     "Markdown: the baseline row, then per model its mean ± std, its paired difference [95% interval] (bold: Holm-adjusted p < 0.05), and the scene-bootstrap interval where present."
     stale = [k for s in summaries.values() for k, r in s.items() if 'ci' not in r]

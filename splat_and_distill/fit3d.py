@@ -148,6 +148,7 @@ def holdout_metrics(fg: FeatureGaussians, scene, triplets: list, tokens: Float[T
                 pixel_cos=float(pixel_cosine(out['features'], out['alpha'], tokens[views])),
                 psnr=float(psnr(out['rgb'].clamp(0, 1), scene.rgb[views]).mean()))
 
+# %% ../nbs/12_fit3d.ipynb #30f44250
 @torch.no_grad()
 def lift_metrics(teacher: nn.Module, scene, triplets: list, blend_alpha: float = 1.0, geometry=None, backend: str = 'auto', scale: float = 1.0) -> dict:
     "Feed-forward lifting into the held-out views as `snd_train` makes its targets (teacher on the full-size context views, lifting and splatting at `scale` of the size): token and pixel cosine to the teacher, median wall and CPU seconds per triplet (teacher included)."
@@ -224,6 +225,7 @@ class FiT3DConfig:
     progress: bool = True # show progress bars
     stop_after_scenes: int | None = None # stop (as if killed) after fitting this many scenes in this invocation; for tests
 
+# %% ../nbs/12_fit3d.ipynb #0253d9f6
 def cpu_fit3d(**kw) -> FiT3DConfig:
     "The scenes, size, trainable part and step budget of the Splat-and-Distill demo and study (chapter 15): about 10 minutes of stage 1 on one core."
     return FiT3DConfig(**{**dict(preset='cpu_fit3d'), **kw})
@@ -303,6 +305,18 @@ def converged_at(curve: list[dict], key: str = 'token_cos', tol: float = 0.005) 
     best = max(r[key] for r in curve)
     return next(r for r in curve if r[key] >= best - tol)
 
+# %% ../nbs/12_fit3d.ipynb #62b8fdf3
+def _stage1_step(fg: FeatureGaussians, opt, scene, v: int, view_tokens: Float[Tensor, "1 d hp wp"], cfg: FiT3DConfig, step: int) -> tuple[Tensor, Tensor]:
+    "One stage-1 step on training view `v`: render it, RGB loss plus feature loss to its upsampled teacher tokens, update; returns both losses."
+    out = render_feature_gaussians(fg, scene.c2w[[v]], scene.K[[v]], scene.height, scene.width, cfg.splat_backend, cfg.gradient_separation)
+    target = F.interpolate(view_tokens, size=(scene.height, scene.width), mode='bilinear', align_corners=False)  # (1, d, h, w)
+    l_rgb, l_feat = rgb_loss(out['rgb'], scene.rgb[[v]], cfg.lambda_dssim), feature_loss(out['features'], target)
+    opt.zero_grad(set_to_none=True)
+    (l_rgb + l_feat).backward()
+    opt.step(); stage1_schedule(opt, step + 1, cfg.fit_steps)
+    return l_rgb, l_feat
+
+# %% ../nbs/12_fit3d.ipynb #83fdc8ea
 def fit_scene(scene, teacher: nn.Module, cfg: FiT3DConfig, reconstructor=None, snapshots: tuple = (), progress: bool = True,
               desc: str = 'stage 1') -> dict:
     "FiT3D stage 1 on one scene: fit feature Gaussians to the training views; the held-out curve, timings and snapshots."
@@ -334,12 +348,7 @@ def fit_scene(scene, teacher: nn.Module, cfg: FiT3DConfig, reconstructor=None, s
         if not order: order = torch.randperm(len(train), generator=gen).tolist()      # an epoch of views, random order
         i = order.pop()
         v = train[i]
-        out = render_feature_gaussians(fg, scene.c2w[[v]], scene.K[[v]], scene.height, scene.width, cfg.splat_backend, cfg.gradient_separation)
-        target = F.interpolate(tokens[[i]], size=(scene.height, scene.width), mode='bilinear', align_corners=False)  # (1, d, h, w)
-        l_rgb, l_feat = rgb_loss(out['rgb'], scene.rgb[[v]], cfg.lambda_dssim), feature_loss(out['features'], target)
-        opt.zero_grad(set_to_none=True)
-        (l_rgb + l_feat).backward()
-        opt.step(); stage1_schedule(opt, step + 1, cfg.fit_steps)
+        l_rgb, l_feat = _stage1_step(fg, opt, scene, v, tokens[[i]], cfg, step)
         t_fit, c_fit = t_fit + time.perf_counter() - t0, c_fit + time.process_time() - c0
         window.append((l_rgb.item(), l_feat.item()))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.fit_steps:
@@ -509,6 +518,7 @@ def _scene_summary(fit: dict, lift: dict, lift_noblend: dict) -> dict:
                 lift_token_cos=lift.get('token_cos'), lift_pixel_cos=lift.get('pixel_cos'),
                 lift_noblend_token_cos=lift_noblend.get('token_cos'), lift_seconds_per_triplet=lift.get('seconds_per_triplet'))
 
+# %% ../nbs/12_fit3d.ipynb #473fe463
 def reconstructor_geometry(recon):
     "Lifting geometry from the reconstructor: pixel-aligned Gaussians of the context pair of a triplet batch (`lift_metrics`)."
     return lambda batch: to_gaussians(recon(batch['context_rgb'], batch['context_K'], batch['context_c2w']))
@@ -551,6 +561,7 @@ def stage2(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, summar
                    cfg.seed, cfg.progress)
     return student.eval(), log
 
+# %% ../nbs/12_fit3d.ipynb #05de3b7f
 FIT3D_RUN_FILES = ['run.json', 'config.json', 'scenes', 'student_timm.safetensors', 'results.json']
 # options a resumed run may change: where and how it runs, not what it computes
 FIT3D_RESUME_MUTABLE = ('out', 'device', 'threads', 'progress', 'stop_after_scenes', 'cache_dir', 'preset')
@@ -577,6 +588,7 @@ def run_fit3d(cfg: FiT3DConfig | None = None, resume: bool = False, overwrite: b
     try: return _run_fit3d(cfg, out, teacher, recon, scenes, device, t0)
     finally: folder.release()
 
+# %% ../nbs/12_fit3d.ipynb #a46c2f58
 def _run_fit3d(cfg: FiT3DConfig, out: Path, teacher: nn.Module, recon, scenes: list, device, t0: float) -> dict:
     "The two stages of `run_fit3d` in its locked run folder."
     atomic_write_json(out / 'config.json', asdict(cfg))

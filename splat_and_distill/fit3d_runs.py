@@ -70,6 +70,7 @@ def side_by_side(fit3d: dict, study: dict | None = None, variants=('default', 'g
             if fit3d_models[key]: h2h[f'{name} ({v}) − {FIT3D_ROWS[key]}'] = paired_summary(fit3d_models[key], r, key)
     return rows, h2h
 
+# %% ../nbs/12a_fit3d_runs.ipynb #76543792
 def teacher_agreement(a: dict, b: dict, columns=STUDY_COLUMNS) -> float | None:
     "Largest relative difference of a headline metric between two sets of teacher probe results (`{seed: results}`) on shared seeds: ~0 when probe code and seeds agree."
     a, b = ({str(s): flatten_metrics(r) for s, r in x.items()} for x in (a, b))
@@ -136,6 +137,7 @@ def _dumps(obj) -> str:
     text = json.dumps(_rounded(obj), indent=1)
     return re.sub(r'\[\s+([-+\d.eE,\s]+?)\s+\]', lambda m: '[' + ' '.join(m.group(1).split()) + ']', text) + '\n'
 
+# %% ../nbs/12a_fit3d_runs.ipynb #9ef0a997
 def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = 'cpu_default', probe_overrides: dict | None = None,
                 out: str | Path | None = None, resume: bool = False, overwrite: bool = False, reprobe: bool = False) -> dict:
     "The study protocol (chapter 10b): for each seed a full FiT3D run (`OUT/seed_k`) and (if `probe_preset`) every probe with that probe seed; writes `study.json`."
@@ -148,6 +150,7 @@ def fit3d_study(cfg: FiT3DConfig, seeds: list[int], probe_preset: str | None = '
     try: return _fit3d_study(cfg, seeds, protocol, probe_preset, probe_overrides, out, reprobe)
     finally: folder.release()
 
+# %% ../nbs/12a_fit3d_runs.ipynb #4ab5572d
 def _fit3d_study(cfg: FiT3DConfig, seeds: list[int], protocol: ProbeProtocol, probe_preset, probe_overrides, out: Path, reprobe: bool) -> dict:
     "The body of `fit3d_study` in its locked folder."
     atomic_write_json(out / 'config.json', asdict(cfg))

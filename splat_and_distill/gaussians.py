@@ -24,22 +24,7 @@ class Gaussians:
     opacities: Float[Tensor, "*b n"]    # in [0, 1]
     features: Float[Tensor, "*b n d"]   # anything to render: RGB, teacher features ...
 
-    def __post_init__(self):
-        m = self.means
-        if not isinstance(m, Tensor) or m.ndim < 2 or m.shape[-1] != 3:
-            raise ValueError(f'Gaussians.means: expected a tensor [*b, n, 3], got {getattr(m, "shape", type(m))}')
-        lead = tuple(m.shape[:-1])  # (*b, n)
-        want = dict(quats=lead + (4,), scales=lead + (3,), opacities=lead)
-        for k, shape in want.items():
-            t = getattr(self, k)
-            if not isinstance(t, Tensor) or tuple(t.shape) != shape:
-                raise ValueError(f'Gaussians.{k}: expected shape {list(shape)} to match means {list(m.shape)}, got {list(getattr(t, "shape", [type(t).__name__]))}')
-        f = self.features
-        if not isinstance(f, Tensor) or f.ndim != m.ndim or tuple(f.shape[:-1]) != lead:
-            raise ValueError(f'Gaussians.features: expected shape {list(lead) + ["d"]} (channels last, one row per Gaussian), '
-                             f'got {list(getattr(f, "shape", [type(f).__name__]))}; for images [v,d,h,w] use gaussians_from_depth')
-        devs = {t.device for t in self.tensors()}
-        if len(devs) > 1: raise ValueError(f'Gaussians: all tensors must be on one device, found {sorted(map(str, devs))}')
+    def __post_init__(self): _check_shapes(self)
 
     def tensors(self) -> list[Tensor]: return [getattr(self, f.name) for f in fields(self)]
     @property
@@ -79,26 +64,50 @@ class Gaussians:
 
     def check(self, name: str = 'gaussians', atol: float = 1e-3) -> Gaussians:
         "Raise `ValueError` naming the first bad value (non-finite, negative scale, non-unit quaternion, opacity outside [0,1])."
-        with torch.no_grad():
-            for k in ['means', 'scales', 'quats', 'opacities', 'features']:
-                t = getattr(self, k)
-                if not torch.isfinite(t).all():
-                    i = (~torch.isfinite(t)).nonzero()[0].tolist()
-                    raise ValueError(f'{name}.{k}: contains NaN or inf (first at index {i})')
-            if (self.scales < 0).any():
-                raise ValueError(f'{name}.scales: must be non-negative standard deviations, min is {self.scales.min().item():.3g} '
-                                 '(predict log-scales and exponentiate, or use softplus)')
-            err = (self.quats.norm(dim=-1) - 1).abs()
-            if err.numel() and err.max() > atol:
-                raise ValueError(f'{name}.quats: must be unit quaternions (w, x, y, z); max | |q| - 1 | = {err.max().item():.3g}. '
-                                 'Normalise them first: F.normalize(quats, dim=-1)')
-            o = self.opacities
-            if o.numel() and (o.min() < 0 or o.max() > 1):
-                raise ValueError(f'{name}.opacities: must lie in [0, 1], found range [{o.min().item():.3g}, {o.max().item():.3g}] (apply a sigmoid)')
+        _check_values(self, name, atol)
         return self
 
     def __repr__(self):
         return f'Gaussians(batch={list(self.batch_shape)}, n={self.n}, d={self.d}, dtype={self.dtype}, device={self.device})'
+
+# %% ../nbs/04_gaussians.ipynb #5aafab2d
+def _check_shapes(g: Gaussians):
+    "Raise `ValueError` unless every field of `g` matches `means` `[*b, n, 3]` in shape and device."
+    m = g.means
+    if not isinstance(m, Tensor) or m.ndim < 2 or m.shape[-1] != 3:
+        raise ValueError(f'Gaussians.means: expected a tensor [*b, n, 3], got {getattr(m, "shape", type(m))}')
+    lead = tuple(m.shape[:-1])  # (*b, n)
+    want = dict(quats=lead + (4,), scales=lead + (3,), opacities=lead)
+    for k, shape in want.items():
+        t = getattr(g, k)
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+            raise ValueError(f'Gaussians.{k}: expected shape {list(shape)} to match means {list(m.shape)}, got {list(getattr(t, "shape", [type(t).__name__]))}')
+    f = g.features
+    if not isinstance(f, Tensor) or f.ndim != m.ndim or tuple(f.shape[:-1]) != lead:
+        raise ValueError(f'Gaussians.features: expected shape {list(lead) + ["d"]} (channels last, one row per Gaussian), '
+                         f'got {list(getattr(f, "shape", [type(f).__name__]))}; for images [v,d,h,w] use gaussians_from_depth')
+    devs = {t.device for t in g.tensors()}
+    if len(devs) > 1: raise ValueError(f'Gaussians: all tensors must be on one device, found {sorted(map(str, devs))}')
+
+# %% ../nbs/04_gaussians.ipynb #3c276f6e
+def _check_values(g: Gaussians, name: str, atol: float):
+    "The checks of `Gaussians.check`: raise `ValueError` naming the first bad value."
+    with torch.no_grad():
+        for k in ['means', 'scales', 'quats', 'opacities', 'features']:
+            t = getattr(g, k)
+            if not torch.isfinite(t).all():
+                i = (~torch.isfinite(t)).nonzero()[0].tolist()
+                raise ValueError(f'{name}.{k}: contains NaN or inf (first at index {i})')
+        if (g.scales < 0).any():
+            raise ValueError(f'{name}.scales: must be non-negative standard deviations, min is {g.scales.min().item():.3g} '
+                             '(predict log-scales and exponentiate, or use softplus)')
+        err = (g.quats.norm(dim=-1) - 1).abs()
+        if err.numel() and err.max() > atol:
+            raise ValueError(f'{name}.quats: must be unit quaternions (w, x, y, z); max | |q| - 1 | = {err.max().item():.3g}. '
+                             'Normalise them first: F.normalize(quats, dim=-1)')
+        o = g.opacities
+        if o.numel() and (o.min() < 0 or o.max() > 1):
+            raise ValueError(f'{name}.opacities: must lie in [0, 1], found range [{o.min().item():.3g}, {o.max().item():.3g}] (apply a sigmoid)')
 
 # %% ../nbs/04_gaussians.ipynb #19e7d8d4
 def covariance(quats: Float[Tensor, "*b 4"], scales: Float[Tensor, "*b 3"]) -> Float[Tensor, "*b 3 3"]:

@@ -133,6 +133,7 @@ def estimate_relative_pose(uv0: np.ndarray, uv1: np.ndarray, K0: np.ndarray, K1:
         if n > best: best, pose = n, (R, t[:, 0])
     return pose
 
+# %% ../nbs/10_probes_hard.ipynb #cdf8c24e
 def pose_error_deg(R: np.ndarray, t: np.ndarray, R_gt: np.ndarray, t_gt: np.ndarray) -> float:
     "max(rotation error, translation-direction error up to sign), in degrees (atan2 forms: exact near zero, unlike arccos)."
     D = R_gt.T @ R                                                             # the rotation error

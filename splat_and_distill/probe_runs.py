@@ -178,6 +178,7 @@ def probe_models(specs: list[str], cfg: ProbeConfig, weights: list[str | None] |
         return _probe_models(specs, cfg, weights, labels, keys, backbones, reuse, previous, out, cache_dir, progress, data)
     finally: folder.release()
 
+# %% ../nbs/10a_probe_runs.ipynb #fd9410fc
 def _probe_models(specs, cfg, weights, labels, keys, backbones, reuse, previous, out, cache_dir, progress, data) -> dict:
     "The body of `probe_models` once the models are loaded and the output folder (if any) is taken."
     if data is not None and 'tasks' in data: return _probe_models_real(specs, cfg, weights, data, out, backbones)

@@ -533,6 +533,7 @@ def per_scene_means(values: Float[Tensor, "p"], scenes: Int[Tensor, "p"], weight
         out.append(float((values[m] * w[m]).sum() / w[m].sum()) if m.any() else float('nan'))
     return out
 
+# %% ../nbs/10_probes.ipynb #7d383b7c
 def pair_matches(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig, grid_width: int | None = None) -> list[tuple]:
     "`correspondence_matches` of every view pair (positions in grid pixels, reprojection errors) on the correspondence grid."
     depth, K = grid_depth(split.depth, split.K, grid_width or cfg.corr_grid_width)
@@ -554,6 +555,7 @@ def evaluate_correspondence(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: 
     return {**correspondence_recall(errors, rots, gw), 'pairs': len(pairs), 'grid': [gh, gw], 'num_corr': cfg.corr_matches(gw, gh),
             'per_scene': per_scene}
 
+# %% ../nbs/10_probes.ipynb #7dd64f69
 def feature_consistency(feats: dict, split: ProbeSplit, pairs: Tensor, cfg: ProbeConfig, seed: int = 0, rel_tol: float = 0.03) -> dict:
     "Mean cosine similarity of features at co-visible pixels of view pairs (chapter 07's `multiview_consistency`), against random pixel pairings (`gap`); also per scene."
     depth, K = grid_depth(split.depth, split.K, cfg.corr_grid_width)

@@ -157,6 +157,7 @@ class PointmapHead(nn.Module):
         for blk in self.blocks: x = blk(F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False))
         return F.interpolate(self.out(x), size=size, mode='bilinear', align_corners=False)
 
+# %% ../nbs/13_reconkd.ipynb #781ce547
 class PointmapStudent(nn.Module):
     "Single-image scene-coordinate regressor: backbone + `PointmapHead`; returns world `points` `(b,h,w,3)` and `conf` `(b,h,w)`."
     def __init__(self, backbone: nn.Module, name: str, input_size: int = 128, head_ch: int = 64, train_bn: bool = False):
@@ -337,6 +338,7 @@ class ReconKDConfig:
     out: str = 'runs/reconkd'      # run folder: reconstructor/, runs.jsonl (resumable), results.json, table.md, figures
     preset: str = 'custom'
 
+# %% ../nbs/13_reconkd.ipynb #3472703b
 def cpu_experiment(**kw) -> ReconKDConfig:
     "The committed run: 3 procedural scenes x 3 seeds, three students, teacher and ground-truth targets, 300 steps each."
     return ReconKDConfig(**{**dict(preset='cpu_experiment'), **kw})
@@ -468,6 +470,7 @@ def run_experiment(cfg: ReconKDConfig | None = None, resume: bool = False, overw
     try: return _run_experiment(cfg, out)
     finally: folder.release()
 
+# %% ../nbs/13_reconkd.ipynb #6db53ebe
 def _run_experiment(cfg: ReconKDConfig, out: Path) -> dict:
     "The body of `run_experiment` in its locked run folder."
     set_threads(cfg.threads)
@@ -514,23 +517,31 @@ def _run_experiment(cfg: ReconKDConfig, out: Path) -> dict:
     bar.close()
     timing = measure_times(recon, scenes[0][1], students, cfg)
     runs = [rows[(sn, s, t, seed)] for sn, _ in scenes for s, t, seed in todo]
-    results = dict(config=asdict(cfg), teacher=teacher_rows, runs=runs, timing=timing,
-                   summary=summarise(runs, teacher_rows, timing), comparisons=compare(runs),
-                   cost=dict(wall_s=time.time() - t_start, process_cpu_s=time.process_time() - cpu_start, threads=torch.get_num_threads(),
-                             loadavg_start=load_start, loadavg_end=os.getloadavg(), torch=torch.__version__,
-                             student_train_wall_s=sum(r['train_s'] for r in runs), student_train_cpu_s=sum(r['train_cpu_s'] for r in runs)))
+    results = _experiment_results(cfg, runs, teacher_rows, timing, t_start, cpu_start, load_start)
     best = best_student(results)
-    if best in examples:
-        sname, scene = scenes[0]
-        tr, te = holdout_split(scene.n_views, cfg.every, cfg.holdout, cfg.segment)
-        gt_te, gv_te = gt_pointmaps(scene, te); ex, f = examples[best], len(te) // 2
-        plt.close(show_localisation(scene, te[f], ex['points'].float(), gt_te[f], gv_te[f], ex['c2w'], path=out / 'figure.png',
-                                    title=f'{best[0]} distilled from the {"reconstructor" if best[1] == "teacher" else "ground truth"} ({sname}, seed 0)'))
+    if best in examples: _localisation_figure(best, examples[best], scenes[0], cfg, out)
     results['figure'] = dict(student=best[0], target=best[1], scene=scenes[0][0], seed=0)
     fault_point('results')
     atomic_write_json(out / 'results.json', results)
     atomic_write_text(out / 'table.md', results_table(results) + '\n')
     return results
+
+# %% ../nbs/13_reconkd.ipynb #ac68b7f9
+def _experiment_results(cfg: ReconKDConfig, runs: list, teacher_rows: list, timing: dict, t_start: float, cpu_start: float, load_start) -> dict:
+    "The `results.json` of a run: config, teacher rows, student runs, timing, summary, comparisons and what the run cost."
+    return dict(config=asdict(cfg), teacher=teacher_rows, runs=runs, timing=timing,
+                summary=summarise(runs, teacher_rows, timing), comparisons=compare(runs),
+                cost=dict(wall_s=time.time() - t_start, process_cpu_s=time.process_time() - cpu_start, threads=torch.get_num_threads(),
+                          loadavg_start=load_start, loadavg_end=os.getloadavg(), torch=torch.__version__,
+                          student_train_wall_s=sum(r['train_s'] for r in runs), student_train_cpu_s=sum(r['train_cpu_s'] for r in runs)))
+
+def _localisation_figure(best: tuple, example: dict, first_scene: tuple, cfg: ReconKDConfig, out: Path):
+    "`figure.png`: the best student's pointmap and localisation on the middle held-out frame of the first scene (seed 0)."
+    sname, scene = first_scene
+    tr, te = holdout_split(scene.n_views, cfg.every, cfg.holdout, cfg.segment)
+    gt_te, gv_te = gt_pointmaps(scene, te); ex, f = example, len(te) // 2
+    plt.close(show_localisation(scene, te[f], ex['points'].float(), gt_te[f], gv_te[f], ex['c2w'], path=out / 'figure.png',
+                                title=f'{best[0]} distilled from the {"reconstructor" if best[1] == "teacher" else "ground truth"} ({sname}, seed 0)'))
 
 # %% ../nbs/13_reconkd.ipynb #ee36767c
 def measure_times(recon: Reconstructor, scene: Scene, students: list[str], cfg: ReconKDConfig) -> dict:

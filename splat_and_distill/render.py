@@ -39,6 +39,7 @@ def _smem_optin(device) -> int:
     if torch.device(device).type != 'cuda': return SMEM_DEFAULT
     return getattr(torch.cuda.get_device_properties(device), 'shared_memory_per_block_optin', SMEM_DEFAULT)
 
+# %% ../nbs/06a_render.ipynb #79288ca5
 def _f32_step(x: float, toward: float) -> float:
     "The float32 next to `x` toward `toward`: gsplat compares in float32."
     return torch.nextafter(torch.tensor(x, dtype=torch.float32), torch.tensor(toward, dtype=torch.float32)).item()
@@ -121,6 +122,7 @@ def _check_plan(plan: SplatPlan, g: Gaussians, c2w, width, height, backend):
         raise ValueError(f'render: this plan is for {list(plan.shape)} cameras, {plan.width}x{plan.height} images and n={plan.n} Gaussians per scene, '
                          f'got {list(c2w.shape[:-2])}, {width}x{height} and n={g.n}: prepare it with the same Gaussians and cameras')
 
+# %% ../nbs/06a_render.ipynb #686ed149
 def render(
     gaussians: Gaussians | list[Gaussians],   # [*b, n, ...] (or a list of unbatched sets, one per scene)
     c2w: Float[Tensor, "*b c 4 4"],           # camera-to-world (OpenCV); scene k is seen by cameras c2w[k]

@@ -51,22 +51,27 @@ def parse_value(text: str, tp, key: str | None = None):
         return f
     if tp is str: return text
     if tp in (tuple, list) or typing.get_origin(tp) in (tuple, list):       # JSON list or comma-separated
-        try: items = json.loads(t) if t.startswith('[') else [s for s in t.split(',') if s.strip()]
-        except json.JSONDecodeError: fail('a list such as 1,2,3 or [1,2,3]')
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        def one(x):
-            if not isinstance(x, str): return x
-            if args: return parse_value(x, args[0], key)
-            try: return json.loads(x)
-            except json.JSONDecodeError: return x.strip()
-        seq = [one(x) for x in items]
-        return tuple(seq) if tuple in (tp, typing.get_origin(tp)) else seq
+        return _parse_sequence(t, tp, key, fail)
     if tp is dict or typing.get_origin(tp) is dict:
         try: d = json.loads(t)
         except json.JSONDecodeError: d = None
         if not isinstance(d, dict): fail('a JSON object such as {"epochs": 3}')
         return d
     fail(f'a value of type {tp}')
+
+# %% ../nbs/00a_runs.ipynb #5461e397
+def _parse_sequence(t: str, tp, key: str | None, fail):
+    "The tuple/list case of `parse_value`: a JSON list or comma-separated items, each read as `tp`'s element type if it names one."
+    try: items = json.loads(t) if t.startswith('[') else [s for s in t.split(',') if s.strip()]
+    except json.JSONDecodeError: fail('a list such as 1,2,3 or [1,2,3]')
+    args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+    def one(x):
+        if not isinstance(x, str): return x
+        if args: return parse_value(x, args[0], key)
+        try: return json.loads(x)
+        except json.JSONDecodeError: return x.strip()
+    seq = [one(x) for x in items]
+    return tuple(seq) if tuple in (tp, typing.get_origin(tp)) else seq
 
 # %% ../nbs/00a_runs.ipynb #edfd03b6
 def unknown_keys(keys, known, what: str = 'config key') -> ValueError:
@@ -138,6 +143,7 @@ def cli_parser(prog: str, description: str, epilog: str | None = None) -> CLIPar
     p.add_argument('--version', action='version', version=f'{prog} (splat_and_distill {__version__})')
     return p
 
+# %% ../nbs/00a_runs.ipynb #e1fe2c0e
 def option_type(tp):
     "An argparse `type=` reading values as `--set` does: `--steps 3e5` works, `--steps 2.5` is an error."
     def read(text: str):
@@ -166,6 +172,7 @@ def add_flag(parser, name: str, help: str):
     "A boolean option written as a flag: `--name` / `--no-name` (None when neither is given: the config decides)."
     return add_option(parser, name, action=argparse.BooleanOptionalAction, default=None, help=help)
 
+# %% ../nbs/00a_runs.ipynb #e4b2213e
 def parse_seeds(values) -> tuple[int, ...]:
     "Seeds given as `0,1,2`, `0 1 2` (several arguments) or both mixed; an error names the bad item."
     items = [s for v in ([values] if isinstance(values, str) else values) for s in str(v).replace(',', ' ').split()]
@@ -183,6 +190,7 @@ def add_seeds_option(parser, help: str, name: str = 'seeds'):
     "`--seeds 0,1,2` or `--seeds 0 1 2`: one syntax for every command."
     return add_option(parser, name, nargs='+', action=_Seeds, default=None, metavar='SEED', help=help)
 
+# %% ../nbs/00a_runs.ipynb #32f98a36
 def add_run_options(parser, what: str = 'run'):
     "The options every command that writes a folder shares: `--set`, `--resume`, `--overwrite`."
     add_option(parser, 'set', action='append', default=[], metavar='KEY=VALUE', help=SET_HELP)
@@ -200,6 +208,7 @@ def check_device(device: str | None) -> str | None:
         raise ValueError(f'device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)')
     return device
 
+# %% ../nbs/00a_runs.ipynb #627b9e87
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None, main):
     "Parse `argv` (None: the command line) and return `main(args)`; bad input exits with status 2 and one line `prog: error: ...`."
     args = parser.parse_args(sys.argv[1:] if argv is None else [str(a) for a in argv])
@@ -232,6 +241,7 @@ def fault_point(name: str, step: int | None = None):
     want, _, at = spec.partition(':')
     if want == name and (not at or (step is not None and int(at) == step)): os.kill(os.getpid(), signal.SIGKILL)
 
+# %% ../nbs/00a_runs.ipynb #ed270a60
 def step_folder(run_dir: str | Path, step: int) -> Path:
     "Where the checkpoint of `step` lives: `run_dir/checkpoints/step_0000123`."
     return Path(run_dir) / 'checkpoints' / f'step_{step:07d}'
@@ -322,6 +332,7 @@ def start_run_folder(run_dir: str | Path, kind: str) -> str:
                                              created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')))
     return run_id
 
+# %% ../nbs/00a_runs.ipynb #4a5a2086
 def config_changes(saved: dict, new: dict, allowed=()) -> list[str]:
     "Fields whose values differ between a run's saved config and a new one (JSON-normalised), except `allowed`, as 'key: saved -> new'."
     norm = lambda d: json.loads(json.dumps(d, default=str))
@@ -439,25 +450,14 @@ class RunFolder:
         "On resume: `((step, folder) or None, run id)` of this run's newest complete checkpoint, its saved config checked; None if the run was killed before its first. A run that got further but left none is an error."
         found, run_id = find_checkpoint(self.root, self.run_id), self.run_id
         if found is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')                          # a torn last metrics line warns when it is read
-                got = max([r.get('step', 0) for r in read_jsonl(self.root / 'metrics.jsonl')] + [0])
-            if got > 0 or any(s > 0 for s, _ in step_folders(self.root)) or any((self.root / e).exists() for e in evidence):
-                raise FileNotFoundError(f'{self.root}: the run got to step {got} but no {what} is left under {self.root / "checkpoints"}; '
-                                        'nothing to resume from. Restore it, or start again with --overwrite')
+            _check_nothing_to_resume(self.root, evidence, what)
             return None, run_id
         check_resume_config(read_json(found[1] / 'config.json', 'checkpoint config'), config, mutable, str(found[1] / 'config.json'))
         return found, run_id or read_json(found[1] / MANIFEST).get('run_id')
 
     def _lock(self):
         if self.root in _ACTIVE: _ACTIVE.pop(self.root).release()     # this process again (e.g. a notebook re-run after an error)
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'; os.close(fd)
-            raise FileExistsError(f'{self.root} is in use by another run (process {holder}); wait for it to end, '
-                                  'or choose another output folder') from None
-        os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode()); self._fd = fd
+        self._fd = _lock_folder(self.root)
 
     def release(self):
         "Unlock the folder (also when the process ends, however it ends)."
@@ -469,11 +469,32 @@ class RunFolder:
         try: self.release()
         except Exception: pass                                      # at interpreter exit the module may be gone
 
+# %% ../nbs/00a_runs.ipynb #d246517c
+def _lock_folder(root: Path) -> int:
+    "Take the exclusive `flock` on `root/.lock` and write this process id into it; returns the open file. `FileExistsError` naming the holder if another process has it."
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'; os.close(fd)
+        raise FileExistsError(f'{root} is in use by another run (process {holder}); wait for it to end, '
+                              'or choose another output folder') from None
+    os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode())
+    return fd
+
+def _check_nothing_to_resume(root: Path, evidence, what: str):
+    "For a resume that finds no checkpoint: fine if the run was killed before its first, a `FileNotFoundError` if it got further (metrics, step folders or `evidence` files say so)."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')                          # a torn last metrics line warns when it is read
+        got = max([r.get('step', 0) for r in read_jsonl(root / 'metrics.jsonl')] + [0])
+    if got > 0 or any(s > 0 for s, _ in step_folders(root)) or any((root / e).exists() for e in evidence):
+        raise FileNotFoundError(f'{root}: the run got to step {got} but no {what} is left under {root / "checkpoints"}; '
+                                'nothing to resume from. Restore it, or start again with --overwrite')
+
+# %% ../nbs/00a_runs.ipynb #2771fd79
 def open_run(path: str | Path, kind: str, own: list[str], resume: bool = False, overwrite: bool = False,
              config: dict | None = None, mutable=(), what: str = 'run config') -> RunFolder:
     "The one run-folder preamble of every command: refuse what would clobber a run, check a resume's config; `.start()` once the inputs are checked."
     return RunFolder(path, kind, own, resume, overwrite, config, mutable, what)
-
 
 # %% ../nbs/00a_runs.ipynb #119aa0e1
 def add_config_options(parser, cls, base, title: str):
@@ -493,6 +514,7 @@ def add_config_file_options(parser):
                help='start from this config (JSON, as --print_config writes it); options given here override it')
     add_option(parser, 'print_config', action='store_true', help='print the resolved config as JSON and exit')
 
+# %% ../nbs/00a_runs.ipynb #f7b13961
 def read_config_file(cls, path: str | Path | None) -> dict:
     "The fields of dataclass `cls` in the JSON config file `path` ({} for None), typed; unknown keys are errors naming the closest field."
     if path is None: return {}
@@ -506,6 +528,7 @@ def print_config(cfg) -> dict:
     print(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     return dict(config=dataclasses.asdict(cfg))
 
+# %% ../nbs/00a_runs.ipynb #e8eda701
 def config_from_args(cls, args, presets: dict, default: str, make, validate, pause: str | None = None):
     "The `cls` config a parsed command line describes: `--preset`, then `--config FILE`, then options and `--set` (later wins); on `--resume` without `--preset`/`--config`, the run's saved config is the start (`pause`: a field of the last invocation only, not inherited)."
     given = {**parse_sets(cls, args.set),

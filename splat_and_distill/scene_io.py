@@ -201,6 +201,28 @@ def _frame_pose(fr: dict, where: str) -> Tensor:
     if T.shape == (3, 4): T = torch.cat([T, torch.tensor([[0, 0, 0, 1.]], dtype=T.dtype)])
     return check_pose(T, f'{where}.transform_matrix')
 
+# %% ../nbs/02a_scene_io.ipynb #588e4066
+def _frame_image(folder: Path, fr: dict, where: str, allow_outside: bool) -> Path:
+    "The image of frame `fr`: its `file_path` checked and found (also under images/, with the usual extensions) inside `folder`."
+    if not isinstance(fr['file_path'], str) or not fr['file_path']:
+        raise ValueError(f'{where}: "file_path" must be a non-empty string (a path relative to the scene folder), got {fr["file_path"]!r}')
+    img_path = _find_file(folder, fr['file_path'], ('', 'images'))
+    if img_path is None: raise FileNotFoundError(f'{where}: image "{fr["file_path"]}" not found under {folder} (also tried images/ and the usual extensions); fix file_path or add the file')
+    return _inside(folder, img_path, where, 'file_path', allow_outside)
+
+def _image_size(img_path: Path, get, where: str, tf: Path, records: list) -> tuple:
+    "`(W, H, w_decl, h_decl)`: the image's size from its header, checked against the declared `w`/`h` and the first frame's size."
+    w_decl = None if get('w') is None else _number(where, 'w', get('w'), positive=True, integer=True)
+    h_decl = None if get('h') is None else _number(where, 'h', get('h'), positive=True, integer=True)
+    with _open_image(img_path, 'photo', load=False) as im: W, Hh = im.size    # only the header is read: every frame is checked before any run starts
+    if (w_decl is not None and w_decl != W) or (h_decl is not None and h_decl != Hh):
+        raise ValueError(f'{img_path}: image is {W}x{Hh} (w x h) but {tf} declares w={w_decl}, h={h_decl}; '
+                         'resize the image or fix w/h (intrinsics are in pixels of the declared size)')
+    if records and (W, Hh) != (records[0]['w'], records[0]['h']):
+        raise ValueError(f'{img_path}: image is {W}x{Hh} but {records[0]["name"]} is {records[0]["w"]}x{records[0]["h"]}; '
+                         'all frames of a scene must have the same size (declare per-frame w/h or resize the images)')
+    return W, Hh, w_decl, h_decl
+
 # %% ../nbs/02a_scene_io.ipynb #1ac23586
 def frame_records(folder: str | Path, split: str = 'train', normals: bool = True, allow_outside: bool = False) -> list[dict]:
     "Every usable frame of a capture folder as a small record (file paths, `K`, `c2w`, size): no pixels are read."
@@ -221,22 +243,10 @@ def frame_records(folder: str | Path, split: str = 'train', normals: bool = True
             if fr.get('is_bad', False): continue
             for k in ('file_path', 'transform_matrix'):
                 if k not in fr: raise ValueError(f'{where} lacks "{k}"; every frame needs "file_path" (image) and "transform_matrix" (4x4 camera-to-world, OpenGL axes)')
-            if not isinstance(fr['file_path'], str) or not fr['file_path']:
-                raise ValueError(f'{where}: "file_path" must be a non-empty string (a path relative to the scene folder), got {fr["file_path"]!r}')
-            img_path = _find_file(folder, fr['file_path'], ('', 'images'))
-            if img_path is None: raise FileNotFoundError(f'{where}: image "{fr["file_path"]}" not found under {folder} (also tried images/ and the usual extensions); fix file_path or add the file')
-            img_path = _inside(folder, img_path, where, 'file_path', allow_outside)
+            img_path = _frame_image(folder, fr, where, allow_outside)
             get = lambda k, d=None: fr.get(k, js.get(k, d))
             optional = lambda key, sub, names: _optional_path(folder, fr, where, key, sub, names, allow_outside)
-            w_decl = None if get('w') is None else _number(where, 'w', get('w'), positive=True, integer=True)
-            h_decl = None if get('h') is None else _number(where, 'h', get('h'), positive=True, integer=True)
-            with _open_image(img_path, 'photo', load=False) as im: W, Hh = im.size    # only the header is read: every frame is checked before any run starts
-            if (w_decl is not None and w_decl != W) or (h_decl is not None and h_decl != Hh):
-                raise ValueError(f'{img_path}: image is {W}x{Hh} (w x h) but {tf} declares w={w_decl}, h={h_decl}; '
-                                 'resize the image or fix w/h (intrinsics are in pixels of the declared size)')
-            if records and (W, Hh) != (records[0]['w'], records[0]['h']):
-                raise ValueError(f'{img_path}: image is {W}x{Hh} but {records[0]["name"]} is {records[0]["w"]}x{records[0]["h"]}; '
-                                 'all frames of a scene must have the same size (declare per-frame w/h or resize the images)')
+            W, Hh, w_decl, h_decl = _image_size(img_path, get, where, tf, records)
             K = _intrinsics(get, where, W, Hh)
             if any(abs(float(get(k, 0) or 0)) > 1e-6 for k in ('k1', 'k2', 'k3', 'k4', 'p1', 'p2')):
                 import warnings; warnings.warn(f'{tf}: lens distortion coefficients are ignored; undistort the images first (FiT3D does)')

@@ -242,6 +242,46 @@ def _depth_order(depths: Float[Tensor, "I n"], visible: Tensor) -> Tensor:
     return flat[visible.reshape(-1).index_select(0, flat)]
 
 # %% ../nbs/05_splat.ipynb #2b8aa5e2
+def _ellipse_boxes(mx, my, A, B, C, o, r, width: int, height: int):
+    "`(x0, bw, y0, bh)`: first pixel and size of the box of each Gaussian's ellipse alpha >= 1/255, within its radius `r`."
+    # the box of the ellipse sigma <= ln(255 o), a hair wider for rounding, never wider than the radius
+    lim = 2 * (torch.log(o.clamp(min=ALPHA_MIN) / ALPHA_MIN) * (1 + 1e-3) + 1e-3)
+    det = A * C - B * B
+    ok = det > 0
+    det = torch.where(ok, det, torch.ones_like(det))
+    x0, bw = _pixel_range(mx, torch.where(ok, torch.sqrt(lim * C / det) + 1e-3, r[:, 0]).minimum(r[:, 0]), width)
+    y0, bh = _pixel_range(my, torch.where(ok, torch.sqrt(lim * A / det) + 1e-3, r[:, 1]).minimum(r[:, 1]), height)
+    return x0, bw, y0, bh
+
+def _block_origins(x0, y0, nbx, nby, row0, S: int):
+    "`(owner, x0, y0, row0)` of every S x S block when a box needs several: the Gaussian of each block and the block's first pixel."
+    nb = nbx * nby
+    owner = torch.repeat_interleave(torch.arange(len(nb), device=nb.device), nb)      # (blocks,) the Gaussian of each block
+    local = torch.arange(len(owner), device=nb.device) - (torch.cumsum(nb, 0) - nb).index_select(0, owner)
+    nbx_o = nbx.index_select(0, owner)
+    brow = torch.div(local, nbx_o, rounding_mode='floor')
+    x0 = x0.index_select(0, owner) + (local - brow * nbx_o) * S
+    y0 = y0.index_select(0, owner) + brow * S
+    row0 = row0.index_select(0, owner)
+    return owner, x0, y0, row0
+
+def _kept_candidates(x0, y0, mx, my, A, B, C, o, S: int, inside: bool, width: int, height: int, max_block: int, dt):
+    "`(block, y, x, e)` of every pixel of every block where the Gaussian's alpha reaches 1/255 as in `rasterize_dense`, block-major (front to back)."
+    dev = x0.device
+    ar, found = torch.arange(S, device=dev)[:, None], []
+    for s0 in range(0, max(1, len(x0)), max(1, max_block // (S * S))):            # one pass unless the scene is huge
+        j = slice(s0, s0 + max(1, max_block // (S * S)))
+        xs, ys = x0[j] + ar, y0[j] + ar                                              # (S, blocks): blocks last, vectorised
+        dx, dy = mx[j] - (xs.to(dt) + 0.5), my[j] - (ys.to(dt) + 0.5)
+        sigma = ((A[j] * dx * dx)[None] + (C[j] * dy * dy)[:, None]) * 0.5 + (B[j] * dx)[None] * dy[:, None]   # (S, S, blocks), as rasterize_dense
+        e = torch.exp(-sigma)
+        keep = (sigma >= 0) & (o[j] * e >= ALPHA_MIN)                                # the same test as min(o e, 0.999) >= 1/255
+        if not inside: keep &= (xs < width)[None] & (ys < height)[:, None]
+        k, yy, xx = keep.permute(2, 0, 1).nonzero().unbind(1)                        # block-major: front to back
+        found.append((k + s0, yy, xx, e.view(-1).index_select(0, (yy * S + xx) * xs.shape[1] + k)))
+    return found[0] if len(found) == 1 else [torch.cat(t) for t in zip(*found)]
+
+# %% ../nbs/05_splat.ipynb #9186765b
 @torch.no_grad()
 def pixel_pairs(means2d: Float[Tensor, "I n 2"], conics: Float[Tensor, "I n 3"], opacities: Float[Tensor, "I n"],
                 depths: Float[Tensor, "I n"], radii: Int[Tensor, "I n 2"], width: int, height: int,
@@ -255,13 +295,7 @@ def pixel_pairs(means2d: Float[Tensor, "I n 2"], conics: Float[Tensor, "I n 3"],
     par = torch.cat([means2d.reshape(-1, 2), conics.reshape(-1, 3), opacities.reshape(-1, 1)], 1).index_select(0, g)
     mx, my, A, B, C, o = par.unbind(1)
     r = radii.reshape(-1, 2).index_select(0, g).to(dt)
-    # the box of the ellipse sigma <= ln(255 o), a hair wider for rounding, never wider than the radius
-    lim = 2 * (torch.log(o.clamp(min=ALPHA_MIN) / ALPHA_MIN) * (1 + 1e-3) + 1e-3)
-    det = A * C - B * B
-    ok = det > 0
-    det = torch.where(ok, det, torch.ones_like(det))
-    x0, bw = _pixel_range(mx, torch.where(ok, torch.sqrt(lim * C / det) + 1e-3, r[:, 0]).minimum(r[:, 0]), width)
-    y0, bh = _pixel_range(my, torch.where(ok, torch.sqrt(lim * A / det) + 1e-3, r[:, 1]).minimum(r[:, 1]), height)
+    x0, bw, y0, bh = _ellipse_boxes(mx, my, A, B, C, o, r, width, height)
     # S x S blocks covering every box, S chosen to visit the fewest pixels (4 per block for its bookkeeping)
     Sf = torch.arange(1, 17, device=dev, dtype=torch.float32)[:, None]
     S = int(torch.argmin((torch.ceil(bw / Sf) * torch.ceil(bh / Sf)).sum(1) * (Sf[:, 0] ** 2 + 4))) + 1
@@ -271,28 +305,10 @@ def pixel_pairs(means2d: Float[Tensor, "I n 2"], conics: Float[Tensor, "I n 3"],
     if bool((nbx * nby == 1).all()):                                                 # one block each: slide it into the image
         if inside: x0, y0 = x0.clamp(max=width - S), y0.clamp(max=height - S)
     else:
-        nb = nbx * nby
-        owner = torch.repeat_interleave(torch.arange(len(g), device=dev), nb)      # (blocks,) the Gaussian of each block
-        local = torch.arange(len(owner), device=dev) - (torch.cumsum(nb, 0) - nb).index_select(0, owner)
-        nbx_o = nbx.index_select(0, owner)
-        brow = torch.div(local, nbx_o, rounding_mode='floor')
-        x0 = x0.index_select(0, owner) + (local - brow * nbx_o) * S
-        y0 = y0.index_select(0, owner) + brow * S
-        row0 = row0.index_select(0, owner)
+        owner, x0, y0, row0 = _block_origins(x0, y0, nbx, nby, row0, S)
         mx, my, A, B, C, o = par.index_select(0, owner).unbind(1)
         inside = False
-    ar, found = torch.arange(S, device=dev)[:, None], []
-    for s0 in range(0, max(1, len(x0)), max(1, max_block // (S * S))):            # one pass unless the scene is huge
-        j = slice(s0, s0 + max(1, max_block // (S * S)))
-        xs, ys = x0[j] + ar, y0[j] + ar                                              # (S, blocks): blocks last, vectorised
-        dx, dy = mx[j] - (xs.to(dt) + 0.5), my[j] - (ys.to(dt) + 0.5)
-        sigma = ((A[j] * dx * dx)[None] + (C[j] * dy * dy)[:, None]) * 0.5 + (B[j] * dx)[None] * dy[:, None]   # (S, S, blocks), as rasterize_dense
-        e = torch.exp(-sigma)
-        keep = (sigma >= 0) & (o[j] * e >= ALPHA_MIN)                                # the same test as min(o e, 0.999) >= 1/255
-        if not inside: keep &= (xs < width)[None] & (ys < height)[:, None]
-        k, yy, xx = keep.permute(2, 0, 1).nonzero().unbind(1)                        # block-major: front to back
-        found.append((k + s0, yy, xx, e.view(-1).index_select(0, (yy * S + xx) * xs.shape[1] + k)))
-    k, yy, xx, e = found[0] if len(found) == 1 else [torch.cat(t) for t in zip(*found)]
+    k, yy, xx, e = _kept_candidates(x0, y0, mx, my, A, B, C, o, S, inside, width, height, max_block, dt)
     px, py = x0.index_select(0, k) + xx, y0.index_select(0, k) + yy
     pix = (row0.index_select(0, k) + py) * width + px
     perm = torch.sort(pix.int(), stable=True)[1]                                     # pixel-major, still front to back
@@ -343,6 +359,7 @@ class _CompositePairs(torch.autograd.Function):
         a_, b_, c_ = conics.unbind(1)
         return torch.stack([a_ * Sx + b_ * Sy, c_ * Sy + b_ * Sx], 1), torch.stack([0.5 * Sxx, Sxy, 0.5 * Syy], 1), g_op, None
 
+# %% ../nbs/05_splat.ipynb #5c3c42a9
 _PSW_BACKWARD = getattr(torch.ops.aten, '_embedding_bag_per_sample_weights_backward', None)   # (grad, weight, indices, offsets, bag of each index, mode, padding)
 
 class _GatherFeatures(torch.autograd.Function):
@@ -385,6 +402,7 @@ class SplatPlan:
     @property
     def alpha(self) -> Tensor: "Accumulated alpha [*b, c, h, w]."; return 1 - self.T
 
+# %% ../nbs/05_splat.ipynb #c7a885c6
 def plan_splat(
     means2d: Float[Tensor, "*b c n 2"], conics: Float[Tensor, "*b c n 3"], opacities: Float[Tensor, "*b n"],
     depths: Float[Tensor, "*b c n"], radii: Int[Tensor, "*b c n 2"], width: int, height: int,
@@ -401,6 +419,7 @@ def plan_splat(
     T, acc = T.view(*bc, height, width), acc.view(*bc, height, width)
     return SplatPlan(p, w, T, acc / (1 - T).clamp(min=1e-10), tuple(bc), width, height, n)
 
+# %% ../nbs/05_splat.ipynb #7c2da16c
 def splat_features(plan: SplatPlan, features: Float[Tensor, "*b n d"], background: Tensor | None = None) -> Float[Tensor, "*b c h w d"]:
     "Composite `features` (one row per Gaussian of each scene) with a plan's weights, plus `background` ([d] or [*b, c, d]) where uncovered."
     d = features.shape[-1]

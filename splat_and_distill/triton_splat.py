@@ -170,6 +170,7 @@ def is_interpreted() -> bool:
     "Whether the kernels run in Triton's CPU interpreter (`TRITON_INTERPRET=1` before Triton was first imported)."
     return not isinstance(rasterize_fwd_kernel, triton.runtime.JITFunction)
 
+# %% ../nbs/06_triton.ipynb #5e7323b8
 class TritonRasterize(torch.autograd.Function):
     "Forward and backward kernels as one differentiable op: `(features, T, accumulated depth, last index)`."
     @staticmethod
