@@ -155,8 +155,8 @@ def show_images(images: list, titles: list | None = None, ncols: int | None = No
         im = images[i]
         im = to_numpy_image(im) if isinstance(im, torch.Tensor) else im
         ax.imshow(im, cmap=None if im.ndim == 3 else 'gray', interpolation='nearest')
-        if titles: ax.set_title(titles[i], fontsize=9)
-    if suptitle: fig.suptitle(suptitle)
+        if titles: ax.set_title(titles[i], fontsize=10)
+    if suptitle: fig.suptitle(suptitle, fontsize=12)
     fig.tight_layout()
     if path is not None:
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format='png')
