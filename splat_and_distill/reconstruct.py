@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_reconstruct.ipynb #7858c83b
 from __future__ import annotations
-import dataclasses, json, math, pickle, sys, time
+import contextlib, dataclasses, json, math, sys, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
@@ -13,14 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float
 from tqdm.auto import tqdm
-from safetensors import safe_open
-from safetensors.torch import save_file, load_file
 import matplotlib.pyplot as plt
-from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
-    atomic_write_text, colorize_depth, show_images, batch_to, rng_state, set_rng_state)
-from .runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser,
-    add_option, add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
-    find_checkpoint, open_run, add_flag, add_config_file_options, read_config_file, print_config, append_jsonl, config_changes, read_jsonl, write_jsonl)
+from .core import set_seed, default_device, set_threads, atomic_path, atomic_write_json, colorize_depth, show_images, batch_to
+from .runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser, add_option,
+    add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint, find_checkpoint, open_run,
+    add_flag, add_config_file_options, read_config_file, print_config, config_changes, read_jsonl, config_from_dict, MetricsLog,
+    plain_state_dict, write_safetensors, read_safetensors, safetensors_metadata, write_state, read_state, generator_rng_state, set_generator_rng_state)
 from .cameras import pixel_centers, scale_intrinsics, project_points, transform_points, rotmat_to_quat
 from .scenes import load_or_make_scene, scene_seeds, TripletDataset, scene_nbytes, fixed_triplets, fixed_items
 from .gaussians import Gaussians, gaussians_from_depth
@@ -35,8 +33,8 @@ __all__ = ['HEAD_CHANNELS', 'PRESETS', 'RECON_RANGES', 'RECON_RUN_FILES', 'RECON
            'gpu_256', 'tiny', 'validate_recon_config', 'Reconstructor', 'n_parameters', 'to_gaussians', 'depth_loss',
            'valid_depth', 'depth_metrics', 'average_metrics', 'make_recon_scenes', 'render_targets', 'recon_loss',
            'evaluate_reconstructor', 'save_recon_checkpoint', 'train_reconstructor', 'show_reconstruction',
-           'plot_recon_history', 'config_from_dict', 'save_reconstructor', 'load_reconstructor', 'plan_recon_run',
-           'make_config', 'real_recon_data', 'run_recon', 'snd_recon']
+           'plot_recon_history', 'save_reconstructor', 'load_reconstructor', 'plan_recon_run', 'make_config',
+           'real_recon_data', 'run_recon', 'snd_recon']
 
 # %% ../nbs/08_reconstruct.ipynb #30a9db96
 def depth_candidates(near: float, far: float, n: int, device=None) -> Float[Tensor, "n"]:
@@ -394,7 +392,7 @@ def evaluate_reconstructor(model: Reconstructor, batch: dict, backend: str = 'au
         res.update(psnr_oracle=float(psnr(orc, target).mean()), ssim_oracle=float(ssim(orc, target)))
     return res
 
-# %% ../nbs/08_reconstruct.ipynb #d5400ef1
+# %% ../nbs/08_reconstruct.ipynb #9880bf85
 def _lr_lambda(config: ReconConfig):
     return lambda s: min(1., (s + 1) / max(1, config.warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1., s / max(1, config.steps)))))
 
@@ -406,7 +404,83 @@ def save_recon_checkpoint(out: Path, model: Reconstructor, step: int, opt, sched
     fault_point('publish', step)                                   # sealed, not yet published: resume publishes it
     return save_reconstructor(out, model, step)
 
-# %% ../nbs/08_reconstruct.ipynb #33345402
+@dataclass
+class _ReconRun:
+    "What the reconstructor's training loop carries from step to step; `save` checkpoints it."
+    model: Reconstructor
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator                  # draws the training batches
+    out: Path | None                      # the run folder (None: nothing is written)
+    run_id: str | None = None
+    step: int = 0
+    log: MetricsLog | None = None
+    started: tuple = (0., 0., 0)          # wall and CPU clocks, and the step, where this process's loop started
+
+    def save(self): save_recon_checkpoint(self.out, self.model, self.step, self.opt, self.sched, self.gen, self.run_id)
+
+def _recon_data(config: ReconConfig, scenes, val_scenes, evaluate: bool) -> tuple:
+    "The training triplets (of the config's procedural scenes unless `scenes` are given) and the fixed validation batch (or None)."
+    scenes = scenes if scenes is not None else make_recon_scenes(config, 'train')
+    if evaluate and val_scenes is None: val_scenes = make_recon_scenes(config, 'val')
+    is_ds = lambda x: isinstance(x, torch.utils.data.Dataset)          # a FolderTripletDataset: real captures streamed from disk
+    data = scenes if is_ds(scenes) else TripletDataset(scenes, gap=config.gap)
+    h, w = data[0]['target_rgb'].shape[-2:]
+    if h % 4 or w % 4: raise ValueError(f'train_reconstructor: image size {h}x{w} must be divisible by 4 (features live at 1/4 resolution)')
+    val_batch = None
+    if evaluate and val_scenes is not None and len(val_scenes):
+        val_batch = fixed_items(val_scenes, config.n_val_triplets) if is_ds(val_scenes) else fixed_triplets(val_scenes, config.gap, config.n_val_triplets)
+    return data, val_batch
+
+# %% ../nbs/08_reconstruct.ipynb #bbea804e
+def _start_recon_run(config: ReconConfig, plan: dict, out: Path | None, device) -> _ReconRun:
+    "Model, AdamW, schedule and batch generator, restored from the run's checkpoint if it has one; a new run in `out` starts its folder."
+    model = Reconstructor(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    r = _ReconRun(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config)), torch.Generator().manual_seed(config.seed),
+                  out, plan['run_id'])
+    ckpt = plan['checkpoint']
+    if out is not None: started = plan['folder'].start()           # lock the folder; a new run writes run.json
+    if ckpt is not None:
+        st = read_state(ckpt[1] / 'train_state.pt')
+        model.load_state_dict(load_reconstructor(ckpt[1], device).state_dict())
+        opt.load_state_dict(st['optimizer']); r.sched.load_state_dict(st['scheduler'])
+        if st['rng'] is not None: set_generator_rng_state(st['rng'], r.gen)
+        r.step = st['step']
+    elif out is not None:                                          # a new run (or one killed before its first checkpoint)
+        r.run_id = started
+        atomic_write_json(out / 'config.json', asdict(config))
+    r.log = MetricsLog(None if out is None else out / 'metrics.jsonl', None if ckpt is None else r.step)   # drops records logged after it
+    if ckpt is None and out is not None: r.save()
+    model.train()
+    return r
+
+# %% ../nbs/08_reconstruct.ipynb #76328d15
+def _recon_step(r: _ReconRun, data, config: ReconConfig, device) -> tuple[dict, Tensor]:
+    "One training step on a batch drawn by the run's generator; returns the logged numbers and the gradient norm."
+    idx = torch.randint(len(data), (config.batch_size,), generator=r.gen).tolist()
+    batch = batch_to(torch.utils.data.default_collate([data[i] for i in idx]), device)
+    loss, logs = recon_loss(r.model, batch, config)
+    r.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), config.grad_clip)
+    r.opt.step(); r.sched.step(); r.step += 1
+    return logs, gnorm
+
+def _recon_record(r: _ReconRun, logs: dict, gnorm: Tensor, config: ReconConfig, val_batch: dict | None):
+    "Log step `r.step` if its turn has come (`log_every`, `eval_every`, the last step), validating on `val_batch` every `eval_every`."
+    step, last = r.step, r.step == config.steps
+    validate = val_batch is not None and (step % config.eval_every == 0 or last)
+    if not (step % config.log_every == 0 or last or validate): return
+    t0, c0, step0 = r.started
+    rec = dict(step=step, **logs, grad_norm=float(gnorm), lr=r.sched.get_last_lr()[0],
+               steps_per_s=(step - step0) / (time.time() - t0), time_s=time.time() - t0,
+               cpu_s_per_step=(time.process_time() - c0) / (step - step0))  # CPU time: robust to a shared machine
+    if validate:
+        rec.update({f'val_{k}': v for k, v in evaluate_reconstructor(r.model, val_batch, config.backend, oracle=last or step == config.eval_every).items()})
+    r.log.write(rec)
+
+# %% ../nbs/08_reconstruct.ipynb #49e463d7
 def train_reconstructor(config: ReconConfig | None = None, scenes: list | None = None, val_scenes: list | None = None,
                         steps: int | None = None, out: str | Path | None = None, resume: bool = False, device=None,
                         progress: bool = True, evaluate: bool = True, stop_after: int | None = None,
@@ -420,77 +494,26 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
     plan = plan_recon_run(out, config, resume, overwrite) if out is not None else dict(checkpoint=None, run_id=None)
     ckpt = plan['checkpoint']
     if ckpt is not None and ckpt[0] == config.steps:              # finished (perhaps killed before publishing): nothing to train
-        if _published_step(out) != ckpt[0]: save_reconstructor(out, load_reconstructor(ckpt[1]), ckpt[0])
+        if int((safetensors_metadata(out / 'model.safetensors') or {}).get('step', -1)) != ckpt[0]:   # not yet published
+            save_reconstructor(out, load_reconstructor(ckpt[1]), ckpt[0])
         print(f'{out}: this reconstructor has finished ({config.steps} steps); nothing to train', file=sys.stderr)
         return load_reconstructor(out, device), read_jsonl(out / 'metrics.jsonl')
-    folder = plan.get('folder')
-    try: return _train_reconstructor_run(config, plan, scenes, val_scenes, out, device, progress, evaluate, stop_after)
-    finally:
-        if folder is not None: folder.release()                    # the folder's lock: held for the whole run
-
-def _train_reconstructor_run(config: ReconConfig, plan: dict, scenes, val_scenes, out: Path | None, device, progress: bool,
-                             evaluate: bool, stop_after: int | None) -> tuple[Reconstructor, list]:
-    "The body of `train_reconstructor` once the run folder has been checked."
-    ckpt = plan['checkpoint']
-    set_seed(config.seed)
-    scenes = scenes if scenes is not None else make_recon_scenes(config, 'train')
-    if evaluate and val_scenes is None: val_scenes = make_recon_scenes(config, 'val')
-    is_ds = lambda x: isinstance(x, torch.utils.data.Dataset)          # a FolderTripletDataset: real captures streamed from disk
-    data = scenes if is_ds(scenes) else TripletDataset(scenes, gap=config.gap)
-    h, w = data[0]['target_rgb'].shape[-2:]
-    if h % 4 or w % 4: raise ValueError(f'train_reconstructor: image size {h}x{w} must be divisible by 4 (features live at 1/4 resolution)')
-    val_batch = None
-    if evaluate and val_scenes is not None and len(val_scenes):
-        val_batch = fixed_items(val_scenes, config.n_val_triplets) if is_ds(val_scenes) else fixed_triplets(val_scenes, config.gap, config.n_val_triplets)
-    model = Reconstructor(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
-    gen = torch.Generator().manual_seed(config.seed)
-    step, history, run_id = 0, [], plan['run_id']
-    if out is not None: started = plan['folder'].start()           # lock the folder; a new run writes run.json
-    if ckpt is not None:
-        try: st = torch.load(ckpt[1] / 'train_state.pt', map_location='cpu', weights_only=False)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
-            raise ValueError(f'{ckpt[1] / "train_state.pt"}: unreadable ({e}); it is truncated or corrupt') from None
-        model.load_state_dict(load_reconstructor(ckpt[1], device).state_dict()); model.train()
-        opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
-        if st['rng'] is not None: _set_rng_state(st['rng'], gen)
-        step = st['step']
-        history = [r for r in read_jsonl(out / 'metrics.jsonl') if r['step'] <= step]   # drop records logged after it
-        write_jsonl(out / 'metrics.jsonl', history)
-    elif out is not None:                                          # a new run (or one killed before its first checkpoint)
-        run_id = started
-        atomic_write_json(out / 'config.json', asdict(config))
-        atomic_write_text(out / 'metrics.jsonl', '')
-        save_recon_checkpoint(out, model, 0, opt, sched, gen, run_id)
-    model.train()
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc='reconstructor')
-    t0, c0, step0 = time.time(), time.process_time(), step
-    end = min(config.steps, stop_after or config.steps)
-    while step < end:
-        idx = torch.randint(len(data), (config.batch_size,), generator=gen).tolist()
-        batch = batch_to(torch.utils.data.default_collate([data[i] for i in idx]), device)
-        loss, logs = recon_loss(model, batch, config)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step(); sched.step(); step += 1
-        fault_point('step', step)
-        bar.update(1); bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{logs['psnr']:.1f}", **({'d1': f"{logs['train_delta1']:.2f}"} if 'train_delta1' in logs else {}))
-        last = step == config.steps
-        if step % config.log_every == 0 or last or (val_batch is not None and step % config.eval_every == 0):
-            rec = dict(step=step, **logs, grad_norm=float(gnorm), lr=sched.get_last_lr()[0],
-                       steps_per_s=(step - step0) / (time.time() - t0), time_s=time.time() - t0,
-                       cpu_s_per_step=(time.process_time() - c0) / (step - step0))  # CPU time: robust to a shared machine
-            if val_batch is not None and (step % config.eval_every == 0 or last):
-                rec.update({f'val_{k}': v for k, v in evaluate_reconstructor(model, val_batch, config.backend, oracle=last or step == config.eval_every).items()})
-            history.append(rec)
-            if out is not None: append_jsonl(out / 'metrics.jsonl', rec)
-        if out is not None and (step % config.ckpt_every == 0 or last or step == end):
-            save_recon_checkpoint(out, model, step, opt, sched, gen, run_id)
-    bar.close()
-    model.eval(); model.step = step
-    return model, history
+    with plan.get('folder') or contextlib.nullcontext():          # the folder's lock: held for the whole run
+        set_seed(config.seed)
+        data, val_batch = _recon_data(config, scenes, val_scenes, evaluate)
+        r = _start_recon_run(config, plan, out, device)
+        bar = tqdm(total=config.steps, initial=r.step, disable=not progress, desc='reconstructor')
+        r.started = time.time(), time.process_time(), r.step
+        end = min(config.steps, stop_after or config.steps)
+        while r.step < end:
+            logs, gnorm = _recon_step(r, data, config, device)
+            fault_point('step', r.step)
+            bar.update(1); bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{logs['psnr']:.1f}", **({'d1': f"{logs['train_delta1']:.2f}"} if 'train_delta1' in logs else {}))
+            _recon_record(r, logs, gnorm, config, val_batch)
+            if out is not None and (r.step % config.ckpt_every == 0 or r.step == config.steps or r.step == end): r.save()
+        bar.close()
+    r.model.eval(); r.model.step = r.step
+    return r.model, r.log.rows
 
 # %% ../nbs/08_reconstruct.ipynb #8c757bba
 @torch.no_grad()
@@ -536,17 +559,6 @@ def plot_recon_history(records: list, path=None, title: str = ''):
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format='png')
     return fig
 
-# %% ../nbs/08_reconstruct.ipynb #89d07961
-def config_from_dict(d: dict, source: str = 'config') -> ReconConfig:
-    "`ReconConfig` from a dict, refusing unknown keys."
-    names = sorted(f.name for f in dataclasses.fields(ReconConfig))
-    if set(d) - set(names): raise ValueError(f'{source}: unknown reconstructor config keys {sorted(set(d) - set(names))}; known keys are {names}')
-    return ReconConfig(**d)
-
-def _rng_state(gen: torch.Generator) -> dict: return dict(rng_state(), data=gen.get_state())
-
-def _set_rng_state(s: dict, gen: torch.Generator): set_rng_state(s); gen.set_state(s['data'])
-
 # %% ../nbs/08_reconstruct.ipynb #d466a895
 def save_reconstructor(folder: str | Path, model: Reconstructor, step: int = 0, optimizer=None, scheduler=None,
                        gen: torch.Generator | None = None) -> Path:
@@ -554,13 +566,11 @@ def save_reconstructor(folder: str | Path, model: Reconstructor, step: int = 0, 
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     cfg = asdict(model.config)
     if optimizer is not None:
-        with atomic_path(folder / 'train_state.pt') as tmp:
-            torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
-                            rng=_rng_state(gen) if gen is not None else None), tmp)
+        write_state(folder / 'train_state.pt', dict(step=step, optimizer=optimizer.state_dict(), rng=generator_rng_state(gen) if gen is not None else None,
+                                                    scheduler=scheduler.state_dict() if scheduler else None))
         fault_point('checkpoint_write', step)                    # a kill here leaves parts of two steps side by side
-    with atomic_path(folder / 'model.safetensors') as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata=dict(step=str(step), config=json.dumps(cfg), format='splat_and_distill.reconstruct'))
+    write_safetensors(folder / 'model.safetensors', plain_state_dict(model),
+                      dict(step=str(step), config=json.dumps(cfg), format='splat_and_distill.reconstruct'))
     atomic_write_json(folder / 'config.json', cfg)
     return folder
 
@@ -578,15 +588,11 @@ def _weights_path(path: Path) -> Path:
 def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
     "Load a trained `Reconstructor` (in eval mode) from a checkpoint folder or its `model.safetensors`."
     wpath = _weights_path(Path(path))
-    try:
-        with safe_open(str(wpath), framework='pt') as f: meta = f.metadata() or {}
-        sd = load_file(str(wpath))
-    except Exception as e:   # safetensors raises its own error type for truncated headers and data
-        raise ValueError(f'{wpath}: not a readable safetensors file ({e}); it is truncated or corrupt') from None
+    sd, meta = read_safetensors(wpath)                           # names a truncated or corrupt file
     cpath = wpath.parent / 'config.json'
-    embedded = config_from_dict(json.loads(meta['config']), f'{wpath} metadata') if 'config' in meta else None
+    embedded = config_from_dict(ReconConfig, json.loads(meta['config']), f'{wpath} metadata') if 'config' in meta else None
     if cpath.exists():
-        cfg = config_from_dict(read_json(cpath, 'reconstructor config'), str(cpath))
+        cfg = config_from_dict(ReconConfig, read_json(cpath, 'reconstructor config'), str(cpath))
         if embedded is not None and asdict(embedded) != asdict(cfg):
             raise ValueError(f'{cpath} and the config embedded in {wpath.name} disagree: ' + '; '.join(config_changes(asdict(embedded), asdict(cfg)))
                              + f'. Was config.json edited, or the weights copied from another run? Restore config.json, or delete it to use the embedded one')
@@ -608,12 +614,6 @@ def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
 RECON_RUN_FILES = ['run.json', 'config.json', 'metrics.jsonl', 'checkpoints', 'model.safetensors', 'train_state.pt', 'eval.json',
                    'reconstruction.png', 'learning_curve.png']
 RECON_RESUME_MUTABLE = ('log_every', 'eval_every', 'ckpt_every', 'backend', 'n_val_triplets')   # how it logs and runs, not what it learns
-
-def _published_step(out: Path) -> int | None:
-    "Step of the weights published in `out/model.safetensors` (None if there are none)."
-    try:
-            with safe_open(str(out / 'model.safetensors'), framework='pt') as f: return int((f.metadata() or {}).get('step', -1))
-    except Exception: return None
 
 def plan_recon_run(out: Path, config: ReconConfig, resume: bool, overwrite: bool) -> dict:
     "Check the run folder before any work (reads only): `dict(checkpoint=(step, folder) or None, run_id, folder=RunFolder)`."
@@ -654,7 +654,7 @@ def run_recon(preset: str | None = None, out: str = 'runs/recon', sets: list[str
         model = load_reconstructor(outp, device); config = model.config
     else:
         if resume and preset is None and (outp / 'config.json').is_file():   # the run's saved config is the start
-            config = config_from_dict(read_json(outp / 'config.json', 'run config'), str(outp / 'config.json'))
+            config = config_from_dict(ReconConfig, read_json(outp / 'config.json', 'run config'), str(outp / 'config.json'))
             config = dataclasses.replace(config, **typed_overrides(ReconConfig, over))
         else: config = make_config(preset or 'cpu_default', over)
         validate_recon_config(config, procedural=data is None)

@@ -4,11 +4,16 @@
 
 # %% ../nbs/00a_runs.ipynb #ef0914ad
 from __future__ import annotations
-import argparse, dataclasses, datetime, fcntl, hashlib, json, math, os, signal, sys, time, types, typing, uuid, warnings
+import argparse, dataclasses, datetime, fcntl, hashlib, json, math, os, pickle, signal, sys, time, types, typing, uuid, warnings
 from pathlib import Path
 import torch
+import torch.nn as nn
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file, load_file
 from fastcore.docments import docments
-from .core import WRITE_HOOKS, atomic_write_json, atomic_write_text
+from .core import (WRITE_HOOKS, atomic_path, atomic_write_json, atomic_write_text, default_device,
+    set_threads, rng_state, set_rng_state)
 from . import __version__
 
 # %% auto #0
@@ -16,10 +21,13 @@ __all__ = ['INPUT_ERRORS', 'SET_HELP', 'MANIFEST', 'RUN_LOG', 'LOCK', 'parse_val
            'parse_sets', 'check_ranges', 'total_memory', 'check_memory', 'CLIParser', 'cli_parser', 'option_type',
            'add_option', 'add_flag', 'parse_seeds', 'add_seeds_option', 'add_run_options', 'check_device', 'run_cli',
            'sha256_file', 'read_json', 'fault_point', 'step_folder', 'step_folders', 'begin_checkpoint',
-           'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'rotate_checkpoints', 'check_run_folder',
-           'start_run_folder', 'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl', 'append_jsonl',
+           'finish_checkpoint', 'verify_checkpoint', 'find_checkpoint', 'latest_checkpoint', 'rotate_checkpoints',
+           'plain_state_dict', 'write_safetensors', 'read_safetensors', 'safetensors_metadata', 'write_state',
+           'read_state', 'generator_rng_state', 'set_generator_rng_state', 'check_run_folder', 'start_run_folder',
+           'config_changes', 'check_resume_config', 'read_jsonl', 'write_jsonl', 'append_jsonl', 'MetricsLog',
            'note_written', 'logged_files', 'remove_run_files', 'RunFolder', 'open_run', 'add_config_options',
-           'add_config_file_options', 'read_config_file', 'print_config', 'config_from_args']
+           'add_config_file_options', 'read_config_file', 'config_from_dict', 'print_config', 'config_from_args',
+           'init_distributed', 'process_device']
 
 # %% ../nbs/00a_runs.ipynb #fd85a1fe
 _TRUE, _FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
@@ -291,6 +299,11 @@ def find_checkpoint(run_dir: str | Path, run_id: str | None = None) -> tuple[int
         return step, folder
     return None
 
+def latest_checkpoint(run_dir: str | Path, run_id: str | None = None) -> Path | None:
+    "The newest complete checkpoint folder under `run_dir/checkpoints` (of run `run_id` if given), or None."
+    found = find_checkpoint(run_dir, run_id)
+    return None if found is None else found[1]
+
 def _manifest_run(folder: Path) -> str | None:
     try: return read_json(folder / MANIFEST).get('run_id')
     except (OSError, ValueError): return None
@@ -303,6 +316,49 @@ def rotate_checkpoints(run_dir: str | Path, keep: int, run_id: str):
         (folder / MANIFEST).unlink()                               # first: a half-deleted checkpoint is never taken as complete
         for name in listed: (folder / name).unlink(missing_ok=True)
         if not any(folder.iterdir()): folder.rmdir()
+
+# %% ../nbs/00a_runs.ipynb #7679424f
+def plain_state_dict(module: nn.Module) -> dict:
+    "A state dict safetensors accepts: detached, contiguous CPU tensors that share no memory."
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+def write_safetensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> Path:
+    "Write `tensors` (contiguous CPU tensors) to a safetensors file atomically, with string `metadata`."
+    with atomic_path(path) as tmp: save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+def read_safetensors(path: str | Path) -> tuple[dict, dict]:
+    "The tensors and the metadata of a safetensors file; a `ValueError` naming it if it is truncated or corrupt."
+    try:
+        with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except Exception as e:   # safetensors raises its own error type for truncated headers and data
+        raise ValueError(f'{path}: not a readable safetensors file ({e}); it is truncated or corrupt') from None
+
+def safetensors_metadata(path: str | Path) -> dict | None:
+    "The metadata of a safetensors file, without reading its tensors; None where the file is missing or unreadable."
+    try:
+        with safe_open(str(path), framework='pt') as f: return f.metadata() or {}
+    except Exception: return None
+
+def write_state(path: str | Path, state: dict) -> Path:
+    "Write a training state (optimiser, schedule, random states) with `torch.save`, atomically."
+    with atomic_path(path) as tmp: torch.save(state, tmp)
+    return Path(path)
+
+def read_state(path: str | Path) -> dict:
+    "A training state written by `torch.save` (optimiser, schedule, random states); a `ValueError` naming it if it is unreadable."
+    try: return torch.load(path, map_location='cpu', weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
+        raise ValueError(f'{path}: unreadable ({e}); it is truncated or corrupt') from None
+
+def generator_rng_state(gen: torch.Generator) -> dict:
+    "Every global random state (chapter 00's `rng_state`) and that of `gen`, a training loop's own data generator."
+    return dict(rng_state(), data=gen.get_state())
+
+def set_generator_rng_state(s: dict, gen: torch.Generator):
+    "Restore what `generator_rng_state` saved."
+    set_rng_state(s); gen.set_state(s['data'])
 
 # %% ../nbs/00a_runs.ipynb #2af571f4
 def check_run_folder(run_dir: str | Path, kind: str, own: list[str], resume: bool, overwrite: bool) -> dict | None:
@@ -377,6 +433,30 @@ def append_jsonl(path: str | Path, row: dict, sync: bool = False):
     if new:
         for hook in WRITE_HOOKS: hook(path)
 
+
+# %% ../nbs/00a_runs.ipynb #73cc9394
+class MetricsLog:
+    "Append-only JSONL metrics, also kept in `rows` (plus optional TensorBoard); on resume, rows past the checkpoint's step (and a torn last line) are dropped."
+    def __init__(self, path: str | Path | None, resume_step: int | None = None, tensorboard: bool = False):
+        self.path, self.tb = None if path is None else Path(path), None
+        self.rows = [] if resume_step is None or path is None else [r for r in read_jsonl(path) if r.get('step', 0) <= resume_step]
+        if self.path is not None: write_jsonl(self.path, self.rows)   # a new run starts it empty (its folder was checked to hold no other)
+        if tensorboard and self.path is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(self.path.parent / 'tensorboard'))
+            except ImportError: print('tensorboard is not installed; logging to JSONL only', file=sys.stderr)
+    def write(self, row: dict):
+        self.rows.append(row)
+        if self.path is not None: append_jsonl(self.path, row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != 'step': self.tb.add_scalar(k, v, row['step'])
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+            for f in sorted((self.path.parent / 'tensorboard').rglob('*')):
+                if f.is_file(): note_written(f)                      # TensorBoard writes its own files: log them as the run's
 
 # %% ../nbs/00a_runs.ipynb #b1896c6c
 RUN_LOG = '.run_files'    # one relative path a line: every file the run in this folder wrote
@@ -523,6 +603,12 @@ def read_config_file(cls, path: str | Path | None) -> dict:
     if not isinstance(data, dict): raise ValueError(f'--config {path}: expected a JSON object of config fields')
     return typed_overrides(cls, data)
 
+def config_from_dict(cls, d: dict, source: str = 'config'):
+    "Dataclass `cls` from a saved config (a run's `config.json`, a checkpoint's metadata), refusing unknown keys."
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    if set(d) - set(names): raise ValueError(f'{source}: unknown {cls.__name__} keys {sorted(set(d) - set(names))}; known keys are {names}')
+    return cls(**d)
+
 def print_config(cfg) -> dict:
     "What `--print_config` does: the config as JSON on stdout (the file `--config` reads), and back as a dict."
     print(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
@@ -544,3 +630,21 @@ def config_from_args(cls, args, presets: dict, default: str, make, validate, pau
     preset = args.preset or base.get('preset') or default
     if preset not in presets: raise ValueError(f'unknown preset {preset!r} in {source or saved}; choose one of {sorted(presets)}')
     return validate(make(preset, {**base, **given}))
+
+# %% ../nbs/00a_runs.ipynb #1bb98bb8
+def init_distributed(device: str = 'auto') -> tuple[int, int, int]:
+    "Join the process group if launched by torchrun (or with RANK/WORLD_SIZE set); returns `(rank, world_size, local_rank)`."
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    if world > 1 and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device != 'cpu'
+        dist.init_process_group('nccl' if use_cuda else 'gloo')
+    if dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', 0))
+    return 0, 1, 0
+
+def process_device(device: str, threads: int, world: int, local_rank: int) -> torch.device:
+    "This process's device (`'auto'`: CUDA when available; its own GPU under DDP), with `threads` CPU threads on a CPU."
+    dev = default_device(None if device == 'auto' else device)
+    if dev.type == 'cuda' and world > 1: dev = torch.device('cuda', local_rank)
+    if dev.type == 'cuda': torch.cuda.set_device(dev)
+    if dev.type == 'cpu': set_threads(threads)
+    return dev

@@ -4,8 +4,8 @@
 
 # %% ../nbs/11_train.ipynb #29db5396
 from __future__ import annotations
-import argparse, copy, json, math, os, pickle, random, sys, time
-from dataclasses import dataclass, asdict
+import argparse, copy, json, math, random, sys, time
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,13 +13,13 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
-from safetensors.torch import save_file, load_file
 
 from .runs import (print_config, config_from_args, add_config_options, typed_overrides, check_ranges, check_memory,
     cli_parser, add_option, add_run_options, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint,
-    find_checkpoint, open_run, note_written, append_jsonl, read_jsonl, write_jsonl)
-from .core import (set_seed, default_device, set_threads, atomic_path, atomic_write_json,
-    atomic_write_text, batch_to, rng_state, set_rng_state)
+    open_run, MetricsLog, plain_state_dict, write_safetensors, read_safetensors, write_state, read_state,
+    init_distributed,
+    process_device, latest_checkpoint)
+from .core import set_seed, atomic_write_json, batch_to, rng_state, set_rng_state
 from .lift import lift_scale, downscale_batch, lift_and_splat_batch, covisible_cosines
 from .scenes import fixed_items, scene_nbytes, TripletDataset, step_batch, StepSampler
 from .backbones import make_backbone, make_student, merge_lora, BACKBONES, timm_to_dinov2_state_dict, timm_to_dinov3_state_dict
@@ -36,8 +36,7 @@ __all__ = ['PRESETS', 'TRAIN_RANGES', 'MIN_VALID_FRACTION', 'TIMM_NAMES', 'RUN_F
            'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'backbone_name', 'validate_config', 'load_scenes',
            'real_scene_folders', 'make_dataset', 'build_models', 'make_criterion', 'make_optimizer', 'StepTimer',
            'autocast', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency', 'validate', 'check_depth', 'train',
-           'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'export_student', 'init_distributed', 'plan_run',
-           'MetricsLog', 'cli_config', 'snd_train']
+           'save_checkpoint', 'load_checkpoint', 'export_student', 'plan_run', 'cli_config', 'snd_train']
 
 # %% ../nbs/11_train.ipynb #47172dec
 @dataclass
@@ -405,14 +404,6 @@ def _check_valid_fraction(window: list[dict], done: int, world: int, device):
                          'Check the depth maps and depth_unit_scale_factor, or the reconstructor')
 
 # %% ../nbs/11_train.ipynb #8e080fb6
-def _run_device(cfg: TrainConfig, world: int, local_rank: int) -> torch.device:
-    "This process's device (its own GPU under DDP), with the CPU threads set as configured."
-    device = default_device(None if cfg.device == 'auto' else cfg.device)
-    if device.type == 'cuda' and world > 1: device = torch.device('cuda', local_rank)
-    if device.type == 'cuda': torch.cuda.set_device(device)
-    if device.type == 'cpu': set_threads(cfg.threads)
-    return device
-
 def _consistency_pairs(cfg: TrainConfig, val_ds, val_batch: dict, teacher: DistillModel, recon) -> list[dict] | None:
     "View pairs on which validation measures multi-view consistency (None, said once, where no depth is available)."
     if isinstance(val_ds, TripletDataset): return val_pairs(val_ds.scenes, cfg.val_pairs, cfg.gap)
@@ -421,7 +412,125 @@ def _consistency_pairs(cfg: TrainConfig, val_ds, val_batch: dict, teacher: Disti
                             'multi-view consistency is not measured (validation loss only)', file=sys.stderr)
     return pairs
 
-# %% ../nbs/11_train.ipynb #2b91df15
+# %% ../nbs/11_train.ipynb #47012ecd
+@dataclass
+class _Run:
+    "One process's training run: its models, and what the loop carries from step to step (all a checkpoint needs to continue exactly)."
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    student: DistillModel
+    teacher: DistillModel                          # the EMA teacher
+    recon: nn.Module | None                        # the reconstructor (geometry 'reconstructor'), else None
+    criterion: DistillLoss
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    start: int = 0                                 # the step this process starts at (a resumed run: its checkpoint's)
+    run_id: str | None = None
+    timer: StepTimer = field(default_factory=StepTimer)
+    baseline: dict = field(default_factory=dict)   # the original teacher's consistency, measured at step 0
+    val: dict = field(default_factory=dict)        # the last validation
+    window: list = field(default_factory=list)     # step statistics not yet logged
+    spent: dict = field(default_factory=lambda: dict(wall_s=0., process_cpu_s=0., loop_s=0., steps=0))  # by earlier processes
+    t_start: float = field(default_factory=time.time)
+    cpu_start: float = field(default_factory=time.process_time)
+    t_loop: float = field(default_factory=time.time)
+
+    def clock(self, done: int) -> dict:
+        "The time the run has spent up to step `done`: what earlier processes spent, plus this one's."
+        return dict(wall_s=self.spent['wall_s'] + time.time() - self.t_start,
+                    process_cpu_s=self.spent['process_cpu_s'] + time.process_time() - self.cpu_start,
+                    loop_s=self.spent['loop_s'] + time.time() - self.t_loop, steps=self.spent['steps'] + done - self.start)
+
+    def save(self, step: int):
+        "A checkpoint at `step` with everything the loop needs to continue exactly (rank 0)."
+        extra = dict(baseline=self.baseline, val=self.val, window=self.window, spent=self.clock(step),
+                     timer=self.timer.total, timer_count=self.timer.count)
+        save_checkpoint(self.cfg.out, step, self.cfg, self.student, self.teacher, self.criterion, self.opt, self.sched,
+                        extra, self.cfg.keep_ckpts, self.run_id)
+
+# %% ../nbs/11_train.ipynb #8e05549e
+def _setup_run(cfg: TrainConfig, device: torch.device, rank: int, world: int, ckpt: tuple | None, run_id: str | None) -> tuple[_Run, nn.Module]:
+    "Models, loss and optimiser, restored from checkpoint `ckpt` (`(step, folder)`) if resuming; returns the run and the original teacher."
+    m = build_models(cfg, device)
+    criterion = make_criterion(cfg).to(device)
+    opt, sched = make_optimizer(cfg, m['student'])
+    r = _Run(cfg, device, rank, world, m['student'], m['teacher'], m['reconstructor'], criterion, opt, sched, run_id=run_id)
+    if ckpt is not None:
+        extra = load_checkpoint(ckpt[1], r.student, r.teacher, criterion, opt, sched)['extra']
+        r.start, r.baseline, r.val, r.window = ckpt[0], extra.get('baseline', {}), extra.get('val', {}), list(extra.get('window', []))
+        r.spent = dict(extra.get('spent', r.spent))
+        r.timer.total, r.timer.count = dict(extra.get('timer', {})), extra.get('timer_count', 0)
+        if rank == 0: print(f'resuming from {ckpt[1]} at step {ckpt[0]}', file=sys.stderr)
+    return r, m['original']
+
+def _begin_run(r: _Run, plan: dict, pairs: list | None, original: nn.Module) -> MetricsLog | None:
+    "Rank 0 starts the run in its folder: config, metrics log, and for a new run the original teacher's baseline and checkpoint 0."
+    if r.rank != 0: return None
+    new, run = plan['checkpoint'] is None, Path(r.cfg.out)
+    started = plan['folder'].start()                               # lock the folder; a new run writes run.json
+    if new: r.run_id = started
+    atomic_write_json(run / 'config.json', asdict(r.cfg))
+    log = MetricsLog(run / 'metrics.jsonl', None if new else r.start, r.cfg.tensorboard)
+    if new:
+        if pairs:   # where we start: the original, untrained teacher (== the student and the EMA teacher at step 0)
+            r.baseline = {f'original_{k}': v for k, v in consistency(original, pairs, r.device).items()}
+            if r.baseline: log.write(dict(step=0, **r.baseline))
+        r.save(0)          # a run killed before its first periodic checkpoint resumes from here
+    return log
+
+# %% ../nbs/11_train.ipynb #bcbab0a1
+def _batch_source(cfg: TrainConfig, dataset, r: _Run):
+    "`step -> batch` on the run's device: procedural triplets by `step_batch`, real captures from a loader that starts at the run's step."
+    if dataset is None: return None                                 # only the results were missing: nothing to train
+    if isinstance(dataset, TripletDataset):
+        return lambda step: batch_to(step_batch(dataset, step, cfg.batch_size, cfg.seed, r.rank, r.world), r.device)
+    loader = iter(torch.utils.data.DataLoader(dataset, num_workers=cfg.workers,
+                  batch_sampler=StepSampler(len(dataset), r.start, cfg.steps, cfg.batch_size, cfg.seed, r.rank, r.world)))
+    return lambda step: batch_to(next(loader), r.device)
+
+def _train_step(r: _Run, model: nn.Module, batch: dict, step: int):
+    "One step: the teacher side, then the student's update (`distill_step`); its statistics join the logging window."
+    tokens, valid = teacher_side(batch, r.teacher, r.cfg, r.recon, r.timer)
+    with r.timer.section('student+loss+update'), autocast(r.cfg, r.device):
+        stats = distill_step(model, r.teacher, r.criterion, r.opt, batch['target_rgb'], tokens, valid, step,
+                             r.cfg.ema_every, r.cfg.ema_momentum, r.cfg.grad_clip, r.sched, r.cfg.objective)
+    r.timer.count += 1
+    r.window.append(stats)
+
+# %% ../nbs/11_train.ipynb #ce212f58
+def _after_step(r: _Run, done: int, log: MetricsLog | None, bar, val_batch: dict | None, pairs: list | None) -> bool:
+    "Log, validate and checkpoint when their turn comes after step `done`; True where the run pauses here (`stop_after`)."
+    cfg, main = r.cfg, r.rank == 0
+    if done % cfg.log_every == 0 or done == cfg.steps:
+        _check_valid_fraction(r.window, done, r.world, r.device)
+        if main:
+            row = {k: float(np.mean([w[k] for w in r.window if k in w])) for k in r.window[-1]}
+            row.update(step=done, lr=r.sched.get_last_lr()[0], sec_per_step=(time.time() - r.t_loop) / (done - r.start))
+            log.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", cos=f"{row['cosine']:.2f}")
+        r.window = []
+    if main and val_batch is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
+        r.val = validate(r.student, r.teacher, r.criterion, cfg, val_batch, pairs, r.recon, r.device)
+        log.write(dict(step=done, **r.val))
+    stop_now = cfg.stop_after is not None and done - r.start >= cfg.stop_after
+    if main and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps or stop_now): r.save(done)
+    return stop_now
+
+# %% ../nbs/11_train.ipynb #9b75a066
+def _end_run(r: _Run, done: int, stopped: bool, log: MetricsLog | None) -> dict:
+    "What `train` returns; rank 0 also writes the results (unless the run paused) and closes the metrics log."
+    out = dict(config=asdict(r.cfg), recipe=r.criterion.hparams(), rank=r.rank, world_size=r.world, start_step=r.start,
+               steps_done=done, stopped=stopped, student=r.student, teacher=r.teacher)
+    if r.rank == 0:
+        fault_point('results', done)                              # the final checkpoint is written, the results are not
+        results, paths = _final_results(r, done, stopped)
+        log.close()
+        out.update(results=results, paths=paths)
+    return out
+
+# %% ../nbs/11_train.ipynb #25138d32
 def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool = False, **overrides) -> dict:
     "Run Splat-and-Distill training for `cfg` (or the cpu_demo preset with `overrides`); returns results, paths and the models."
     if cfg is None: cfg = make_config('cpu_demo', overrides)
@@ -431,112 +540,42 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool 
     plan = plan_run(cfg, resume, overwrite)
     if world > 1: dist.barrier()                                   # every process has checked the folder before rank 0 writes
     if plan['finished']: return _finished(cfg)
-    try: return _train_run(cfg, plan, resume, overwrite, rank, world, local_rank)
+    try: return _train_run(cfg, plan, rank, world, local_rank)
     finally: plan['folder'].release()                               # the folder's lock: held for the whole run, by rank 0
 
-def _train_run(cfg: TrainConfig, plan: dict, resume: bool, overwrite: bool, rank: int, world: int, local_rank: int) -> dict:
+def _train_run(cfg: TrainConfig, plan: dict, rank: int, world: int, local_rank: int) -> dict:
     "The body of `train` once the run folder has been checked: data, models, the loop, results."
-    device = _run_device(cfg, world, local_rank)
-    main, run, ckpt = rank == 0, Path(cfg.out), plan['checkpoint']
     t_start, cpu_start = time.time(), time.process_time()
+    device, main, ckpt = process_device(cfg.device, cfg.threads, world, local_rank), rank == 0, plan['checkpoint']
     start = ckpt[0] if ckpt else 0
     # data: procedural scenes in memory, real scene folders streamed from disk (not needed when only the results are missing)
     dataset, val_ds = (make_dataset(cfg, 'train'), make_dataset(cfg, 'val')) if start < cfg.steps else (None, None)
     if isinstance(dataset, TripletDataset): check_depth(cfg, dataset.scenes)
-    val_scenes, pairs = main and val_ds is not None, None
-    if val_scenes: val_batch = batch_to(fixed_items(val_ds, cfg.val_pairs), device)
-    # models, loss, optimiser
-    m = build_models(cfg, device)
-    student, teacher, recon = m['student'], m['teacher'], m['reconstructor']
-    if val_scenes: pairs = _consistency_pairs(cfg, val_ds, val_batch, teacher, recon)
-    criterion = make_criterion(cfg).to(device)
-    opt, sched = make_optimizer(cfg, student)
-    timer, extra = StepTimer(), {}
-    if ckpt is not None:
-        extra = load_checkpoint(ckpt[1], student, teacher, criterion, opt, sched)['extra']
-        timer.total, timer.count = dict(extra.get('timer', {})), extra.get('timer_count', 0)
-        if main: print(f'resuming from {ckpt[1]} at step {start}', file=sys.stderr)
-    baseline, val, window = extra.get('baseline', {}), extra.get('val', {}), list(extra.get('window', []))
-    spent = dict(extra.get('spent', dict(wall_s=0., process_cpu_s=0., loop_s=0., steps=0)))
-    run_id = plan['run_id']
-    if main:
-        started = plan['folder'].start()                           # lock the folder; a new run writes run.json
-        if ckpt is None: run_id = started
-        atomic_write_json(run / 'config.json', asdict(cfg))
-    log = MetricsLog(run / 'metrics.jsonl', start if ckpt is not None else None, cfg.tensorboard) if main else None
-    def save(step: int, stopping: bool = False):
-        "A checkpoint at `step` with everything the loop needs to continue exactly (rank 0)."
-        now = dict(wall_s=spent['wall_s'] + time.time() - t_start, process_cpu_s=spent['process_cpu_s'] + time.process_time() - cpu_start,
-                   loop_s=spent['loop_s'] + time.time() - t_loop, steps=spent['steps'] + step - start)
-        save_checkpoint(run, step, cfg, student, teacher, criterion, opt, sched, dict(baseline=baseline, val=val, window=window,
-                        spent=now, timer=timer.total, timer_count=timer.count), cfg.keep_ckpts, run_id)
-    t_loop = time.time()
-    if ckpt is None and main:
-        if val_scenes and pairs:   # where we start: the original, untrained teacher (== the student and the EMA teacher at step 0)
-            baseline = {f'original_{k}': v for k, v in consistency(m['original'], pairs, device).items()}
-            if baseline: log.write(dict(step=0, **baseline))
-        save(0)          # a run killed before its first periodic checkpoint resumes from here
-    del m['original']
-    model = student
+    val_batch = batch_to(fixed_items(val_ds, cfg.val_pairs), device) if main and val_ds is not None else None
+    r, original = _setup_run(cfg, device, rank, world, ckpt, plan['run_id'])
+    r.t_start, r.cpu_start = t_start, cpu_start
+    pairs = _consistency_pairs(cfg, val_ds, val_batch, r.teacher, r.recon) if val_batch is not None else None
+    log = _begin_run(r, plan, pairs, original)
+    del original
+    model = r.student
     if world > 1:
         dist.barrier()
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[local_rank] if device.type == 'cuda' else None)
-    loader = None if dataset is None or isinstance(dataset, TripletDataset) else iter(torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepSampler(len(dataset), start, cfg.steps, cfg.batch_size, cfg.seed, rank, world), num_workers=cfg.workers))
+        model = nn.parallel.DistributedDataParallel(r.student, device_ids=[local_rank] if device.type == 'cuda' else None)
+    next_batch = _batch_source(cfg, dataset, r)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (main and cfg.progress), desc='snd_train')
-    t_loop, stopped, done = time.time(), False, start
+    r.t_loop, stopped, done = time.time(), False, start
     for step in bar:
-        batch = batch_to(next(loader) if loader is not None else step_batch(dataset, step, cfg.batch_size, cfg.seed, rank, world), device)
-        tokens, valid = teacher_side(batch, teacher, cfg, recon, timer)
-        with timer.section('student+loss+update'), autocast(cfg, device):
-            stats = distill_step(model, teacher, criterion, opt, batch['target_rgb'], tokens, valid, step,
-                                 cfg.ema_every, cfg.ema_momentum, cfg.grad_clip, sched, cfg.objective)
-        timer.count += 1
-        window.append(stats)
+        _train_step(r, model, next_batch(step), step)
         done = step + 1
         fault_point('step', done)
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            _check_valid_fraction(window, done, world, device)
-            if main:
-                row = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
-                row.update(step=done, lr=sched.get_last_lr()[0], sec_per_step=(time.time() - t_loop) / (done - start))
-                log.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", cos=f"{row['cosine']:.2f}")
-            window = []
-        if main and val_scenes and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
-            val = validate(student, teacher, criterion, cfg, val_batch, pairs, recon, device)
-            log.write(dict(step=done, **val))
-        stop_now = cfg.stop_after is not None and done - start >= cfg.stop_after
-        if main and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps or stop_now): save(done)
-        if stop_now: stopped = True; break
+        if _after_step(r, done, log, bar, val_batch, pairs): stopped = True; break
     bar.close()
-    out = dict(config=asdict(cfg), recipe=criterion.hparams(), rank=rank, world_size=world, start_step=start,
-               steps_done=done, stopped=stopped, student=student, teacher=teacher)
-    if main:
-        fault_point('results', done)                              # the final checkpoint is written, the results are not
-        clock = dict(wall_s=spent['wall_s'] + time.time() - t_start, process_cpu_s=spent['process_cpu_s'] + time.process_time() - cpu_start,
-                     loop_s=spent['loop_s'] + time.time() - t_loop, steps=spent['steps'] + done - start)
-        results, paths = _final_results(cfg, run, run_id, criterion, student, timer, baseline, val, done, world, device, clock, stopped)
-        log.close()
-        out.update(results=results, paths=paths)
-    return out
+    return _end_run(r, done, stopped, log)
 
 # %% ../nbs/11_train.ipynb #1e378735
 TIMM_NAMES = {'efficientnet_lite0': 'tf_efficientnet_lite0', 'dinov2_vits14': 'vit_small_patch14_dinov2',
               'dinov2_vitb14': 'vit_base_patch14_dinov2', 'dinov3_vits16': 'vit_small_patch16_dinov3',
               'dinov3_vitb16': 'vit_base_patch16_dinov3', 'tiny_vit': 'vision_transformer (tiny_vit)'}
-
-def _plain_state(module: nn.Module) -> dict:
-    "A state dict safetensors accepts: detached, contiguous CPU tensors that share no memory."
-    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-
-def _save_tensors(path: Path, tensors: dict, metadata: dict | None = None):
-    with atomic_path(path) as tmp: save_file(tensors, str(tmp), metadata=metadata)
-
-def _load_tensors(path: Path) -> dict:
-    try: return load_file(str(path))
-    except Exception as e:   # safetensors raises its own error type for truncated headers and data
-        raise ValueError(f'{path}: not a readable safetensors file ({e}); it is truncated or corrupt') from None
 
 def save_checkpoint(run_dir: str | Path, step: int, cfg: TrainConfig, student: DistillModel, teacher: DistillModel,
                     criterion: DistillLoss, optimizer, scheduler, extra: dict | None = None, keep: int = 2,
@@ -544,61 +583,44 @@ def save_checkpoint(run_dir: str | Path, step: int, cfg: TrainConfig, student: D
     "Write the checkpoint of `step` into `run_dir/checkpoints/step_*`, each file atomically, sealed by its manifest last; rotate."
     folder = begin_checkpoint(run_dir, step)
     meta = {'step': str(step), 'backbone': cfg.backbone, 'recipe': cfg.recipe}
-    _save_tensors(folder / 'student.safetensors', _plain_state(student), meta)
+    write_safetensors(folder / 'student.safetensors', plain_state_dict(student), meta)
     fault_point('checkpoint_write', step)                         # a kill here leaves parts of two steps side by side
-    _save_tensors(folder / 'teacher.safetensors', _plain_state(teacher), meta)
+    write_safetensors(folder / 'teacher.safetensors', plain_state_dict(teacher), meta)
     atomic_write_json(folder / 'config.json', asdict(cfg))
-    state = dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                 center=criterion.center.detach().cpu(), rng=rng_state(), extra=extra or {})
-    with atomic_path(folder / 'state.pt') as tmp: torch.save(state, tmp)
+    write_state(folder / 'state.pt', dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                          center=criterion.center.detach().cpu(), rng=rng_state(), extra=extra or {}))
     return finish_checkpoint(folder, step, run_id, keep)
-
-def latest_checkpoint(run_dir: str | Path, run_id: str | None = None) -> Path | None:
-    "The newest complete checkpoint folder under `run_dir/checkpoints` (of run `run_id` if given), or None."
-    found = find_checkpoint(run_dir, run_id)
-    return None if found is None else found[1]
 
 def load_checkpoint(folder: str | Path, student: DistillModel, teacher: DistillModel, criterion: DistillLoss,
                     optimizer=None, scheduler=None, restore_rng: bool = True) -> dict:
     "Load a checkpoint folder into the given objects (in place); returns its state dict (with `step`)."
     folder = Path(folder)
     for name, model in (('student', student), ('teacher', teacher)):
-        sd = _load_tensors(folder / f'{name}.safetensors')
+        sd = read_safetensors(folder / f'{name}.safetensors')[0]
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise ValueError(f'{folder / name}.safetensors does not match the model this config builds: missing {missing[:4]}, '
                              f'unexpected {unexpected[:4]}; was it written with another backbone / out_dim / policy?')
-    try: state = torch.load(folder / 'state.pt', map_location='cpu', weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
-        raise ValueError(f'{folder / "state.pt"}: unreadable ({e}); it is truncated or corrupt') from None
+    state = read_state(folder / 'state.pt')
     if optimizer is not None: optimizer.load_state_dict(state['optimizer'])
     if scheduler is not None: scheduler.load_state_dict(state['scheduler'])
     criterion.center.copy_(state['center'])
     if restore_rng: set_rng_state(state['rng'])
     return state
 
+# %% ../nbs/11_train.ipynb #4b989a67
 def export_student(student: DistillModel, path: str | Path, cfg: TrainConfig | None = None, names: str = 'timm') -> Path:
     "Save the student backbone (LoRA merged) in safetensors with timm key names, or `names='dinov2'`/`'dinov3'`: the original DINOv2 (torch.hub) / DINOv3 (Meta) names; returns `path`."
     if names not in ('timm', 'dinov2', 'dinov3'): raise ValueError(f"export_student: names must be 'timm', 'dinov2' or 'dinov3', got {names!r}")
     bb = merge_lora(copy.deepcopy(getattr(student, 'module', student).backbone))
-    sd = _plain_state(bb.model)
+    sd = plain_state_dict(bb.model)
     if names == 'dinov2': sd = timm_to_dinov2_state_dict(sd)
     if names == 'dinov3': sd = timm_to_dinov3_state_dict(sd, bb.model.blocks[0].attn.head_dim)
     meta = {'timm_model': TIMM_NAMES.get(getattr(bb, 'name', ''), ''),
             'format': dict(timm='timm state_dict', dinov2='DINOv2 original (torch.hub) state_dict', dinov3='DINOv3 original (Meta) state_dict')[names] + ', LoRA merged'}
     if cfg is not None: meta['config'] = json.dumps(asdict(cfg))
-    _save_tensors(Path(path), sd, meta)
+    write_safetensors(Path(path), sd, meta)
     return Path(path)
-
-# %% ../nbs/11_train.ipynb #ab1bec63
-def init_distributed(device: str = 'auto') -> tuple[int, int, int]:
-    "Join the process group if launched by torchrun (or with RANK/WORLD_SIZE set); returns `(rank, world_size, local_rank)`."
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    if world > 1 and not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device != 'cpu'
-        dist.init_process_group('nccl' if use_cuda else 'gloo')
-    if dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', 0))
-    return 0, 1, 0
 
 # %% ../nbs/11_train.ipynb #d63e63a2
 RUN_FILES = ['run.json', 'config.json', 'metrics.jsonl', 'checkpoints', 'results.json', 'student_timm.safetensors',
@@ -618,16 +640,16 @@ def plan_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     return dict(checkpoint=found, run_id=run_id, finished=False, folder=folder)
 
 # %% ../nbs/11_train.ipynb #74a7dc30
-def _final_results(cfg: TrainConfig, run: Path, run_id, criterion: DistillLoss, student: DistillModel, timer: StepTimer,
-                   baseline: dict, val: dict, done: int, world: int, device, clock: dict, stopped: bool) -> tuple[dict, dict]:
+def _final_results(r: _Run, done: int, stopped: bool) -> tuple[dict, dict]:
     "The results of a run and the paths it wrote; unless `stopped`, exports the student and writes `results.json` (rank 0)."
-    results = dict(recipe=criterion.hparams(), preset=cfg.preset, backbone=cfg.backbone, geometry=cfg.geometry,
-                   steps=done, batch_size=cfg.batch_size, world_size=world, device=str(device),
+    cfg, run, clock, student = r.cfg, Path(r.cfg.out), r.clock(done), r.student
+    results = dict(recipe=r.criterion.hparams(), preset=cfg.preset, backbone=cfg.backbone, geometry=cfg.geometry,
+                   steps=done, batch_size=cfg.batch_size, world_size=r.world, device=str(r.device),
                    threads=torch.get_num_threads(), wall_s=clock['wall_s'], process_cpu_s=clock['process_cpu_s'],
-                   steps_per_s=clock['steps'] / max(clock['loop_s'], 1e-9), time_per_step=timer.mean(), **baseline, **val)
-    if 'val_consistency' in val and 'original_consistency' in baseline:
-        results['consistency_gain'] = val['val_consistency'] - baseline['original_consistency']
-    paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), checkpoint=str(latest_checkpoint(run, run_id)))
+                   steps_per_s=clock['steps'] / max(clock['loop_s'], 1e-9), time_per_step=r.timer.mean(), **r.baseline, **r.val)
+    if 'val_consistency' in r.val and 'original_consistency' in r.baseline:
+        results['consistency_gain'] = r.val['val_consistency'] - r.baseline['original_consistency']
+    paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), checkpoint=str(latest_checkpoint(run, r.run_id)))
     if not stopped:
         paths['student_timm'] = str(export_student(student, run / 'student_timm.safetensors', cfg))
         family = backbone_name(cfg.backbone)[0][:6]
@@ -645,30 +667,6 @@ def _finished(cfg: TrainConfig) -> dict:
     paths = dict(run=str(run), metrics=str(run / 'metrics.jsonl'), student_timm=str(run / 'student_timm.safetensors'), results=str(run / 'results.json'))
     return dict(config=asdict(cfg), results=read_json(run / 'results.json'), paths=paths, start_step=cfg.steps,
                 steps_done=cfg.steps, stopped=False, student=None, teacher=None)
-
-# %% ../nbs/11_train.ipynb #16ce4c46
-class MetricsLog:
-    "Append-only JSONL metrics (plus optional TensorBoard); on resume, rows past the checkpoint's step (and a torn last line) are dropped."
-    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False):
-        self.path = Path(path)
-        if resume_step is None: atomic_write_text(self.path, '')    # a new run (the folder was checked to hold no other)
-        else: write_jsonl(self.path, [r for r in read_jsonl(self.path) if r.get('step', 0) <= resume_step])
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(self.path.parent / 'tensorboard'))
-            except ImportError: print('tensorboard is not installed; logging to JSONL only', file=sys.stderr)
-    def write(self, row: dict):
-        append_jsonl(self.path, row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != 'step': self.tb.add_scalar(k, v, row['step'])
-    def close(self):
-        if self.tb is not None:
-            self.tb.close()
-            for f in sorted((self.path.parent / 'tensorboard').rglob('*')):
-                if f.is_file(): note_written(f)                      # TensorBoard writes its own files: log them as the run's
 
 # %% ../nbs/11_train.ipynb #de9814b3
 def _cli_parser() -> argparse.ArgumentParser:
