@@ -60,33 +60,8 @@ class Backbone(nn.Module):
         if self.kind == 'vit': return max(1, round(h / self.stride)), max(1, round(w / self.stride))
         return math.ceil(h / self.stride), math.ceil(w / self.stride)
 
-    def _vit(self, x, pre_norm: bool = False):
-        hp, wp = self.token_grid(*x.shape[-2:])
-        size = (hp * self.stride, wp * self.stride)
-        if tuple(x.shape[-2:]) != size: x = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
-        m = self.model
-        if pre_norm and hasattr(m, 'rope'):                  # timm's Eva (DINOv3): blocks take the rotary embedding
-            out, rope = m._pos_embed(m.patch_embed(x))
-            out = m.norm_pre(out)
-            for blk in m.blocks: out = blk(out, rope=rope)   # last block, before the final norm
-        elif pre_norm: out = m.blocks(m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))))  # last block, before the final norm
-        else: out = m.forward_features(x)  # (b, prefix + hp*wp, d), after the final norm
-        n0 = self.model.num_prefix_tokens
-        tokens = out[:, n0:].transpose(1, 2).reshape(x.shape[0], -1, hp, wp)  # (b, d, hp, wp)
-        cls = out[:, 0] if getattr(self.model, 'cls_token', None) is not None else None
-        return tokens, cls
-
-    def _cnn(self, x):
-        m = self.model
-        x = m.bn1(m.conv_stem(x))
-        feats = {}
-        for i, block in enumerate(m.blocks[: self.token_stage + 1]):
-            x = block(x); feats[i] = x
-        tokens = feats[self.token_stage]  # (b, c16, hp, wp)
-        if self.concat_stage is not None:  # finer stage, averaged down onto the token grid
-            fine = F.interpolate(feats[self.concat_stage], size=tokens.shape[-2:], mode='bilinear', align_corners=False, antialias=True)
-            tokens = torch.cat([tokens, fine], 1)  # (b, c16 + c8, hp, wp)
-        return tokens, None
+    def _vit(self, x, pre_norm: bool = False): return _vit_tokens(self, x, pre_norm)
+    def _cnn(self, x): return _cnn_tokens(self, x)
 
     def forward_features(self, images: Float[Tensor, "b 3 h w"], pre_norm: bool = False) -> dict:
         "`dict(tokens=[b,d,hp,wp], cls=[b,d] or None)` of RGB images in [0,1]; `pre_norm`: a ViT's last block before its final norm."
@@ -106,6 +81,37 @@ class Backbone(nn.Module):
         return self
 
     def extra_repr(self): return f'name={self.name!r}, kind={self.kind!r}, dim={self.dim}, stride={self.stride}, policy={self.policy!r}'
+
+# %% ../nbs/03_backbones.ipynb #5a459129
+def _vit_tokens(backbone: Backbone, x: Tensor, pre_norm: bool = False) -> tuple[Tensor, Tensor | None]:
+    "`(tokens [b,d,hp,wp], cls [b,d] or None)` of a ViT backbone for normalised images `x`, resized to a whole token grid."
+    hp, wp = backbone.token_grid(*x.shape[-2:])
+    size = (hp * backbone.stride, wp * backbone.stride)
+    if tuple(x.shape[-2:]) != size: x = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
+    m = backbone.model
+    if pre_norm and hasattr(m, 'rope'):                  # timm's Eva (DINOv3): blocks take the rotary embedding
+        out, rope = m._pos_embed(m.patch_embed(x))
+        out = m.norm_pre(out)
+        for blk in m.blocks: out = blk(out, rope=rope)   # last block, before the final norm
+    elif pre_norm: out = m.blocks(m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))))  # last block, before the final norm
+    else: out = m.forward_features(x)  # (b, prefix + hp*wp, d), after the final norm
+    n0 = backbone.model.num_prefix_tokens
+    tokens = out[:, n0:].transpose(1, 2).reshape(x.shape[0], -1, hp, wp)  # (b, d, hp, wp)
+    cls = out[:, 0] if getattr(backbone.model, 'cls_token', None) is not None else None
+    return tokens, cls
+
+def _cnn_tokens(backbone: Backbone, x: Tensor) -> tuple[Tensor, None]:
+    "`(tokens [b,d,hp,wp], None)` of a CNN backbone: its token stage, optionally with a finer stage averaged onto that grid."
+    m = backbone.model
+    x = m.bn1(m.conv_stem(x))
+    feats = {}
+    for i, block in enumerate(m.blocks[: backbone.token_stage + 1]):
+        x = block(x); feats[i] = x
+    tokens = feats[backbone.token_stage]  # (b, c16, hp, wp)
+    if backbone.concat_stage is not None:  # finer stage, averaged down onto the token grid
+        fine = F.interpolate(feats[backbone.concat_stage], size=tokens.shape[-2:], mode='bilinear', align_corners=False, antialias=True)
+        tokens = torch.cat([tokens, fine], 1)  # (b, c16 + c8, hp, wp)
+    return tokens, None
 
 # %% ../nbs/03_backbones.ipynb #7cea743d
 def tiny_vit(patch_size: int = 8, dim: int = 64, depth: int = 2, heads: int = 2, seed: int | None = 0) -> Backbone:
@@ -136,6 +142,7 @@ def load_state_dict_file(path: str | Path) -> dict:
         raise ValueError(f'{path}: expected a state dict of tensors, found {type(sd).__name__}')
     return dict(sd)
 
+# %% ../nbs/03_backbones.ipynb #83bae90b
 def load_weights_strict(model: nn.Module, sd: dict, path) -> nn.Module:
     "Load `sd` into `model`; on any missing/unexpected key or shape mismatch raise an error naming `path` and the keys."
     own = model.state_dict()
@@ -150,6 +157,7 @@ def load_weights_strict(model: nn.Module, sd: dict, path) -> nn.Module:
     model.load_state_dict(sd)
     return model
 
+# %% ../nbs/03_backbones.ipynb #b407758b
 def local_vit(name: str, family: str, timm_names: dict, env: dict, convert, weights=None, pretrained: bool = True, hint: str = '') -> Backbone:
     "The timm ViT `timm_names[name]` with weights from the local file `weights`, else `$env[name]`, read by `convert(state_dict, model, path)`; random init when `pretrained=False`."
     if name not in timm_names: raise ValueError(f'unknown {family} model {name!r}; choose one of {list(timm_names)}')
@@ -199,6 +207,7 @@ def load_efficientnet_lite0_weights(model: nn.Module, path: str | Path | None = 
     model.load_state_dict(renamed)
     return model
 
+# %% ../nbs/03_backbones.ipynb #4881de74
 def efficientnet_lite0(weights: str | Path | None = None, pretrained: bool = True, concat_stride8: bool = False,
                        same_padding: bool = True) -> Backbone:
     "EfficientNet-Lite0 with real ImageNet weights (supervised-CNN stand-in for DINOv2); tokens from the stride-16 stage."
@@ -271,6 +280,7 @@ def load_probe_backbone(spec: str, weights: str | None = None) -> nn.Module:
         raise FileNotFoundError(f'{spec!r}: weights file {arg!r} not found; expected name, name:random or name:path/to/weights')
     return make_backbone(name, weights=str(Path(arg).expanduser())).eval()
 
+# %% ../nbs/03_backbones.ipynb #68533bb1
 def spec_label(spec: str, weights: str | None = None) -> str:
     "Short row label of a model spec (weights files shown by their stem)."
     def one(p):
@@ -306,6 +316,7 @@ class LoRALinear(nn.Linear):
 
     def extra_repr(self): return super().extra_repr() + f', rank={self.rank}, alpha={self.alpha}'
 
+# %% ../nbs/03_backbones.ipynb #f2a5e192
 def _replace(model: nn.Module, name: str, new: nn.Module):
     parent, _, child = name.rpartition('.')
     setattr(model.get_submodule(parent) if parent else model, child, new)
@@ -322,6 +333,7 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float | None = None, drop
     if isinstance(model, Backbone): model.policy = 'lora'
     return model
 
+# %% ../nbs/03_backbones.ipynb #cb57f398
 def merge_lora(model: nn.Module) -> nn.Module:
     "Fold every `LoRALinear` into a plain `nn.Linear` (in place; returns `model`)."
     for n, m in list(model.named_modules()):
@@ -349,6 +361,7 @@ def make_student(teacher: Backbone, policy: str = 'auto', lora_rank: int = 8, lo
     student.policy = policy
     return student.train()
 
+# %% ../nbs/03_backbones.ipynb #7d528107
 def frozen_copy(model: nn.Module) -> nn.Module:
     "Deep copy with no gradients, in eval mode (the EMA teacher of a student: same parameter names)."
     return copy.deepcopy(model).requires_grad_(False).eval()
@@ -373,6 +386,7 @@ def merge_lora_state_dict(sd: dict, scale: float = 1.0) -> dict:
         out[base] = out[base] + scale * (B.float() @ A.float()).to(out[base].dtype)
     return {k.replace('.base_layer.', '.'): v for k, v in out.items()}
 
+# %% ../nbs/03_backbones.ipynb #41a59646
 def convert_dinov2_state_dict(sd: dict, model: nn.Module) -> dict:
     "Rename original-DINOv2 (or wrapped: DDP, SnD/FiT3D student checkpoints, unmerged LoRA) keys to timm's and resample `pos_embed` to `model`'s grid."
     drop_heads = lambda d: {k: v for k, v in d.items() if not k.startswith(_HEAD_PREFIXES)}   # projection heads are not the backbone
@@ -394,6 +408,7 @@ def convert_dinov2_state_dict(sd: dict, model: nn.Module) -> dict:
         out['pos_embed'] = resample_abs_pos_embed(pe, (side, side), num_prefix_tokens=n_prefix)
     return out
 
+# %% ../nbs/03_backbones.ipynb #f0416946
 def timm_to_dinov2_state_dict(sd: dict) -> dict:
     "A timm DINOv2 ViT state dict with the original DINOv2 (torch.hub) key names: adds `mask_token` (zeros), `reg_token` -> `register_tokens`."
     out = {('register_tokens' if k == 'reg_token' else k): v for k, v in sd.items()}
@@ -409,6 +424,7 @@ def _unwrap_backbone_state_dict(sd: dict) -> dict:
         if sd and all(k.startswith(prefix) for k in sd): sd = drop_heads({k[len(prefix):]: v for k, v in sd.items()})
     return sd
 
+# %% ../nbs/03_backbones.ipynb #3442433c
 def convert_dinov3_state_dict(sd: dict, model: nn.Module, path='weights') -> dict:
     "Meta's original DINOv3 keys (or wrapped ones, or timm's own) renamed to timm's Eva names; the masked key bias must be zero."
     sd = _unwrap_backbone_state_dict(sd)
@@ -426,6 +442,7 @@ def convert_dinov3_state_dict(sd: dict, model: nn.Module, path='weights') -> dic
         out[k] = v
     return out
 
+# %% ../nbs/03_backbones.ipynb #5164b0d3
 def timm_to_dinov3_state_dict(sd: dict, head_dim: int = 64, rope_base: float = 100.) -> dict:
     "A timm DINOv3 (Eva) state dict with Meta's original names: `storage_tokens`, `ls1/ls2.gamma`, zero `mask_token` and masked qkv bias, `rope_embed.periods`."
     out = {}
@@ -457,6 +474,7 @@ def save_trained_part(weights_file: str | Path,          # a full student checkp
     save_file(part, str(out), metadata={'format': TRAINED_PART_FORMAT, 'base': base_spec, 'dtype': str(dtype).removeprefix('torch.')})
     return part
 
+# %% ../nbs/03_backbones.ipynb #35e03a29
 def trained_part_base(path: str | Path) -> str | None:
     "The base backbone a trained-part file names in its metadata; None for any other file (full weights, .pth, missing)."
     path = Path(path).expanduser()
@@ -466,6 +484,7 @@ def trained_part_base(path: str | Path) -> str | None:
     except Exception: return None                                          # unreadable: the full-file loader says why
     return meta.get('base') if meta.get('format') == TRAINED_PART_FORMAT else None
 
+# %% ../nbs/03_backbones.ipynb #a0230d54
 def load_trained_part(backbone: Backbone, path: str | Path) -> Backbone:
     "Overlay a trained-part file on `backbone` (its pretrained base), each tensor cast back to the model's dtype (float32)."
     part, own = load_state_dict_file(path), backbone.model.state_dict()

@@ -64,6 +64,7 @@ class DemoConfig:
     cache_dir: str | None = None         # scene/feature cache (None: the default cache folder)
     progress: bool = True
 
+# %% ../nbs/15_demo.ipynb #302edb9d
 def demo_default(**kw) -> DemoConfig:
     "The full demo: under 20 minutes on 2 CPU cores."
     return DemoConfig(**kw)
@@ -112,6 +113,7 @@ def _stage(folder: Path, resume: bool) -> dict:
     begun = resume and (folder / 'config.json').is_file()
     return dict(resume=begun, overwrite=not begun)
 
+# %% ../nbs/15_demo.ipynb #8d8624e0
 def demo_geometry(cfg: DemoConfig, resume: bool = False) -> str | None:
     "Path of the reconstructor checkpoint to use (trained here unless given), or None for ground-truth geometry."
     if cfg.geometry == 'gt': return None
@@ -124,6 +126,7 @@ def demo_geometry(cfg: DemoConfig, resume: bool = False) -> str | None:
     reconstruct.train_reconstructor(demo_recon_config(cfg), out=out, progress=cfg.progress, **_stage(out, resume))
     return str(out)
 
+# %% ../nbs/15_demo.ipynb #801f73c9
 def reconstructor_eval(recon_path: str | None) -> dict:
     "The last validation numbers (depth AbsRel, delta<1.25, target PSNR) logged by the reconstructor's training run, if any."
     log = Path(recon_path or '')/'metrics.jsonl'
@@ -153,6 +156,7 @@ def demo_protocol(cfg: DemoConfig) -> ProbeProtocol:
     "The demo's probe options as chapter 10b's protocol: probe preset and overrides, feature cache, progress bars."
     return ProbeProtocol(cfg.probe_preset, dict(cfg.probe_overrides), cfg.cache_dir, cfg.progress)
 
+# %% ../nbs/15_demo.ipynb #cf28d5ca
 def teacher_probes(cfg: DemoConfig, seed: int, data: dict) -> dict:
     "Every probe on the original teacher with probe seed `seed` (kept in `out/teacher/seed<k>/probes.json`)."
     path = Path(cfg.out)/'teacher'/f'seed{seed}'/'probes.json'
@@ -162,6 +166,7 @@ def teacher_probes(cfg: DemoConfig, seed: int, data: dict) -> dict:
     atomic_write_json(path, res)
     return res
 
+# %% ../nbs/15_demo.ipynb #8c13a812
 def student_run(cfg: DemoConfig, seed: int, recon_path: str | None, data: dict, variant: str = 'default',
                 overrides: dict | None = None, concat: bool = False, resume: bool = False) -> dict:
     "Distil (or, resuming, continue) the student of (`variant`, `seed`), then run every probe on it (and on student+teacher if `concat`)."
@@ -195,6 +200,7 @@ def feature_figure(teacher, student, scene, views, path=None):
         imgs += [rgb[0], a, b]; titles += [f'view {v}', 'teacher', 'student']
     return show_images(imgs, titles, ncols=3, size=2.2, path=path)
 
+# %% ../nbs/15_demo.ipynb #afc5629a
 @torch.no_grad()
 def splat_figure(teacher, scene, context, target, blend_alpha=1.0, path=None):
     "Context views, target, splatted and blended teacher features and the hole mask of one triplet."
@@ -220,6 +226,7 @@ def consistency_map(features_a: Tensor, features_b: Tensor, scene, a: int, b: in
     out[uv_a[:, 1].long(), uv_a[:, 0].long()] = cos                            # uv are pixel centres (+0.5): floor = index
     return out
 
+# %% ../nbs/15_demo.ipynb #307c2409
 @torch.no_grad()
 def effect_figure(teacher: nn.Module, student: nn.Module, scene, a: int, b: int, path=None):
     "Teacher and student features on two views (one PCA basis for all four maps), their per-pixel cross-view consistency and its change."
@@ -258,6 +265,7 @@ def demo_runs(cfg: DemoConfig, variants: dict, kind: str = 'snd_demo', resume: b
     try: return dict(folder=folder, **_demo_runs(cfg, variants, kind, resume, out))
     except BaseException: folder.release(); raise
 
+# %% ../nbs/15_demo.ipynb #112ad7d7
 def _demo_runs(cfg: DemoConfig, variants: dict, kind: str, resume: bool, out: Path) -> dict:
     "The body of `demo_runs` in its locked output folder."
     atomic_write_json(out/'config.json', asdict(cfg))
@@ -284,6 +292,7 @@ def demo_summary(teacher: dict, runs: dict, concat: bool) -> dict:
         out['student+teacher'] = paired_summary(teacher, runs, 'student+teacher')
     return out
 
+# %% ../nbs/15_demo.ipynb #355e8a89
 def demo_table(results: dict) -> str:
     "Markdown: how the run was made, then teacher and student (mean ± std over seeds) and their paired differences."
     c, m, tr = results['config'], results['machine'], next(iter(results['runs'].values()))['train']
@@ -312,6 +321,7 @@ def demo_figures(cfg: DemoConfig, student_path: str, out: Path) -> None:
     effect_figure(teacher, student, big, a, min(a + 6, cfg.n_views - 1), path=out/'consistency_teacher_vs_student.png')
     plt.close('all')
 
+# %% ../nbs/15_demo.ipynb #78bb11d2
 def run_demo(cfg: DemoConfig | None = None, resume: bool = False, overwrite: bool = False, command: str | None = None) -> dict:
     "Geometry, distillation over `cfg.seeds`, every probe on teacher and students, figures; returns the results (also in `cfg.out`)."
     cfg = cfg or demo_default()
@@ -365,6 +375,7 @@ EVIDENCE_COLUMNS = [c for k in ('consistency.gap', 'consistency.gap_centred', 'c
                                 'corr.recall_10px', 'smoothness.cos_neighbour', 'consistency.cos_random', 'depth.abs_rel', 'normals.rmse', 'seg.miou')
                     for c in STUDY_COLUMNS if c[0] == k]
 
+# %% ../nbs/15_demo.ipynb #554fb647
 def study_variants(cfg: DemoConfig, names: list[str] | None = None) -> dict:
     "The study's variants (all by default, then dropping those identical to 'default' under `cfg`); a variant named in `names` that is the default is an error."
     unknown = sorted(set(names or []) - set(STUDY_VARIANTS))
@@ -389,6 +400,7 @@ def study_summaries(teacher: dict, runs: dict, concat: bool = False) -> dict:
     controls = {c: compare_variants(runs['default'], runs[c]) for c in CONTROLS if c in runs and 'default' in runs}
     return dict(summary=summary, controls=controls)
 
+# %% ../nbs/15_demo.ipynb #1e85ab35
 def remeasure_study(out: str | Path, progress: bool = True) -> dict:
     "Recompute with today's code the measures that train nothing (chapter 10a's `pair_measures`) for the teacher and every student of the finished study in `out`; trained probes are kept; rewrites study.json/md."
     out = Path(out)
@@ -424,6 +436,7 @@ def study_table(results: dict) -> str:
     if results.get('controls'): out += '\n' + difference_rows({f'default − {c}': s for c, s in results['controls'].items()})
     return out + '\n' + SUMMARY_LEGEND + '\n'
 
+# %% ../nbs/15_demo.ipynb #1d1a719b
 def run_study(cfg: DemoConfig | None = None, variants: list[str] | None = None, resume: bool = False, overwrite: bool = False,
               command: str | None = None) -> dict:
     "The ablations: every variant distilled over `cfg.seeds` and probed, paired with the teacher; writes `study.json` and `study.md`."
@@ -459,6 +472,7 @@ def publish_results(out: str | Path, dest: str | Path) -> list[Path]:
         with atomic_path(dst) as tmp: shutil.copyfile(src, tmp)
     return [d for _, d in files]
 
+# %% ../nbs/15_demo.ipynb #932a1b35
 def demo_student(*outs: str | Path) -> Path | None:
     "The distilled student (seed 0, else the lowest seed) of the first demo output folder in `outs` that holds one, or None."
     for out in outs:
@@ -479,6 +493,7 @@ def _demo_config(a, given: dict) -> DemoConfig:
     if given.get('reconstructor') and 'geometry' not in given: given['geometry'] = 'reconstructor'
     return (demo_quick if a.quick else demo_default)(**given, **({} if 'progress' in given or a.progress is None else dict(progress=a.progress)))
 
+# %% ../nbs/15_demo.ipynb #b0df5bd7
 def snd_demo(argv: list[str] | None = None) -> dict | None:
     "Command line: Splat and Distill end to end on procedural scenes (geometry, distillation over seeds, probes, the paired table)."
     p = cli_parser('snd_demo', 'Splat and Distill end to end on procedural scenes: geometry, distillation over seeds, probes, and the paired teacher-vs-student table.',

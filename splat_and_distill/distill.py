@@ -48,6 +48,7 @@ class DINOHead(nn.Module):
         x = F.normalize(self.mlp(x), dim=-1)
         return self.last_layer(x)
 
+# %% ../nbs/09_distill.ipynb #91e97b7c
 def head_tokens(head: DINOHead, tokens: Float[Tensor, "b d hp wp"]) -> Float[Tensor, "b hpwp K"]:
     "Apply `head` to every token of a token map: `[b,d,hp,wp]` -> logits `[b,hp*wp,K]`."
     return head(tokens.flatten(2).transpose(1, 2))  # (b, hp*wp, d) -> (b, hp*wp, K)
@@ -142,6 +143,7 @@ def make_ema_teacher(student: nn.Module) -> nn.Module:
     teacher.requires_grad_(False)
     return teacher.eval()
 
+# %% ../nbs/09_distill.ipynb #75416ba3
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float = 0.999) -> int:
     "`theta_T <- m theta_T + (1-m) theta_S` over the student's trainable parameters; returns how many tensors moved."
@@ -155,6 +157,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float = 0.999) 
         n += 1
     return n
 
+# %% ../nbs/09_distill.ipynb #acc30916
 def ema_due(step: int, every: int = 10) -> bool:
     "Whether the EMA update runs after optimiser step `step` (1-based count of steps taken)."
     return every > 0 and step % every == 0

@@ -60,6 +60,7 @@ def knn_scales(points: Float[Tensor, "n 3"], k: int = 3, chunk: int = 2048) -> F
         out.append(d2.mean(1).clamp(min=1e-7).sqrt())          # 3DGS clamps the squared distance at 1e-7
     return torch.cat(out)
 
+# %% ../nbs/12_fit3d.ipynb #67a2bea4
 class FeatureGaussians(nn.Module):
     "Per-scene 3D Gaussians of FiT3D's stage 1: geometry, colour, a low-dimensional feature each, and the scene's 3x3 conv decoder."
     GEOMETRY = ('means', 'log_scales', 'quats', 'opacity_logits')
@@ -139,6 +140,7 @@ def pixel_cosine(features: Float[Tensor, "b d h w"], alpha: Float[Tensor, "b h w
     up = F.interpolate(tokens, size=features.shape[-2:], mode='bilinear', align_corners=False)
     return F.cosine_similarity(features, up, dim=1)[alpha > alpha_threshold].mean()
 
+# %% ../nbs/12_fit3d.ipynb #d48abf5d
 @torch.no_grad()
 def holdout_metrics(fg: FeatureGaussians, scene, triplets: list, tokens: Float[Tensor, "v d hp wp"], backend: str = 'auto') -> dict:
     "Token and pixel feature cosine and RGB PSNR of the fitted Gaussians on the held-out views (means over views)."
@@ -370,6 +372,7 @@ def fit_figure(fit: dict, scene, teacher: nn.Module, path=None, size: float = 1.
     titles = [f'held-out view {t}', 'teacher'] + [f'step {s}' for s in steps]
     return show_images([scene.rgb[t]] + pcs, titles, size=size, path=path)
 
+# %% ../nbs/12_fit3d.ipynb #2e56708c
 def curve_figure(curves: dict, lift: dict | None = None, path=None, key: str = 'token_cos', x: str = 'seconds'):
     "Held-out feature cosine against fitting seconds (`x`: 'seconds' wall or 'cpu_seconds'), one line per run; dashed: lifting's cosine."
     import matplotlib.pyplot as plt
@@ -470,6 +473,7 @@ def fit3d_scenes(cfg: FiT3DConfig) -> list[tuple[str, object]]:
     if cfg.train_scenes: folders = folders[:cfg.train_scenes]
     return [(f.name, scene_io.read_scene(f, size=(cfg.height, cfg.width))) for f in folders]
 
+# %% ../nbs/12_fit3d.ipynb #ec75c000
 FIT_KEYS = ('seed', 'height', 'width', 'n_views', 'gap', 'holdout_every', 'backbone', 'weights', 'geometry', 'reconstructor', 'feat_dim',
             'init_stride', 'max_gaussians', 'init_opacity', 'fit_steps', 'lambda_dssim', 'gradient_separation', 'lr_means', 'lr_colour', 'lr_opacity',
             'lr_scales', 'lr_quats', 'lr_features', 'lr_decoder')
@@ -481,6 +485,7 @@ def save_scene_fit(path: str | Path, fg: FeatureGaussians, summary: dict, cfg: F
     with atomic_path(path) as tmp: save_file(sd, str(tmp), metadata=meta)
     return Path(path)
 
+# %% ../nbs/12_fit3d.ipynb #b1e620a9
 def load_scene_fit(path: str | Path, cfg: FiT3DConfig | None = None, device='cpu') -> tuple[FeatureGaussians, dict]:
     "Load a scene fit; with `cfg`, refuse one made with other stage-1 settings (naming them)."
     path = Path(path)
@@ -523,6 +528,7 @@ def reconstructor_geometry(recon):
     "Lifting geometry from the reconstructor: pixel-aligned Gaussians of the context pair of a triplet batch (`lift_metrics`)."
     return lambda batch: to_gaussians(recon(batch['context_rgb'], batch['context_K'], batch['context_c2w']))
 
+# %% ../nbs/12_fit3d.ipynb #e9a5ec41
 def stage1(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, reconstructor=None, device='cpu') -> tuple[dict, bool]:
     "Fit (or load) every scene on `device`; returns `({name: summary}, stopped)`."
     done, fitted = {}, 0
@@ -569,6 +575,7 @@ FIT3D_RESUME_MUTABLE = ('out', 'device', 'threads', 'progress', 'stop_after_scen
 def _paths(out: Path) -> dict:
     return dict(run=str(out), results=str(out / 'results.json'), student_timm=str(out / 'student_timm.safetensors'))
 
+# %% ../nbs/12_fit3d.ipynb #58cf0337
 def run_fit3d(cfg: FiT3DConfig | None = None, resume: bool = False, overwrite: bool = False, **overrides) -> dict:
     "Both FiT3D stages for `cfg` (default `cpu_fit3d` with `overrides`) in the run folder `cfg.out`; `resume` continues scene by scene."
     cfg = validate_fit3d_config(cfg if cfg is not None and not overrides else

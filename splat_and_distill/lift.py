@@ -151,29 +151,36 @@ def lift_and_splat_details(
     chunked = channel_chunk is not None and channel_chunk < d
     # the chunks share the geometry: project, pair and composite once (a PyTorch-splatter plan; None for gsplat, which projects per call)
     plan = prepare(gaussians, target_c2w[:, None], target_K[:, None], w, h, backend=backend) if chunked else None
-    def steps_2_to_6(tok):                                                     # tok: (b*v, c, hpt, wpt), any channel slice
-        c = tok.shape[1]
-        # 2. upsample to pixels, respecting the context instance masks
-        up = mask_aware_upsample(tok, labels) if mask_aware else naive_upsample_tokens(tok, h, w)
-        up = up.view(b, v, c, h, w)                                            # (b, v, c, h, w)
-        # 3. one Gaussian per context pixel, carrying its feature (ordered view, row, column)
-        g = Gaussians(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, up.permute(0, 1, 3, 4, 2).reshape(b, v * h * w, c))
-        # 4. splat into the target camera
-        out = render(g, target_c2w[:, None], target_K[:, None], w, h, backend=backend, plan=plan)
-        rendered = hwc_to_chw(out['features'][:, 0])                            # (b, c, h, w)
-        alpha = out['alpha'][:, 0]                                              # (b, h, w)
-        covered = alpha > alpha_threshold
-        # 5. semantic blending with the target segments
-        blended = rendered if target_labels is None or blend_alpha == 1 else semantic_blend(rendered, target_labels, blend_alpha, covered)
-        # 6. down to the student's token grid
-        return dict(tokens=downsample_to_tokens(blended, covered, hp, wp), alpha=alpha, covered=covered, depth=out['depth'][:, 0],
-                    context_up=up, rendered=rendered, blended=blended, gaussians=g)
+    steps_2_to_6 = lambda tok: _lift_steps_2_to_6(tok, labels, gaussians, target_c2w, target_K, target_labels, (b, v, h, w), (hp, wp),
+                                                  blend_alpha, alpha_threshold, mask_aware, backend, plan)
     if not chunked: res = steps_2_to_6(ctx_tokens)
     else:                                   # every step is per channel given the geometry and labels: chunks give the same numbers
         parts = [steps_2_to_6(ctx_tokens[:, s:s + channel_chunk]) for s in range(0, d, channel_chunk)]
         res = {**parts[0], 'tokens': torch.cat([p['tokens'] for p in parts], 1), 'context_up': None, 'rendered': None, 'blended': None, 'gaussians': None}
     valid = hole_mask(res['alpha'], hp, wp, alpha_threshold)                   # (b, hp, wp) the hole mask
     return dict(res, valid=valid, context_tokens=ctx_tokens.view(b, v, d, *ctx_tokens.shape[-2:]))
+
+# %% ../nbs/07_lift.ipynb #a6700f71
+def _lift_steps_2_to_6(tok, labels, gaussians, target_c2w, target_K, target_labels, size: tuple, token_grid: tuple,
+                       blend_alpha, alpha_threshold, mask_aware, backend, plan) -> dict:
+    "Steps 2-6 of `lift_and_splat_details` for teacher tokens `tok` `[b*v,c,hpt,wpt]`, any channel slice; `size` is `(b, v, h, w)`."
+    (b, v, h, w), (hp, wp) = size, token_grid
+    c = tok.shape[1]
+    # 2. upsample to pixels, respecting the context instance masks
+    up = mask_aware_upsample(tok, labels) if mask_aware else naive_upsample_tokens(tok, h, w)
+    up = up.view(b, v, c, h, w)                                            # (b, v, c, h, w)
+    # 3. one Gaussian per context pixel, carrying its feature (ordered view, row, column)
+    g = Gaussians(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, up.permute(0, 1, 3, 4, 2).reshape(b, v * h * w, c))
+    # 4. splat into the target camera
+    out = render(g, target_c2w[:, None], target_K[:, None], w, h, backend=backend, plan=plan)
+    rendered = hwc_to_chw(out['features'][:, 0])                            # (b, c, h, w)
+    alpha = out['alpha'][:, 0]                                              # (b, h, w)
+    covered = alpha > alpha_threshold
+    # 5. semantic blending with the target segments
+    blended = rendered if target_labels is None or blend_alpha == 1 else semantic_blend(rendered, target_labels, blend_alpha, covered)
+    # 6. down to the student's token grid
+    return dict(tokens=downsample_to_tokens(blended, covered, hp, wp), alpha=alpha, covered=covered, depth=out['depth'][:, 0],
+                context_up=up, rendered=rendered, blended=blended, gaussians=g)
 
 # %% ../nbs/07_lift.ipynb #98b3180c
 def lift_and_splat(teacher: nn.Module, context_rgb, context_labels, context_K, context_c2w, target_K, target_c2w,
@@ -223,6 +230,7 @@ def lift_scale(cfg, image_hw: tuple[int, int], token_grid: tuple[int, int], reco
     if size: return size / image_hw[0]                     # the reconstructor's own training resolution
     return min(1.0, 4 * token_grid[0] / image_hw[0])        # 4x4 pixels per student token
 
+# %% ../nbs/07_lift.ipynb #f3369d14
 def downscale_batch(batch: dict, scale: float) -> dict:
     "A triplet batch with context and target views resized by about `scale` to multiples of 4 (area for RGB, nearest for depth and labels, K scaled)."
     if scale == 1: return batch
@@ -264,6 +272,7 @@ def sample_features_at(features: Float[Tensor, "d hf wf"], uv: Float[Tensor, "n 
     return F.grid_sample(features[None].float(), grid[None, None].float(), mode='bilinear', padding_mode='border',
                          align_corners=False)[0, :, 0].T                       # (n, d)
 
+# %% ../nbs/07_lift.ipynb #f33709fa
 def covisible_cosines(feat_a: Float[Tensor, "d ha wa"], feat_b: Float[Tensor, "d hb wb"],
                       depth_a: Float[Tensor, "h w"], K_a: Float[Tensor, "3 3"], c2w_a: Float[Tensor, "4 4"],
                       depth_b: Float[Tensor, "hb wb"], K_b: Float[Tensor, "3 3"], c2w_b: Float[Tensor, "4 4"],
@@ -275,6 +284,7 @@ def covisible_cosines(feat_a: Float[Tensor, "d ha wa"], feat_b: Float[Tensor, "d
     perm = torch.randperm(len(fb), generator=generator).to(fb.device)
     return F.cosine_similarity(fa, fb, dim=-1), F.cosine_similarity(fa, fb[perm], dim=-1)
 
+# %% ../nbs/07_lift.ipynb #5028f2bf
 def multiview_consistency(feat_a: Float[Tensor, "*b d ha wa"], feat_b: Float[Tensor, "*b d hb wb"],
                           depth_a: Float[Tensor, "*b h w"], K_a: Float[Tensor, "*b 3 3"], c2w_a: Float[Tensor, "*b 4 4"],
                           depth_b: Float[Tensor, "*b h w"], K_b: Float[Tensor, "*b 3 3"], c2w_b: Float[Tensor, "*b 4 4"],

@@ -51,6 +51,7 @@ def pair_measures(test_feats: dict, test: ProbeSplit, cfg: ProbeConfig, times: d
     out = merge_metrics(out, hard_measures(test_feats, test, pairs, cfg, matches, cpairs)); times['hard_measures'] = time.perf_counter() - t
     return out
 
+# %% ../nbs/10a_probe_runs.ipynb #eadd96f4
 def eval_scenes(data: dict) -> dict:
     "Which scenes the pair-based numbers of a probe run come from."
     return dict(split=data.get('eval_split', 'test'), seeds=data['test'].seeds)
@@ -116,6 +117,7 @@ TABLE_COLUMNS = [
     ('real.depth.abs_rel', 'Moto depth AbsRel ↓', False), ('real.depth_scale_shift.abs_rel', 'Moto AbsRel (scale+shift fit) ↓', False),
 ]
 
+# %% ../nbs/10a_probe_runs.ipynb #8601a231
 def flatten_metrics(d: dict, prefix: str = '') -> dict:
     "Nested metric dicts to `{'a.b.c': number}` (lists and strings skipped)."
     out = {}
@@ -147,6 +149,7 @@ def results_table(results: dict, columns=TABLE_COLUMNS) -> str:
             '', '<details><summary>config</summary>', '', '```json', json.dumps(cfg, indent=1, default=str), '```', '</details>']
     return '\n'.join(lines + [''] + meta) + '\n'
 
+# %% ../nbs/10a_probe_runs.ipynb #87bba097
 def compare_models(results: dict, a: str, b: str, columns=TABLE_COLUMNS) -> dict:
     "For each table metric both models have: True where model `a` is strictly better than model `b`."
     ra, rb = flatten_metrics(results['models'][a]), flatten_metrics(results['models'][b])
@@ -217,6 +220,7 @@ def file_identity(path: str | Path) -> dict:
     if key not in _HASHES: _HASHES[key] = sha256_file(p)
     return dict(bytes=st.st_size, sha256=_HASHES[key])
 
+# %% ../nbs/10a_probe_runs.ipynb #cb609aaa
 def model_key(spec: str, weights: str | None = None) -> dict:
     "What the features of a model spec depend on: each backbone, the *content* of every weights file it loads, the library versions."
     import timm
@@ -251,6 +255,7 @@ def cached_features(backbone: nn.Module, images: Tensor, cfg: ProbeConfig, key: 
         with atomic_path(path) as tmp: torch.save(feats, tmp)
     return feats
 
+# %% ../nbs/10a_probe_runs.ipynb #c0f8f098
 def split_digest(split: ProbeSplit) -> str:
     "SHA-256 of a split's images (shape, dtype, every value), hashed once per split (again only if its images change)."
     rgb, memo = split.rgb, getattr(split, '_digest', None)
@@ -289,6 +294,7 @@ def _aspect_size(image_size: int, h: int, w: int) -> tuple[int, int]:
     "Height `image_size`, width in proportion."
     return image_size, max(1, round(image_size * w / h))
 
+# %% ../nbs/10a_probe_runs.ipynb #6448379a
 def make_probe_split(rgb: Tensor, depth: Tensor | None = None, normals: Tensor | None = None, semantic: Tensor | None = None,
                      K: Tensor | None = None, c2w: Tensor | None = None, scene: Tensor | None = None, size: tuple[int, int] | None = None) -> ProbeSplit:
     "A `ProbeSplit` from views at their original size (missing labels: unknown), resized to `size` (RGB antialiased, labels nearest, K scaled)."
@@ -432,6 +438,7 @@ def read_probe_data(spec: str, cfg: ProbeConfig, limit: int | None = None) -> di
     if not Path(path).expanduser().is_dir(): raise FileNotFoundError(f'--data {spec!r}: folder not found: {path}')
     return PROBE_DATA[kind](Path(path).expanduser(), image_size=cfg.image_size, limit=limit)
 
+# %% ../nbs/10a_probe_runs.ipynb #7130e070
 def probe_real(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = 'model', progress: bool = True) -> dict:
     "Every probe a real benchmark supports (`data['tasks']`), on frozen features of `backbone`; depth bins up to the benchmark's max depth."
     device = default_device(cfg.device)

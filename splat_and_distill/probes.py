@@ -478,6 +478,7 @@ def train_normals_probe(feats: dict, split: ProbeSplit, cfg: ProbeConfig, desc: 
               desc, epochs=cfg.normals_epochs)
     return head
 
+# %% ../nbs/10_probes.ipynb #3a02d54c
 def constant_normal(split: ProbeSplit) -> Float[Tensor, "3"]:
     "The best constant prediction a normals probe must beat: the normalised mean camera-frame normal of a split."
     n = split.normals.permute(0, 2, 3, 1)[valid_normals(split.normals)]    # (pixels, 3)
@@ -490,6 +491,7 @@ def evaluate_constant_normal(normal: Float[Tensor, "3"], split: ProbeSplit) -> d
     m, e = normal_metrics(pred, split.normals)
     return {**average_metrics(m), **pooled_angular_stats(e)}
 
+# %% ../nbs/10_probes.ipynb #6512e739
 @torch.no_grad()
 def evaluate_normals_probe(head: NormalsProbe, feats: dict, split: ProbeSplit, cfg: ProbeConfig) -> dict:
     "Angular RMSE and % under 11.25/22.5/30 deg (per image, averaged); mean and median pooled over pixels."

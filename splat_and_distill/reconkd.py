@@ -67,6 +67,7 @@ def pair_partners(frame: int, pool: list[int], gap: int) -> list[int]:
     if not others: raise ValueError(f'frame {frame}: no other frame to pair it with')
     return [min(others, key=lambda p: (abs(abs(p - frame) - gap), p))]
 
+# %% ../nbs/13_reconkd.ipynb #5eb12608
 def _resize_views(rgb: Tensor, K: Tensor, size: int) -> tuple[Tensor, Tensor]:
     "Images `(..., 3, h, w)` resized to `size x size` (bilinear, antialiased) and their intrinsics scaled to match."
     h, w = rgb.shape[-2:]
@@ -117,6 +118,7 @@ def error_image(err_cm: Float[Tensor, "h w"], vmax: float = 25., valid: Tensor |
     rgb = plt.get_cmap('magma')(x)[..., :3]
     return rgb * (valid.numpy()[..., None] if valid is not None else 1)
 
+# %% ../nbs/13_reconkd.ipynb #41962275
 def show_teacher(scene: Scene, frame: int, teacher_pts: Tensor, gt_pts: Tensor, valid: Tensor, vmax: float = 25., path=None):
     "One frame: image, ground-truth pointmap, teacher pointmap (coloured by xyz) and the teacher's error map."
     lo, hi = gt_pts[valid].amin(0), gt_pts[valid].amax(0)
@@ -229,6 +231,7 @@ def train_student(student: PointmapStudent, images: Float[Tensor, "n 3 h w"], ta
     student.eval()
     return history
 
+# %% ../nbs/13_reconkd.ipynb #7c39d45e
 @torch.no_grad()
 def predict_pointmaps(student: PointmapStudent, images: Float[Tensor, "n 3 h w"], chunk: int = 16) -> dict:
     "The student's `points` `(n,h,w,3)` and `conf` `(n,h,w)` for `images`, in eval mode, on CPU."
@@ -261,6 +264,7 @@ def localize(points: Float[Tensor, "h w 3"], K: Float[Tensor, "3 3"], conf: Floa
     w2c[:3, :3] = torch.from_numpy(cv2.Rodrigues(rvec)[0]); w2c[:3, 3] = torch.from_numpy(tvec[:, 0])
     return dict(c2w=invert_pose(w2c).float(), inliers=len(inl), used=len(keep))
 
+# %% ../nbs/13_reconkd.ipynb #ea085138
 def pose_errors(c2w_est: Float[Tensor, "4 4"] | None, c2w_gt: Float[Tensor, "4 4"]) -> tuple[float, float]:
     "Translation error (cm, between camera centres) and rotation error (degrees); `inf` when there is no estimate."
     if c2w_est is None: return math.inf, math.inf
@@ -288,6 +292,7 @@ def evaluate_student(student: PointmapStudent, scene: Scene, frames: list[int], 
                n_frames=len(frames))
     return dict(metrics=res, pred=pred, poses=poses, t_err_cm=terr, r_err_deg=rerr)
 
+# %% ../nbs/13_reconkd.ipynb #6ad5ef45
 @torch.no_grad()
 def time_per_call(fn, repeats: int = 20, warmup: int = 3) -> float:
     "Median wall-clock seconds of `fn()` over `repeats` calls, after `warmup` calls (CUDA work waited for)."
@@ -404,6 +409,7 @@ def load_experiment_scenes(cfg: ReconKDConfig) -> list[tuple[str, Scene]]:
         out.append((folder.name, sc))
     return out
 
+# %% ../nbs/13_reconkd.ipynb #5b9b24c0
 def get_reconstructor(cfg: ReconKDConfig) -> Reconstructor:
     "The teacher: `cfg.reconstructor` if given, else `recon_preset` trained once into `OUT/reconstructor` (resumed if interrupted, loaded if finished)."
     if cfg.reconstructor: return load_reconstructor(cfg.reconstructor, cfg.device)
@@ -420,6 +426,7 @@ def _draw_frustum(ax, K: Tensor, c2w: Tensor, w: int, h: int, color: str, depth:
         ax.plot(*torch.stack([f[0], f[1 + j]]).T, color=color, lw=1.2, label=label if j == 0 else None)
         ax.plot(*torch.stack([f[1 + j], f[1 + (j + 1) % 4]]).T, color=color, lw=1.2)
 
+# %% ../nbs/13_reconkd.ipynb #dd800c4d
 def show_localisation(scene: Scene, frame: int, pred_points: Tensor, gt_points: Tensor, valid: Tensor, c2w_est: Tensor | None,
                       title: str = '', vmax: float = 25., n_points: int = 4000, path=None):
     "A held-out frame, its predicted pointmap (coloured by xyz), the error map vs ground truth, and the localised camera (red) beside the true one (green)."
@@ -597,6 +604,7 @@ def compare(runs: list[dict], metrics=('gt_median_cm', 'loc_within_5cm_5deg', 'l
         out.append(row)
     return out
 
+# %% ../nbs/13_reconkd.ipynb #840205fc
 def best_student(results: dict) -> tuple[str, str]:
     "The (student, target) that localises the most held-out frames within 5 cm / 5 deg (ties: lower point error)."
     rows = [r for r in results['summary'] if r['target'] != '-']
@@ -622,6 +630,7 @@ def results_table(results: dict) -> str:
                      f"| {r['gt_median_cm']['n']} |")
     return '\n'.join(lines)
 
+# %% ../nbs/13_reconkd.ipynb #c2e6ee59
 def comparisons_table(results: dict) -> str:
     "The paired comparisons as a Markdown table: mean ± std of A - B over (scene, seed) pairs, and how often A was better."
     lines = ['| comparison (A vs B) | pairs | point error vs GT, A - B (cm) | localised within 5 cm, 5°, A - B (points of %) |', '|---|---|---|---|']
@@ -636,6 +645,7 @@ def make_config(preset: str = 'cpu_experiment', overrides: dict | None = None) -
     if preset not in PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
     return PRESETS[preset](**typed_overrides(ReconKDConfig, overrides))
 
+# %% ../nbs/13_reconkd.ipynb #02b9ef93
 def _cli_parser():
     p = cli_parser('snd_reconkd', 'Distil a 3D reconstructor into single-image pointmap students; evaluate points and PnP localisation.',
                    'presets: ' + ', '.join(f'{k} ({v.__doc__})' for k, v in PRESETS.items()) +

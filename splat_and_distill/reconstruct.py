@@ -263,7 +263,6 @@ class Reconstructor(nn.Module):
                                     conv_block(c.refine_ch, c.refine_ch), nn.Conv2d(c.refine_ch, sum(HEAD_CHANNELS.values()), 3, 1, 1))
         nn.init.zeros_(self.refine[-1].weight); nn.init.zeros_(self.refine[-1].bias)  # start from the cost-volume depth
         self.register_buffer('candidates', depth_candidates(c.near, c.far, c.n_depths), persistent=False)
-
     def forward(self, rgb: Float[Tensor, "b v 3 h w"], K: Float[Tensor, "b v 3 3"], c2w: Float[Tensor, "b v 4 4"]) -> dict:
         "Depth `(b,v,h,w)`, coarse depth and confidence `(b,v,h/4,w/4)`, Gaussian parameters `(b, v*h*w, ...)`."
         c = self.config
@@ -288,6 +287,7 @@ class Reconstructor(nn.Module):
         out = gaussian_params(head, rgb, inv_up.reshape(b, v, h, w), K, c2w, c.near, c.far, c.scale_min, c.scale_max)
         return dict(out, depth_coarse=depth_c, confidence=conf)
 
+# %% ../nbs/08_reconstruct.ipynb #057ef682
 def n_parameters(model: nn.Module) -> int: return sum(p.numel() for p in model.parameters())
 
 def to_gaussians(out: dict, features: Float[Tensor, "b v d h w"] | None = None) -> Gaussians:
@@ -416,7 +416,6 @@ class _ReconRun:
     step: int = 0
     log: MetricsLog | None = None
     started: tuple = (0., 0., 0)          # wall and CPU clocks, and the step, where this process's loop started
-
     def save(self): save_recon_checkpoint(self.out, self.model, self.step, self.opt, self.sched, self.gen, self.run_id)
 
 def _recon_data(config: ReconConfig, scenes, val_scenes, evaluate: bool) -> tuple:
@@ -537,6 +536,7 @@ def show_reconstruction(model: Reconstructor, batch: dict, i: int = 0, backend: 
               f'rendered target ({float(psnr(pred[None], tgt[None])):.1f} dB)', 'real target', f'GT-depth oracle ({float(psnr(orc[None], tgt[None])):.1f} dB)']
     return show_images(ims, titles, ncols=7, size=2.2, path=path)
 
+# %% ../nbs/08_reconstruct.ipynb #7e8e3363
 def plot_recon_history(records: list, path=None, title: str = ''):
     "Learning curves from `metrics.jsonl` records: losses, depth delta<1.25 (train/val), target PSNR (val vs oracle)."
     fig, axs = plt.subplots(1, 3, figsize=(12, 3))

@@ -98,6 +98,7 @@ def _gsplat_why_not(device) -> str | None:
             _GSPLAT_WHY_NOT[key] = f'{type(e).__name__}: {e}'
     return _GSPLAT_WHY_NOT[key]
 
+# %% ../nbs/06a_render.ipynb #6e226905
 def _auto_backend(device) -> str:
     "'gsplat' on CUDA when it works there, else 'triton' on CUDA when Triton imports, else 'torch'; warns once per device on a fallback."
     if torch.device(device).type != 'cuda': return 'torch'

@@ -35,6 +35,7 @@ def _labels_to_u16(x: Tensor) -> np.ndarray:
     if x.max(initial=0) >= _UNKNOWN16: raise ValueError(f'label ids must be < {_UNKNOWN16} to be stored as 16-bit PNG, got {x.max()}')
     return np.where(x < 0, _UNKNOWN16, x).astype(np.uint16)
 
+# %% ../nbs/02a_scene_io.ipynb #3b78300c
 def write_scene(scene: Scene, folder: str | Path, normals: bool = True) -> Path:
     "Write `scene` to `folder` in the nerfstudio `transforms.json` layout (images, 16-bit mm depth, 16-bit label PNGs)."
     folder = Path(folder)
@@ -307,6 +308,7 @@ def read_scene(folder: str | Path, size: int | tuple[int, int] | None = None, sp
                  K=stack('K'), c2w=stack('c2w'),
                  meta={**head.get('snd_meta', {}), 'source': str(folder), 'files': [r['name'] for r in recs], 'class_names': head.get('class_names')})
 
+# %% ../nbs/02a_scene_io.ipynb #e3135f73
 def resize_scene(scene: Scene, size: int | tuple[int, int]) -> Scene:
     "Every view resized to `size` (RGB bilinear with antialiasing; depth, normals and labels nearest) with `K` scaled to match."
     h, w = _hw(size)
@@ -353,6 +355,7 @@ def scene_folders(root: str | Path) -> list[Path]:
     if has(root): return [root]
     return sorted(p for p in root.iterdir() if p.is_dir() and has(p))
 
+# %% ../nbs/02a_scene_io.ipynb #4c3a11e5
 def _mask_report(folder: Path, recs: list[dict], require: bool):
     "Warn (or raise, with `require`) when frames of a scene have no instance mask, saying what that changes."
     missing = [r['name'] for r in recs if r['instance'] is None]
@@ -441,6 +444,7 @@ def write_scenes(n_scenes: int = 2, n_views: int = 8, size: int = 128, seed: int
     print(f'wrote {len(folders)} scenes and previews to {out}')
     return folders
 
+# %% ../nbs/02a_scene_io.ipynb #286dc378
 def snd_scenes(argv: list[str] | None = None) -> list[Path] | None:
     "Command line: generate procedural scenes and write each in the nerfstudio transforms.json layout plus a preview PNG."
     p = cli_parser('snd_scenes', 'Generate procedural scenes; write each in the nerfstudio transforms.json layout plus a preview PNG montage.',

@@ -74,6 +74,7 @@ def flatten_images(means2d, conics, opacities, features, depths, radii):
     return (means2d.reshape(I, n, 2), conics.reshape(I, n, 3), opacities.reshape(B, n), features.reshape(B, n, features.shape[-1]),
             depths.reshape(I, n), radii.reshape(I, n, 2), scene_of_image, tuple(bc))
 
+# %% ../nbs/05_splat.ipynb #09315b14
 def _composite_weights(dx, dy, conic, opac, T_in, done=None):
     "Alpha-compositing weights `[..., p, m]` for depth-sorted Gaussians `m` (gsplat's rules); returns `(weights, T_out, done_out)`."
     sigma = 0.5 * (conic[..., None, :, 0] * dx * dx + conic[..., None, :, 2] * dy * dy) + conic[..., None, :, 1] * dx * dy
@@ -224,6 +225,7 @@ class _Pairs:
     g_rows: Tensor      # (visible,) their feature rows
     one_camera: bool    # one camera per scene: no feature row twice in g_rows
 
+# %% ../nbs/05_splat.ipynb #7d3573ff
 def _pixel_range(m: Tensor, e: Tensor, size: int):
     "Pixels whose centre lies within `e` of `m`: the first one and how many, clipped to [0, size)."
     lo = torch.ceil(m - e - 0.5).clamp(min=0)
@@ -253,6 +255,7 @@ def _ellipse_boxes(mx, my, A, B, C, o, r, width: int, height: int):
     y0, bh = _pixel_range(my, torch.where(ok, torch.sqrt(lim * A / det) + 1e-3, r[:, 1]).minimum(r[:, 1]), height)
     return x0, bw, y0, bh
 
+# %% ../nbs/05_splat.ipynb #9de540f5
 def _block_origins(x0, y0, nbx, nby, row0, S: int):
     "`(owner, x0, y0, row0)` of every S x S block when a box needs several: the Gaussian of each block and the block's first pixel."
     nb = nbx * nby
@@ -265,6 +268,7 @@ def _block_origins(x0, y0, nbx, nby, row0, S: int):
     row0 = row0.index_select(0, owner)
     return owner, x0, y0, row0
 
+# %% ../nbs/05_splat.ipynb #f4010c6c
 def _kept_candidates(x0, y0, mx, my, A, B, C, o, S: int, inside: bool, width: int, height: int, max_block: int, dt):
     "`(block, y, x, e)` of every pixel of every block where the Gaussian's alpha reaches 1/255 as in `rasterize_dense`, block-major (front to back)."
     dev = x0.device
@@ -454,6 +458,7 @@ def plan_render(
                                              near_plane, far_plane, opacities=g.opacities)
     return plan_splat(means2d, conics, g.opacities, depths, radii, width, height)
 
+# %% ../nbs/05_splat.ipynb #040f725e
 def render_torch(
     gaussians: Gaussians,                     # [*b, n, ...]
     c2w: Float[Tensor, "*b c 4 4"],           # camera-to-world (OpenCV); scene k is seen by cameras c2w[k]

@@ -436,7 +436,6 @@ class _Run:
     t_start: float = field(default_factory=time.time)
     cpu_start: float = field(default_factory=time.process_time)
     t_loop: float = field(default_factory=time.time)
-
     def clock(self, done: int) -> dict:
         "The time the run has spent up to step `done`: what earlier processes spent, plus this one's."
         return dict(wall_s=self.spent['wall_s'] + time.time() - self.t_start,
@@ -543,6 +542,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, overwrite: bool 
     try: return _train_run(cfg, plan, rank, world, local_rank)
     finally: plan['folder'].release()                               # the folder's lock: held for the whole run, by rank 0
 
+# %% ../nbs/11_train.ipynb #12fd1d99
 def _train_run(cfg: TrainConfig, plan: dict, rank: int, world: int, local_rank: int) -> dict:
     "The body of `train` once the run folder has been checked: data, models, the loop, results."
     t_start, cpu_start = time.time(), time.process_time()

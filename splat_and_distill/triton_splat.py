@@ -46,6 +46,7 @@ def _tile_pixels(tile, tiles_x, tiles_y, width, height, TILE: tl.constexpr):
     pix = (image * height + py).to(tl.int64) * width + px
     return image, px.to(tl.float32) + 0.5, py.to(tl.float32) + 0.5, (px < width) & (py < height), pix
 
+# %% ../nbs/06_triton.ipynb #906dc58b
 @triton.jit
 def _chunk_alpha(means2d_ptr, conics_ptr, opacities_ptr, ids_ptr, k, ok, image, n, row0, u, v):
     "Load the Gaussians at list positions k (masked by ok) and evaluate them at the tile's pixels: blocks [pixels, chunk]."
