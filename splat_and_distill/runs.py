@@ -579,7 +579,8 @@ def open_run(path: str | Path, kind: str, own: list[str], resume: bool = False, 
 # %% ../nbs/00a_runs.ipynb #119aa0e1
 def add_config_options(parser, cls, base, title: str):
     "One `--field` option per field of the dataclass `cls` but `preset` (booleans as `--field`/`--no-field` flags), in the group `title`, with `--config FILE` and `--print_config`."
-    docs, g = docments(cls), parser.add_argument_group(title)
+    docs = {k: v for c in reversed(cls.__mro__) if dataclasses.is_dataclass(c) for k, v in docments(c).items() if v}  # a field's comment, base classes too
+    g = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name == 'preset': continue

@@ -40,10 +40,9 @@ __all__ = ['PRESETS', 'TRAIN_RANGES', 'MIN_VALID_FRACTION', 'TIMM_NAMES', 'RUN_F
 
 # %% ../nbs/11_train.ipynb #47172dec
 @dataclass
-class TrainConfig:
-    "Every option of a Splat-and-Distill training run."
+class _DataModelConfig:
+    "The first half of `TrainConfig`: data, models and the teacher side (its fields come first in every config)."
     preset: str = 'cpu_demo' # name of the preset these values started from (recorded, not used)
-    # data
     data: str = 'procedural' # 'procedural', or a folder of real scenes (sub-folders with transforms.json, or the authors' ROOT with scenes/)
     train_scenes: int = 8 # procedural training scenes (0 = all scenes of a real-data folder)
     val_scenes: int = 2 # procedural validation scenes (real data: the last `val_scenes` scene folders)
@@ -74,7 +73,11 @@ class TrainConfig:
     splat_backend: str = 'auto' # auto, torch, gsplat or triton (chapter 06a; auto: gsplat if it runs, else triton on CUDA)
     channel_chunk: int | None = None # lift and splat this many feature channels at a time (bounds memory at full size; None: all)
     amp: str = 'none' # none or bf16 (autocast of teacher, student and loss on the device)
-    # loss
+
+# %% ../nbs/11_train.ipynb #fdc3e0dc
+@dataclass
+class TrainConfig(_DataModelConfig):
+    "Every option of a Splat-and-Distill training run: the fields of `_DataModelConfig`, then the loss, optimisation and run options."
     objective: str = 'dino' # dino (the method: heads + cross-entropy) or a feature-space ablation: cosine, l1
     recipe: str = 'dino' # dino (stable: temperatures, centering) or authors (temperatures 1, no centering)
     student_temp: float | None = None # None: the recipe's value
