@@ -18,3 +18,14 @@ def test_summary_and_try_this(path):
     md = markdown(path)
     missing = [s for s in ('Summary', 'Try this') if not SECTION(s).search(md)]
     assert not missing, f'{path.name} has no {" and no ".join(missing)} section'
+
+def test_exported_cells_are_short():
+    "A reader meets the library in cells: exported cells are 20 lines on average over all chapters, none over 60 (bench/cell_stats.py prints the table)."
+    import statistics, sys
+    sys.path.insert(0, str(CHAPTERS[0].parents[1]/'bench'))
+    from cell_stats import exported_cells
+    sizes = {p.stem: exported_cells(p) for p in CHAPTERS}
+    every = [n for v in sizes.values() for n in v]
+    long = {k: max(v) for k, v in sizes.items() if v and max(v) > 60}
+    assert statistics.mean(every) <= 20, f'exported cells average {statistics.mean(every):.1f} lines (at most 20): split the longest'
+    assert not long, f'exported cells over 60 lines: {long}'
