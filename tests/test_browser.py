@@ -127,11 +127,10 @@ def _settled_figure(page, path) -> str:
             if attempt == 4: raise
             page.wait_for_timeout(1000)
 
-def test_walkthrough_runs_and_slider_redraws(lab, page):
-    errors = []
-    page.on('pageerror', lambda e: errors.append(str(e)))
+def open_and_run_all(page, url: str):
+    "Open the walkthrough in JupyterLab, wait for its kernel, Run All (retried: it sometimes does nothing right after the kernel reports idle) and wait until every cell has run without a traceback."
     _log(f'opening {NOTEBOOK}')
-    page.goto(f'{lab}/lab/tree/{NOTEBOOK}', timeout=120_000)
+    page.goto(f'{url}/lab/tree/{NOTEBOOK}', timeout=120_000)
     page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=120_000)
     page.wait_for_function('() => window.jupyterapp && document.querySelector(".jp-Notebook")', timeout=60_000)
     # wait for the kernel, then Run All; "Run All" sometimes does nothing right after the kernel reports idle: retry
@@ -165,6 +164,11 @@ def test_walkthrough_runs_and_slider_redraws(lab, page):
     page.screenshot(path=ART/'walkthrough_ran.png', full_page=True)
     tracebacks = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]:has-text("Traceback")')
     assert tracebacks.count() == 0, f'a cell failed:\n{tracebacks.first.inner_text()[:3000]}'
+
+def test_walkthrough_runs_and_slider_redraws(lab, page):
+    errors = []
+    page.on('pageerror', lambda e: errors.append(str(e)))
+    open_and_run_all(page, lab)
     slider = page.locator('.widget-slider .noUi-handle, .widget-hslider .noUi-handle').first
     slider.wait_for(timeout=60_000)
     src0 = _settled_figure(page, ART/'walkthrough_before.png')

@@ -5,38 +5,14 @@ runs the notebook, presses "teacher" and then "student", and checks that the rea
 student and gives a cosine in [-1, 1], and that the panel's figure changes. Skipped like `test_browser.py` (whose
 JupyterLab and browser fixtures it uses) where Chromium or Playwright is missing.
 """
-import re, time
+import re
 import pytest
 from test_browser import (pytestmark, lab, browser, page, ART, FIG, NOTEBOOK, _log, _accept_dialogs, _settled_figure,
-                          _difference)
+                          _difference, open_and_run_all)
 
 READOUT = '.widget-html:has-text("cos to the token targets")'
 
 
-def _open_and_run(page, url):
-    "Open the walkthrough, wait for its kernel, Run All, and wait until every cell has run without a traceback."
-    page.goto(f'{url}/lab/tree/{NOTEBOOK}', timeout=120_000)
-    page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=120_000)
-    page.wait_for_function('''() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget, s = w && w.sessionContext;
-        return s && s.isReady && s.session && s.session.kernel && s.session.kernel.status === 'idle' }''', timeout=120_000)
-    for attempt in range(4):                  # "Run All" sometimes does nothing right after the kernel reports idle: retry
-        _accept_dialogs(page)
-        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-        try:
-            page.wait_for_function('''() => [...document.querySelectorAll('.jp-InputArea-prompt')]
-                .some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))''', timeout=20_000)
-            break
-        except Exception:
-            if attempt == 3: pytest.fail('Run All never started executing')
-    done = '''() => { const p = [...document.querySelectorAll('.jp-InputArea-prompt')].map(e => e.textContent);
-        return p.some(t => /\\[\\d+\\]/.test(t)) && !p.some(t => t.includes('[*]')) &&
-               !!document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]') }'''
-    t0 = time.time()
-    while not page.evaluate(done):
-        if time.time() - t0 > 540: pytest.fail('the notebook did not finish running within 9 minutes')
-        _accept_dialogs(page); page.wait_for_timeout(1000)
-    tracebacks = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]:has-text("Traceback")')
-    assert tracebacks.count() == 0, f'a cell failed:\n{tracebacks.first.inner_text()[:3000]}'
 
 
 def _press(page, model: str, src_before: str, shot) -> tuple[str, str]:
@@ -52,7 +28,7 @@ def test_student_button_shows_the_student(lab, page):
     errors = []
     page.on('pageerror', lambda e: errors.append(str(e)))
     _log(f'opening {NOTEBOOK} and running it')
-    _open_and_run(page, lab)
+    open_and_run_all(page, lab)
     page.locator(READOUT).first.wait_for(timeout=60_000)
     src = _settled_figure(page, ART/'student_start.png')       # the notebook's last cell left the panel on the student
     _log('pressing "teacher", then "student"')
