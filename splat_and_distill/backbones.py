@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float
 import timm
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from .runs import write_safetensors, safetensors_metadata
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TFLITE_MEAN', 'TFLITE_STD', 'DINOV2_ENV', 'DINOV2_TIMM', 'DINOV3_ENV', 'DINOV3_TIMM',
@@ -470,8 +470,7 @@ def save_trained_part(weights_file: str | Path,          # a full student checkp
     trained = make_backbone(base_spec, weights=weights_file).model.state_dict()   # the usual loader: same names, every key checked
     part = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in trained.items() if not torch.equal(v, base[k])}
     if not part: raise ValueError(f'{weights_file}: every tensor equals the pretrained {base_spec}; nothing was trained')
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(part, str(out), metadata={'format': TRAINED_PART_FORMAT, 'base': base_spec, 'dtype': str(dtype).removeprefix('torch.')})
+    write_safetensors(out, part, metadata={'format': TRAINED_PART_FORMAT, 'base': base_spec, 'dtype': str(dtype).removeprefix('torch.')})
     return part
 
 # %% ../nbs/03_backbones.ipynb #35e03a29
@@ -479,9 +478,7 @@ def trained_part_base(path: str | Path) -> str | None:
     "The base backbone a trained-part file names in its metadata; None for any other file (full weights, .pth, missing)."
     path = Path(path).expanduser()
     if path.suffix != '.safetensors' or not path.is_file(): return None
-    try:
-        with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
-    except Exception: return None                                          # unreadable: the full-file loader says why
+    meta = safetensors_metadata(path) or {}                                # unreadable: the full-file loader says why
     return meta.get('base') if meta.get('format') == TRAINED_PART_FORMAT else None
 
 # %% ../nbs/03_backbones.ipynb #a0230d54
