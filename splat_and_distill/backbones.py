@@ -60,13 +60,10 @@ class Backbone(nn.Module):
         if self.kind == 'vit': return max(1, round(h / self.stride)), max(1, round(w / self.stride))
         return math.ceil(h / self.stride), math.ceil(w / self.stride)
 
-    def _vit(self, x, pre_norm: bool = False): return _vit_tokens(self, x, pre_norm)
-    def _cnn(self, x): return _cnn_tokens(self, x)
-
     def forward_features(self, images: Float[Tensor, "b 3 h w"], pre_norm: bool = False) -> dict:
         "`dict(tokens=[b,d,hp,wp], cls=[b,d] or None)` of RGB images in [0,1]; `pre_norm`: a ViT's last block before its final norm."
         x = self.normalize(check_images(images))
-        tokens, cls = self._vit(x, pre_norm) if self.kind == 'vit' else self._cnn(x)
+        tokens, cls = _vit_tokens(self, x, pre_norm) if self.kind == 'vit' else _cnn_tokens(self, x)   # defined below
         return dict(tokens=tokens, cls=cls)
 
     def forward(self, images: Float[Tensor, "b 3 h w"]) -> Float[Tensor, "b d hp wp"]:
