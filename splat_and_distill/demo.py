@@ -157,12 +157,12 @@ def demo_protocol(cfg: DemoConfig) -> ProbeProtocol:
     return ProbeProtocol(cfg.probe_preset, dict(cfg.probe_overrides), cfg.cache_dir, cfg.progress)
 
 # %% ../nbs/15_demo.ipynb #cf28d5ca
-def teacher_probes(cfg: DemoConfig, seed: int, data: dict) -> dict:
-    "Every probe on the original teacher with probe seed `seed` (kept in `out/teacher/seed<k>/probes.json`)."
+def teacher_probes(cfg: DemoConfig, seed: int, data: dict, pair_memo: dict | None = None) -> dict:
+    "Every probe on the original teacher with probe seed `seed` (kept in `out/teacher/seed<k>/probes.json`); `pair_memo` shares the measures that train nothing across seeds."
     path = Path(cfg.out)/'teacher'/f'seed{seed}'/'probes.json'
     if path.is_file(): return read_json(path, 'teacher probe results')
     res = probe_backbone(make_backbone('efficientnet_lite0'), data, probe_seeded(demo_protocol(cfg), seed), 'teacher',
-                         cache_key=model_key('efficientnet_lite0'), cache_dir=cfg.cache_dir, progress=cfg.progress)
+                         cache_key=model_key('efficientnet_lite0'), cache_dir=cfg.cache_dir, progress=cfg.progress, pair_memo=pair_memo)
     atomic_write_json(path, res)
     return res
 
@@ -274,7 +274,8 @@ def _demo_runs(cfg: DemoConfig, variants: dict, kind: str, resume: bool, out: Pa
     recon_path = demo_geometry(dataclasses.replace(cfg, geometry='reconstructor'), resume) if needs_recon else None
     timing['geometry'] = time.time() - t; t = time.time()
     data = P.probe_splits(probe_seeded(demo_protocol(cfg), cfg.seeds[0]), cfg.cache_dir, cfg.progress)
-    teacher = {s: teacher_probes(cfg, s, data) for s in cfg.seeds}
+    memo = {}                                                     # the teacher's correspondence and consistency: once, not per seed
+    teacher = {s: teacher_probes(cfg, s, data, memo) for s in cfg.seeds}
     fault_point('teacher')                                        # tests: killed after the teacher's probes
     timing['teacher_probes'] = time.time() - t; t = time.time()
     runs = {v: {} for v in variants}

@@ -15,10 +15,11 @@ from .splat import hwc_to_chw
 from .render import prepare, render
 
 # %% auto #0
-__all__ = ['token_centre_pixels', 'sample_at_token_centres', 'naive_upsample_tokens', 'mask_aware_upsample', 'semantic_blend',
-           'downsample_to_tokens', 'hole_mask', 'lift_and_splat_details', 'lift_and_splat', 'lift_and_splat_batch',
-           'feature_cosine', 'plane_depth', 'plane_parallax', 'lift_scale', 'downscale_batch', 'covisible_pixels',
-           'sample_features_at', 'covisible_cosines', 'multiview_consistency', 'lift_consistency_report']
+__all__ = ['token_centre_pixels', 'sample_at_token_centres', 'naive_upsample_tokens', 'mask_aware_weights', 'mask_aware_upsample',
+           'semantic_blend', 'downsample_to_tokens', 'hole_mask', 'lift_and_splat_details', 'lift_and_splat',
+           'lift_and_splat_batch', 'feature_cosine', 'plane_depth', 'plane_parallax', 'lift_scale', 'downscale_batch',
+           'covisible_pixels', 'sample_features_at', 'covisible_cosines', 'multiview_consistency',
+           'lift_consistency_report']
 
 # %% ../nbs/07_lift.ipynb #1a7408e7
 def token_centre_pixels(hp: int, wp: int, h: int, w: int, device=None) -> tuple[Tensor, Tensor]:
@@ -45,40 +46,45 @@ def naive_upsample_tokens(tokens: Float[Tensor, "b d hp wp"], h: int, w: int) ->
     return F.interpolate(tokens, size=(h, w), mode='bilinear', align_corners=False)
 
 # %% ../nbs/07_lift.ipynb #79798753
+def mask_aware_weights(
+    labels: Int[Tensor, "b h w"],          # segment (instance) label per output pixel; < 0 = unknown
+    hp: int, wp: int,                      # the token grid
+) -> tuple[Int[Tensor, "4 hw"], Float[Tensor, "b 4 hw"]]:
+    "For every pixel its 4 bilinear neighbour tokens (flat indices, shared by the batch) and their mask-aware weights (which sum to 1)."
+    h, w = labels.shape[-2:]
+    r0, r1, wr = _bilinear_taps(h, hp, labels.device)                         # (h,)
+    c0, c1, wc = _bilinear_taps(w, wp, labels.device)                         # (w,)
+    rows, cols = torch.stack([r0, r0, r1, r1]), torch.stack([c0, c1, c0, c1])
+    idx = (rows[:, :, None] * wp + cols[:, None, :]).flatten(1)               # (4, h*w) token of each neighbour
+    wgt = torch.stack([(1 - wr)[:, None] * (1 - wc)[None], (1 - wr)[:, None] * wc[None],
+                       wr[:, None] * (1 - wc)[None], wr[:, None] * wc[None]]).flatten(1)   # (4, h*w) bilinear weights
+    lab = labels.flatten(1)                                                   # (b, h*w)
+    match = (sample_at_token_centres(labels, hp, wp).flatten(1)[:, idx] == lab[:, None]).float()   # (b, 4, h*w)
+    wm = wgt * match
+    wsum, nmatch, plain = wm.sum(1, keepdim=True), match.sum(1, keepdim=True), wgt.expand_as(wm)
+    coef = torch.where(wsum > 1e-6, wm / wsum.clamp(min=1e-6),                # same-segment neighbours, renormalised
+                       torch.where(nmatch > 0, match / nmatch.clamp(min=1), plain))   # equal shares (rare); no match: plain
+    return idx, torch.where((lab >= 0)[:, None], coef, plain)               # unknown label: plain bilinear
+
 def mask_aware_upsample(
     tokens: Float[Tensor, "b d hp wp"],    # token map
     labels: Int[Tensor, "b h w"],          # segment (instance) label per output pixel; < 0 = unknown
 ) -> Float[Tensor, "b d h w"]:
-    "Bilinear upsampling of `tokens` to the size of `labels` where only neighbour tokens of the pixel's own segment take part."
+    "Bilinear upsampling of `tokens` to the size of `labels` where only neighbour tokens of the pixel's own segment take part (a channels-last view)."
     b, d, hp, wp = tokens.shape
     if labels.ndim != 3 or labels.shape[0] != b:
         raise ValueError(f'mask_aware_upsample: labels must be [b, h, w] with b={b}, got {list(labels.shape)}')
     h, w = labels.shape[-2:]
-    dev = tokens.device
-    r0, r1, wr = _bilinear_taps(h, hp, dev)                                   # (h,)
-    c0, c1, wc = _bilinear_taps(w, wp, dev)                                   # (w,)
-    wr, wc = wr.to(tokens.dtype), wc.to(tokens.dtype)
-    token_labels = sample_at_token_centres(labels, hp, wp).flatten(1)         # (b, hp*wp)
-    flat = tokens.flatten(2)                                                  # (b, d, hp*wp)
-    out = torch.zeros(b, d, h, w, dtype=tokens.dtype, device=dev)
-    bil, uniform = torch.zeros_like(out), torch.zeros_like(out)
-    wsum = torch.zeros(b, h, w, dtype=tokens.dtype, device=dev)
-    nmatch = torch.zeros_like(wsum)
-    taps = [(r0, c0, (1 - wr)[:, None] * (1 - wc)[None]), (r0, c1, (1 - wr)[:, None] * wc[None]),
-            (r1, c0, wr[:, None] * (1 - wc)[None]), (r1, c1, wr[:, None] * wc[None])]
-    for rows, cols, wgt in taps:                                              # the 4 neighbours
-        idx = (rows[:, None] * wp + cols[None]).flatten()                     # (h*w,) token index per pixel
-        tok = flat[:, :, idx].view(b, d, h, w)                                # (b, d, h, w)
-        match = (token_labels[:, idx].view(b, h, w) == labels).to(tokens.dtype)  # (b, h, w)
-        bil += wgt * tok
-        out += (wgt * match)[:, None] * tok
-        uniform += match[:, None] * tok                                       # equal weights among matches (rare case)
-        wsum += wgt * match
-        nmatch += match
-    ok = (labels >= 0)[:, None]
-    res = torch.where((wsum > 1e-6)[:, None], out / wsum.clamp(min=1e-6)[:, None],
-                      torch.where((nmatch > 0)[:, None], uniform / nmatch.clamp(min=1)[:, None], bil))
-    return torch.where(ok, res, bil)
+    idx, coef = mask_aware_weights(labels, hp, wp)
+    coef, flat = coef.to(tokens.dtype), tokens.flatten(2).transpose(1, 2)    # (b, 4, h*w), (b, hp*wp, d)
+    if hp * wp <= 128:                         # small grids: one matrix product with the (mostly zero) pixel x token weights
+        W = torch.zeros(b, h * w, hp * wp, dtype=tokens.dtype, device=tokens.device)
+        W.scatter_add_(2, idx.T.expand(b, -1, -1), coef.transpose(1, 2))
+        out = torch.bmm(W, flat)                                              # (b, h*w, d)
+    else:                                      # large grids: gather the 4 neighbours
+        out = flat[:, idx[0]] * coef[:, 0, :, None]
+        for k in range(1, 4): out = out.addcmul(flat[:, idx[k]], coef[:, k, :, None])
+    return out.view(b, h, w, d).permute(0, 3, 1, 2)                           # (b, d, h, w), channels last in memory
 
 # %% ../nbs/07_lift.ipynb #2b2fa0c6
 def semantic_blend(

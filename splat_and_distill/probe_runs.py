@@ -4,7 +4,7 @@
 
 # %% ../nbs/10a_probe_runs.ipynb #006a4069
 from __future__ import annotations
-import dataclasses, datetime, hashlib, json, math, os, time
+import copy, dataclasses, datetime, hashlib, json, math, os, time
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
@@ -30,10 +30,10 @@ from .scenes import GENERATOR_VERSION
 
 # %% auto #0
 __all__ = ['TABLE_COLUMNS', 'FEATURES_VERSION', 'PROBE_RUN_FILES', 'PROBE_RESUME_MUTABLE', 'NYU_K', 'PROBE_DATA', 'pair_measures',
-           'eval_scenes', 'probe_backbone', 'flatten_metrics', 'results_table', 'compare_models', 'probe_models',
-           'file_identity', 'model_key', 'cached_features', 'split_digest', 'split_key', 'write_results',
-           'make_probe_split', 'read_nyu', 'read_scannetpp_probe', 'read_scannet1500', 'read_probe_data', 'probe_real',
-           'snd_probe']
+           'memo_pair_measures', 'eval_scenes', 'probe_backbone', 'flatten_metrics', 'results_table', 'compare_models',
+           'probe_models', 'file_identity', 'model_key', 'cached_features', 'split_digest', 'split_key',
+           'write_results', 'make_probe_split', 'read_nyu', 'read_scannetpp_probe', 'read_scannet1500',
+           'read_probe_data', 'probe_real', 'snd_probe']
 
 # %% ../nbs/10a_probe_runs.ipynb #2ef8596f
 def pair_measures(test_feats: dict, test: ProbeSplit, cfg: ProbeConfig, times: dict | None = None) -> dict:
@@ -51,6 +51,15 @@ def pair_measures(test_feats: dict, test: ProbeSplit, cfg: ProbeConfig, times: d
     out = merge_metrics(out, hard_measures(test_feats, test, pairs, cfg, matches, cpairs)); times['hard_measures'] = time.perf_counter() - t
     return out
 
+def memo_pair_measures(memo: dict | None, test_feats: dict, test: ProbeSplit, cfg: ProbeConfig, times: dict | None = None) -> dict:
+    "`pair_measures`, or their copy in `memo` when it holds them for the same test scenes and pair settings (any probe seed)."
+    if memo is None: return pair_measures(test_feats, test, cfg, times)
+    key = dict(asdict(cfg), seed=None, scenes=list(test.seeds))             # everything but the probe seed
+    if memo.get('key') != key:
+        memo.update(key=key, result=pair_measures(test_feats, test, cfg, times))
+    elif times is not None: times['pair_measures_reused'] = 0.
+    return copy.deepcopy(memo['result'])
+
 # %% ../nbs/10a_probe_runs.ipynb #eadd96f4
 def eval_scenes(data: dict) -> dict:
     "Which scenes the pair-based numbers of a probe run come from."
@@ -58,8 +67,10 @@ def eval_scenes(data: dict) -> dict:
 
 # %% ../nbs/10a_probe_runs.ipynb #f1a82fc2
 def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str = 'model', cache_key: dict | None = None,
-                   cache_dir=None, progress: bool = True) -> dict:
-    "Every probe for one backbone: depth, normals, segmentation, correspondence, consistency, the harder measures (+ Motorcycle check)."
+                   cache_dir=None, progress: bool = True, pair_memo: dict | None = None) -> dict:
+    """Every probe for one backbone: depth, normals, segmentation, correspondence, consistency, the harder measures (+ Motorcycle check).
+    `pair_memo`: a dict the caller keeps for one frozen backbone probed with several probe seeds; the measures that train
+    nothing are computed on the first call and reused after (they do not depend on `cfg.seed`)."""
     device = default_device(cfg.device)
     backbone = backbone.to(device).eval()
     tr, te, nc = data['train'], data['test'], data['n_classes']
@@ -81,7 +92,7 @@ def probe_backbone(backbone: nn.Module, data: dict, cfg: ProbeConfig, label: str
     t = time.perf_counter(); head = train_seg_probe(pf['train'], tr, nc, cfg, desc('segmentation probe'))
     seg = evaluate_seg_probe(head, pf['test'], te, nc)
     out['seg'] = {**seg, 'iou': dict(zip(data.get('class_names', range(nc)), seg['iou']))}; times['seg'] = time.perf_counter() - t
-    out = merge_metrics(out, pair_measures(feats['test'], te, cfg, times))
+    out = merge_metrics(out, memo_pair_measures(pair_memo, feats['test'], te, cfg, times))
     if cfg.real_image:
         t = time.perf_counter()
         real = real_image_check(backbone, cfg, depth_head.cpu(), stats=stats)

@@ -34,6 +34,51 @@ def test_mask_aware_upsample_reduces_to_bilinear():
     with pytest.raises(ValueError, match='labels must be'): mask_aware_upsample(t, torch.zeros(40, 32, dtype=torch.long))
 
 
+def _mask_aware_upsample_loop(tokens, labels):
+    "The first implementation (kept as the reference): four full-size gathered maps, each weighted and summed, then normalised."
+    from splat_and_distill.lift import _bilinear_taps, sample_at_token_centres
+    b, d, hp, wp = tokens.shape
+    h, w = labels.shape[-2:]
+    r0, r1, wr = _bilinear_taps(h, hp); c0, c1, wc = _bilinear_taps(w, wp)
+    tl, flat = sample_at_token_centres(labels, hp, wp).flatten(1), tokens.flatten(2)
+    out, bil, uniform = (torch.zeros(b, d, h, w, dtype=tokens.dtype) for _ in range(3))
+    wsum, nmatch = torch.zeros(b, h, w, dtype=tokens.dtype), torch.zeros(b, h, w, dtype=tokens.dtype)
+    for rows, cols, wgt in [(r0, c0, (1 - wr)[:, None] * (1 - wc)[None]), (r0, c1, (1 - wr)[:, None] * wc[None]),
+                            (r1, c0, wr[:, None] * (1 - wc)[None]), (r1, c1, wr[:, None] * wc[None])]:
+        idx = (rows[:, None] * wp + cols[None]).flatten()
+        tok = flat[:, :, idx].view(b, d, h, w)
+        match = (tl[:, idx].view(b, h, w) == labels).to(tokens.dtype)
+        bil += wgt * tok; out += (wgt * match)[:, None] * tok; uniform += match[:, None] * tok
+        wsum += wgt * match; nmatch += match
+    res = torch.where((wsum > 1e-6)[:, None], out / wsum.clamp(min=1e-6)[:, None],
+                      torch.where((nmatch > 0)[:, None], uniform / nmatch.clamp(min=1)[:, None], bil))
+    return torch.where((labels >= 0)[:, None], res, bil)
+
+
+@pytest.mark.parametrize('grid', [(8, 8), (5, 7), (16, 12)])     # the matrix path (<= 128 tokens) and the gather path
+def test_mask_aware_upsample_equals_the_loop(grid):
+    g = torch.Generator().manual_seed(0)
+    hp, wp = grid
+    tokens = torch.randn(3, 6, hp, wp, generator=g, requires_grad=True)
+    labels = torch.randint(-1, 4, (3, 8 * hp, 4 * wp), generator=g)         # unknown labels, thin segments, no-match pixels
+    labels[1] = 2                                                            # one segment everywhere: plain bilinear
+    labels[2, ::3] = -1
+    fast, ref = mask_aware_upsample(tokens, labels), _mask_aware_upsample_loop(tokens, labels)
+    assert fast.shape == ref.shape and torch.allclose(fast, ref, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(fast[1], F.interpolate(tokens[1:2], size=labels.shape[-2:], mode='bilinear', align_corners=False)[0], atol=1e-5)
+    gf, = torch.autograd.grad((fast * ref.detach()).sum(), tokens)
+    gr, = torch.autograd.grad((ref * ref.detach()).sum(), tokens)
+    assert torch.allclose(gf, gr, atol=1e-4, rtol=1e-5)
+
+
+def test_mask_aware_weights_sum_to_one():
+    from splat_and_distill.lift import mask_aware_weights
+    labels = torch.randint(-1, 3, (2, 24, 20), generator=torch.Generator().manual_seed(1))
+    idx, coef = mask_aware_weights(labels, 6, 5)
+    assert idx.shape == (4, 24 * 20) and coef.shape == (2, 4, 24 * 20) and int(idx.max()) < 30
+    assert torch.allclose(coef.sum(1), torch.ones(2, 24 * 20), atol=1e-6) and (coef >= 0).all()
+
+
 def test_token_centres_and_holes():
     rows, cols = token_centre_pixels(4, 2, 64, 32)
     assert rows.tolist() == [8, 24, 40, 56] and cols.tolist() == [8, 24]

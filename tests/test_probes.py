@@ -57,6 +57,21 @@ def test_depth_head_bins_and_weighting():
     assert head(x).shape == (2, 12, 16) and head(x, (30, 40)).shape == (2, 30, 40)
 
 
+@pytest.mark.parametrize('shape,size', [((2, 5, 8, 8), (32, 32)), ((3, 7, 9), (30, 40)), ((1, 2, 16, 12), (8, 6)), ((2, 1, 4, 6), (4, 6))])
+def test_bilinear_resize_equals_interpolate(shape, size):
+    "The probes' matrix form of bilinear resizing: F.interpolate's values and gradients (up, down, identity, any leading dims)."
+    from splat_and_distill.probes import bilinear_resize
+    x = torch.randn(*shape, requires_grad=True)
+    x4 = x if x.ndim == 4 else x[:, None]
+    ref = F.interpolate(x4, size=size, mode='bilinear', align_corners=False)
+    ref = ref if x.ndim == 4 else ref[:, 0]
+    out = bilinear_resize(x, size)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    g = torch.randn_like(ref)
+    ga, = torch.autograd.grad((out * g).sum(), x); gb, = torch.autograd.grad((ref * g).sum(), x)
+    torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-5)
+
+
 def test_probe_head_shapes():
     tok, cls = torch.randn(2, 6, 3, 5), torch.randn(2, 6)
     assert probe_input(tok, cls).shape == (2, 12, 3, 5) and probe_input(tok).shape == tok.shape
@@ -312,6 +327,27 @@ def test_probe_runs_are_deterministic():
     torch.manual_seed(1); a = probe_backbone(bb, data, cfg, progress=False)
     torch.manual_seed(2); b = probe_backbone(bb, data, cfg, progress=False)
     for k in ('depth', 'normals', 'seg', 'corr', 'consistency', 'pose', 'smoothness'): assert _same(a[k], b[k]), (k, a[k], b[k])
+
+
+def test_pair_memo_reuses_only_what_trains_nothing():
+    "The demo probes its frozen teacher once per probe seed: the pair measures come from the memo, the trained probes do not."
+    import dataclasses
+    from splat_and_distill.backbones import load_probe_backbone
+    from splat_and_distill.probe_runs import probe_backbone
+    from splat_and_distill.probes import probe_splits
+    cfg = _tiny_probe_cfg()
+    data, bb = probe_splits(cfg, progress=False), load_probe_backbone('efficientnet_lite0')
+    memo = {}
+    a = probe_backbone(bb, data, cfg, progress=False, pair_memo=memo)
+    other = dataclasses.replace(cfg, seed=cfg.seed + 1)
+    b = probe_backbone(bb, data, other, progress=False, pair_memo=memo)
+    fresh = probe_backbone(bb, data, other, progress=False)
+    assert 'pair_measures_reused' in b['timing_s'] and 'pair_measures_reused' not in fresh['timing_s']
+    for k in ('corr', 'consistency', 'pose', 'smoothness'): assert _same(b[k], fresh[k]) and _same(a[k], b[k]), k
+    for k in ('depth', 'normals', 'seg'): assert _same(b[k], fresh[k]), k
+    assert not _same(a['depth'], b['depth'])                                  # the probe seed still changes the trained probes
+    moved = probe_backbone(bb, data, dataclasses.replace(other, pairs_seed=cfg.pairs_seed + 1), progress=False, pair_memo=memo)
+    assert 'pair_measures_reused' not in moved['timing_s'] and not _same(moved['corr'], a['corr'])   # other pairs: measured again
 
 
 # --- evaluation split (chapter 10) and the harder measures (chapter 10_probes_hard)
