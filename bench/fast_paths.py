@@ -1,7 +1,7 @@
 """The demo's hot spots beside the code they replaced, timed side by side in one run (issue 23's profile pointed at them).
 
-  * mask-aware upsampling (chapter 07), teacher tokens of one distillation step's context views (8 x 112 x 8 x 8 to
-    128 x 128, the demo's efficientnet_lite0 at 128 px): the loop over the four neighbours that built four full-size
+  * mask-aware upsampling (chapter 07), teacher tokens of one distillation step's context views (8 x 112 x 8 x 8, the
+    demo's efficientnet_lite0 at 128 px) to the 64 x 64 pixels the demo lifts at (its recon_size), and to 128 x 128: the loop over the four neighbours that built four full-size
     weighted maps (kept in tests/test_lift.py as the reference) against `mask_aware_upsample` (weights per pixel
     first, then one matrix product);
   * the probe heads' bilinear resizing (chapter 10), forward + backward, at the depth head's (16 x 256 bins, 8 x 8 to
@@ -65,14 +65,14 @@ def rows(repeats: int):
     from splat_and_distill.probes import bilinear_resize, angular_loss
     from splat_and_distill.scenes import make_scene
     g = torch.Generator().manual_seed(0)
-    labels = make_scene(0, n_views=8, size=128).instance[:8].long()
     tokens = torch.randn(8, 112, 8, 8, generator=g)
     loop = _loop_reference()
-    # channels-last use, as lifting does: one row of d per Gaussian
-    use = lambda up: up.permute(0, 2, 3, 1).reshape(8, -1, 112).sum()
-    diff = float((mask_aware_upsample(tokens, labels) - loop(tokens, labels)).abs().max())
-    yield ('mask-aware upsample 8x112x8x8 -> 128x128', median_ms(lambda: use(loop(tokens, labels)), repeats),
-           median_ms(lambda: use(mask_aware_upsample(tokens, labels)), repeats), diff)
+    use = lambda up: up.permute(0, 2, 3, 1).reshape(8, -1, 112).sum()     # channels last, as lifting reads it: a row per Gaussian
+    for size in (64, 128):
+        labels = make_scene(0, n_views=8, size=size).instance[:8].long()
+        diff = float((mask_aware_upsample(tokens, labels) - loop(tokens, labels)).abs().max())
+        yield (f'mask-aware upsample 8x112x8x8 -> {size}x{size}', median_ms(lambda: use(loop(tokens, labels)), repeats),
+               median_ms(lambda: use(mask_aware_upsample(tokens, labels)), repeats), diff)
     for name, c in (('depth head resize 16x256: 8x8 -> 32x32, fwd+bwd', 256), ('normals head resize 16x4: 8x8 -> 32x32, fwd+bwd', 4)):
         z = torch.randn(16, c, 8, 8, generator=g, requires_grad=True)
         old = lambda: F.interpolate(z, size=(32, 32), mode='bilinear', align_corners=False).square().sum().backward()

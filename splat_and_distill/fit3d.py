@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float, Bool
 from tqdm.auto import tqdm
-from safetensors import safe_open
-from safetensors.torch import save_file, load_file
 
-from .runs import typed_overrides, check_ranges, check_device, read_json, open_run, fault_point
+from .runs import (typed_overrides, check_ranges, check_device, read_json, open_run, fault_point,
+    read_safetensors, write_safetensors)
 from splat_and_distill.core import (set_seed, set_threads, default_device, atomic_path, atomic_write_json, pca_rgb,
     show_images)
 from .cameras import unproject_depth, scale_intrinsics
@@ -482,17 +481,13 @@ def save_scene_fit(path: str | Path, fg: FeatureGaussians, summary: dict, cfg: F
     "Write one scene's feature Gaussians and decoder (safetensors, atomically) with its summary and config in the metadata."
     sd = {k: v.detach().cpu().contiguous() for k, v in fg.state_dict().items()}
     meta = dict(summary=json.dumps(summary), config=json.dumps({k: getattr(cfg, k) for k in FIT_KEYS}), format='splat_and_distill.fit3d/1')
-    with atomic_path(path) as tmp: save_file(sd, str(tmp), metadata=meta)
-    return Path(path)
+    return write_safetensors(path, sd, meta)
 
 # %% ../nbs/12_fit3d.ipynb #b1e620a9
 def load_scene_fit(path: str | Path, cfg: FiT3DConfig | None = None, device='cpu') -> tuple[FeatureGaussians, dict]:
     "Load a scene fit; with `cfg`, refuse one made with other stage-1 settings (naming them)."
     path = Path(path)
-    try:
-        with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
-        sd = load_file(str(path))
-    except Exception as e: raise ValueError(f'{path}: not a readable scene fit ({e}); delete it to refit the scene') from e
+    sd, meta = read_safetensors(path, 'delete it to refit the scene')
     if meta.get('format') != 'splat_and_distill.fit3d/1': raise ValueError(f'{path}: not a FiT3D scene fit (format {meta.get("format")!r})')
     if cfg is not None:
         saved, now = json.loads(meta['config']), {k: getattr(cfg, k) for k in FIT_KEYS}

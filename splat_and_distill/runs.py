@@ -327,13 +327,13 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict | None = N
     with atomic_path(path) as tmp: save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
 
-def read_safetensors(path: str | Path) -> tuple[dict, dict]:
-    "The tensors and the metadata of a safetensors file; a `ValueError` naming it if it is truncated or corrupt."
+def read_safetensors(path: str | Path, fix: str = 'it is truncated or corrupt') -> tuple[dict, dict]:
+    "The tensors and the metadata of a safetensors file; a `ValueError` naming it (and `fix`, what to do) if it is truncated or corrupt."
     try:
         with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
         return load_file(str(path)), meta
     except Exception as e:   # safetensors raises its own error type for truncated headers and data
-        raise ValueError(f'{path}: not a readable safetensors file ({e}); it is truncated or corrupt') from None
+        raise ValueError(f'{path}: not a readable safetensors file ({e}); {fix}') from None
 
 def safetensors_metadata(path: str | Path) -> dict | None:
     "The metadata of a safetensors file, without reading its tensors; None where the file is missing or unreadable."

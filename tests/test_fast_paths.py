@@ -7,7 +7,7 @@ import fast_paths
 
 def test_fast_paths_agree_with_what_they_replaced():
     res = fast_paths.main(['--threads', '1', '--repeats', '1'])
-    assert len(res) == 5, [r['name'] for r in res]
+    assert len(res) == 6, [r['name'] for r in res]
     for r in res:
         assert r['max_diff'] < 1e-5, r                                   # same values to float rounding
         assert r['before_ms'] > 0 and r['after_ms'] > 0, r
