@@ -7,12 +7,10 @@ JupyterLab and browser fixtures it uses) where Chromium or Playwright is missing
 """
 import re
 import pytest
-from test_browser import (pytestmark, lab, browser, page, ART, FIG, NOTEBOOK, _log, _accept_dialogs, _settled_figure,
+from test_browser import (pytestmark, lab, browser, page, ART, FIG, NOTEBOOK, _log, _settled_figure,
                           _difference, open_and_run_all)
 
 READOUT = '.widget-html:has-text("cos to the token targets")'
-
-
 
 
 def _press(page, model: str, src_before: str, shot) -> tuple[str, str]:
