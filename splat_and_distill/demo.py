@@ -361,6 +361,7 @@ STUDY_VARIANTS = {
     'bilinear_upsampling': dict(mask_aware=False),   # context tokens upsampled without the instance masks
     'trainable_head': dict(head_lr_mult=1.0),        # the DINO head learns too (the paper's setting)
     'cosine_objective': dict(objective='cosine'),    # no heads: 1 - cos to the splatted features (ablation)
+    'l1_objective': dict(objective='l1'),            # no heads: L1 to the splatted features (FiT3D's stage-2 loss, chapter 12)
     'size_64': dict(height=64, width=64, render_scale=1.0),   # 64 px images: a 4 x 4 token grid, lifting at 64 px
     'lr_3e-4': dict(lr=3e-4),                        # a 3 x larger step (the exploration's best on correspondence)
     'fast_ema': dict(ema_every=1, ema_momentum=0.99),  # a teacher that moves: EMA every step at 0.99 (26% of the way in 30 steps)
