@@ -25,7 +25,8 @@ from .splat import hwc_to_chw, ssim, psnr
 from .render import render
 from .lift import downsample_to_tokens, hole_mask, lift_and_splat_details, downscale_batch, lift_scale
 from .reconstruct import load_reconstructor, to_gaussians
-from .train import export_student
+from .train import export_student, make_config, make_criterion, make_optimizer
+from .distill import DINOHead, DistillModel, make_ema_teacher, distill_step
 from .backbones import make_backbone, make_student, describe_trainable, BACKBONES
 from .scene_io import scene_folders
 from . import scenes as S
@@ -37,8 +38,8 @@ __all__ = ['FIT3D_PRESETS', 'FIT3D_RANGES', 'FIT_KEYS', 'FIT3D_RUN_FILES', 'FIT3
            'token_cosine', 'pixel_cosine', 'holdout_metrics', 'lift_metrics', 'FiT3DConfig', 'cpu_fit3d', 'tiny_fit3d',
            'paper_fit3d', 'fit3d_config', 'train_lift_scale', 'like_train', 'stage1_optimizer', 'stage1_schedule',
            'teacher_tokens', 'scene_depth', 'converged_at', 'fit_scene', 'fit_figure', 'curve_figure', 'render_targets',
-           'masked_l1', 'finetune', 'validate_fit3d_config', 'fit3d_scenes', 'save_scene_fit', 'load_scene_fit',
-           'reconstructor_geometry', 'stage1', 'stage2', 'run_fit3d']
+           'masked_l1', 'stage2_batches', 'finetune', 'dino_finetune', 'validate_fit3d_config', 'fit3d_scenes',
+           'save_scene_fit', 'load_scene_fit', 'reconstructor_geometry', 'stage1', 'stage2', 'run_fit3d']
 
 # %% ../nbs/12_fit3d.ipynb #6ba6ca77
 def split_views(n_views: int, gap: int = 8, holdout_every: int = 6) -> tuple[list[int], list[tuple[int, int, int]]]:
@@ -218,6 +219,7 @@ class FiT3DConfig:
     ft_lr: float = 5e-5 # AdamW learning rate, constant (FiT3D: 1e-5)
     ft_weight_decay: float = 1e-4 # AdamW weight decay (FiT3D)
     ft_hflip: bool = True # random horizontal flips (FiT3D)
+    ft_objective: str = 'l1' # l1 (FiT3D's masked L1, AdamW at ft_lr) or dino (Splat and Distill's objective and cpu_demo schedule, see dino_finetune; ft_lr, ft_weight_decay unused)
     # run
     seed: int = 0 # seeds the initial subset, the decoder's initial weights, view orders, flips: stage 1 and stage 2
     device: str = 'auto' # auto (CUDA when available), cpu or cuda
@@ -403,6 +405,20 @@ def masked_l1(pred: Float[Tensor, "b d hp wp"], target: Float[Tensor, "b d hp wp
     return ((pred - target).abs() * m).sum() / (m.sum() * pred.shape[1]).clamp(min=1)
 
 # %% ../nbs/12_fit3d.ipynb #3131e8c7
+def stage2_batches(images: Float[Tensor, "n 3 h w"], targets: Float[Tensor, "n d hp wp"], valid: Bool[Tensor, "n hp wp"],
+                   steps: int, batch_size: int = 4, hflip: bool = True, seed: int = 0):
+    "Stage 2's `steps` batches `(images, targets, valid)`: epochs over the views in random order (as a DataLoader), each view flipped at random with its targets."
+    gen = torch.Generator().manual_seed(seed)
+    order = []
+    for _ in range(steps):
+        idx = []
+        while len(idx) < batch_size:
+            if not order: order = torch.randperm(len(images), generator=gen).tolist()
+            idx.append(order.pop())
+        x, t, m = images[idx], targets[idx], valid[idx]
+        flip = (torch.rand(len(idx), generator=gen) < (0.5 if hflip else 0.)).to(x.device)
+        yield tuple(torch.where(flip.view(-1, *[1] * (a.ndim - 1)), a.flip(-1), a) for a in (x, t, m))
+
 def finetune(student: nn.Module, images: Float[Tensor, "n 3 h w"], targets: Float[Tensor, "n d hp wp"], valid: Bool[Tensor, "n hp wp"],
              steps: int, batch_size: int = 4, lr: float = 5e-5, weight_decay: float = 1e-4, hflip: bool = True, seed: int = 0,
              progress: bool = True) -> list[dict]:
@@ -410,20 +426,31 @@ def finetune(student: nn.Module, images: Float[Tensor, "n 3 h w"], targets: Floa
     params = [p for p in student.parameters() if p.requires_grad]
     if not params: raise ValueError('finetune: the student has no trainable parameters (make it with make_student)')
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    order, log = [], []
+    log = []
     student.train()
-    for step in tqdm(range(steps), desc='stage 2', leave=False, disable=not progress):
-        idx = []
-        while len(idx) < batch_size:                                               # epochs in random order, as a DataLoader
-            if not order: order = torch.randperm(len(images), generator=gen).tolist()
-            idx.append(order.pop())
-        x, t, m = images[idx], targets[idx], valid[idx]
-        flip = (torch.rand(len(idx), generator=gen) < (0.5 if hflip else 0.)).to(x.device)
-        x, t, m = (torch.where(flip.view(-1, *[1] * (a.ndim - 1)), a.flip(-1), a) for a in (x, t, m))
+    batches = stage2_batches(images, targets, valid, steps, batch_size, hflip, seed)
+    for step, (x, t, m) in enumerate(tqdm(batches, total=steps, desc='stage 2', leave=False, disable=not progress)):
         loss = masked_l1(student(x), t, m)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         log.append(dict(step=step + 1, loss=loss.item()))
+    return log
+
+# %% ../nbs/12_fit3d.ipynb #37377d17
+def dino_finetune(student: nn.Module, images: Float[Tensor, "n 3 h w"], targets: Float[Tensor, "n d hp wp"], valid: Bool[Tensor, "n hp wp"],
+                  steps: int, batch_size: int = 4, hflip: bool = True, seed: int = 0, progress: bool = True, **train_kw) -> list[dict]:
+    "Stage 2 with Splat and Distill's objective: DINO heads, the EMA teacher, `cpu_demo`'s recipe and schedule (`train_kw`: `TrainConfig` fields); the per-step log."
+    if not any(p.requires_grad for p in student.parameters()):
+        raise ValueError('dino_finetune: the student has no trainable parameters (make it with make_student)')
+    tc = make_config('cpu_demo', dict(steps=steps, batch_size=batch_size, seed=seed, **train_kw))
+    set_seed(seed)
+    model = DistillModel(student, DINOHead(student.dim, tc.out_dim, tc.head_hidden, tc.head_bottleneck)).to(images.device).train()
+    teacher = make_ema_teacher(model)
+    criterion, (opt, sched) = make_criterion(tc), make_optimizer(tc, model)
+    log = []
+    batches = stage2_batches(images, targets, valid, steps, batch_size, hflip, seed)
+    for step, (x, t, m) in enumerate(tqdm(batches, total=steps, desc='stage 2 (dino)', leave=False, disable=not progress)):
+        stats = distill_step(model, teacher, criterion, opt, x, t, m, step, tc.ema_every, tc.ema_momentum, tc.grad_clip, sched)
+        log.append(dict(step=step + 1, **stats))
     return log
 
 # %% ../nbs/12_fit3d.ipynb #19e08365
@@ -455,6 +482,7 @@ def validate_fit3d_config(cfg: FiT3DConfig) -> FiT3DConfig:
     if cfg.policy not in ('auto', 'lora', 'last_stages', 'full'): bad('policy', 'choose auto, lora, last_stages or full')
     if cfg.policy == 'lora' and name == 'efficientnet_lite0': bad('policy', 'LoRA needs attention layers; use last_stages for the CNN')
     if cfg.splat_backend not in ('auto', 'torch', 'gsplat', 'triton'): bad('splat_backend', 'choose auto, torch, gsplat or triton')
+    if cfg.ft_objective not in ('l1', 'dino'): bad('ft_objective', "choose l1 (FiT3D's) or dino (Splat and Distill's, chapter 09)")
     if cfg.device != 'auto': check_device(cfg.device)
     check_ranges(cfg, FIT3D_RANGES)
     if cfg.data == 'procedural' and cfg.train_scenes < 1: bad('train_scenes', 'procedural data needs at least 1 scene')
@@ -558,8 +586,10 @@ def stage2(cfg: FiT3DConfig, teacher: nn.Module, scenes: list, out: Path, summar
     set_seed(cfg.seed)
     student = make_student(teacher, cfg.policy, lora_rank=cfg.lora_rank, last_stages=cfg.last_stages)
     steps = cfg.ft_steps or math.ceil(len(images) / cfg.ft_batch_size)                 # 0: one epoch (FiT3D)
-    log = finetune(student, images, targets, valid, steps, cfg.ft_batch_size, cfg.ft_lr, cfg.ft_weight_decay, cfg.ft_hflip,
-                   cfg.seed, cfg.progress)
+    if cfg.ft_objective == 'dino':                                                    # the loss-matched comparison
+        log = dino_finetune(student, images, targets, valid, steps, cfg.ft_batch_size, cfg.ft_hflip, cfg.seed, cfg.progress)
+    else: log = finetune(student, images, targets, valid, steps, cfg.ft_batch_size, cfg.ft_lr, cfg.ft_weight_decay, cfg.ft_hflip,
+                         cfg.seed, cfg.progress)
     return student.eval(), log
 
 # %% ../nbs/12_fit3d.ipynb #05de3b7f
@@ -601,7 +631,8 @@ def _run_fit3d(cfg: FiT3DConfig, out: Path, teacher: nn.Module, recon, scenes: l
     fault_point('stage2')                                                        # tests: killed after stage 2, before the export
     export_student(types.SimpleNamespace(backbone=student), out / 'student_timm.safetensors', cfg)   # timm names, as snd_train's
     stat = lambda k: float(np.mean([s[k] for s in summaries.values() if s.get(k) is not None])) if any(s.get(k) is not None for s in summaries.values()) else None
-    results = dict(config=asdict(cfg), scenes=summaries, stage2=dict(steps=len(log), first_loss=log[0]['loss'], last_loss=log[-1]['loss'],
+    results = dict(config=asdict(cfg), scenes=summaries, stage2=dict(steps=len(log), objective=cfg.ft_objective, first_loss=log[0]['loss'], last_loss=log[-1]['loss'],
+                   last={k: v for k, v in log[-1].items() if k != 'step'},
                    loss_curve=[r['loss'] for r in log[::max(1, len(log) // 50)]], trainable=describe_trainable(student)),
                    mean=dict(token_cos=stat('token_cos'), fit_seconds=stat('fit_seconds'), converged_seconds=stat('converged_seconds'),
                              lift_token_cos=stat('lift_token_cos'), lift_noblend_token_cos=stat('lift_noblend_token_cos'),
