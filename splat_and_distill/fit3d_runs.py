@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .runs import (print_config, config_from_args, add_config_options, cli_parser, add_option, add_run_options,
-    run_cli, read_json, open_run, fault_point, add_seeds_option)
+    run_cli, read_json, open_run, fault_point, add_seeds_option, typed_overrides)
 from .core import atomic_write_json, atomic_write_text
 from .gaussians import Gaussians
 from .splat import psnr
@@ -24,7 +24,8 @@ from .fit3d import (FiT3DConfig, FIT3D_PRESETS, FIT3D_RESUME_MUTABLE, cpu_fit3d,
 
 # %% auto #0
 __all__ = ['FIT3D_ROWS', 'fit3d_probe_specs', 'probe_fit3d', 'fit3d_summary', 'study_runs', 'side_by_side', 'teacher_agreement',
-           'fit3d_vs_snd_table', 'load_results', 'stage1_table', 'fit3d_study', 'cli_config', 'snd_fit3d']
+           'fit3d_vs_snd_table', 'load_results', 'stage1_table', 'fit3d_study', 'probe_set_overrides', 'cli_config',
+           'snd_fit3d']
 
 # %% ../nbs/12a_fit3d_runs.ipynb #48b32521
 FIT3D_ROWS = {'student': 'FiT3D student', 'student+teacher': 'FiT3D student + teacher'}   # model key (15_demo's names) -> table row
@@ -190,9 +191,18 @@ def _cli_parser() -> argparse.ArgumentParser:
     add_run_options(p)
     add_seeds_option(p, 'the study protocol over these seeds (0,1,2 or 0 1 2): OUT/seed_k runs and OUT/study.json')
     add_option(p, 'probe_preset', default=None, help="with --seeds: probe every model with chapter 10's preset (e.g. cpu_default, tiny)")
+    add_option(p, 'probe_set', action='append', default=[], metavar='KEY=VALUE',
+               help="with --probe_preset: change a field of the probe preset, e.g. eval_split=fresh (the evidence study's test scenes); repeatable")
     add_option(p, 'reprobe', action='store_true', help='with --seeds --resume: probe every seed again (after the probes changed); stage 1 and 2 are reused')
     add_config_options(p, FiT3DConfig, cpu_fit3d(), 'config fields (defaults shown are cpu_fit3d values; see --preset)')
     return p
+
+def probe_set_overrides(items: list[str]) -> dict:
+    "`--probe_set KEY=VALUE` items as typed `ProbeConfig` overrides (values read as `--set` reads them); an unknown key is an error."
+    pairs = [s.partition('=') for s in items]
+    if bad := [s for s, (k, eq, v) in zip(items, pairs) if not (k and eq)]:
+        raise ValueError(f'--probe_set {bad[0]!r}: expected KEY=VALUE, e.g. eval_split=fresh')
+    return typed_overrides(P.ProbeConfig, {k: v for k, _, v in pairs})
 
 def cli_config(args) -> FiT3DConfig:
     "The config a `snd_fit3d` command line describes; on `--resume` without `--preset`, the run's saved config is the start."
@@ -204,9 +214,12 @@ def snd_fit3d(argv: list[str] | None = None) -> dict | None:
         cfg = cli_config(args)
         if args.probe_preset is not None and args.seeds is None: raise ValueError('--probe_preset needs --seeds (the study protocol probes every seed)')
         if args.reprobe and not (args.seeds and args.resume): raise ValueError('--reprobe re-probes an existing study: give --seeds and --resume')
+        if args.probe_set and args.probe_preset is None: raise ValueError('--probe_set changes the probe preset: give --probe_preset too')
+        probe_overrides = probe_set_overrides(args.probe_set)
         if args.print_config: return print_config(cfg)
         if args.seeds is not None:
-            study = fit3d_study(cfg, args.seeds, args.probe_preset, resume=args.resume, overwrite=args.overwrite, reprobe=args.reprobe)
+            study = fit3d_study(cfg, args.seeds, args.probe_preset, probe_overrides, resume=args.resume, overwrite=args.overwrite,
+                                reprobe=args.reprobe)
             if study.get('summary'): print(summary_table(study['summary']))
             print(stage1_table(study))
             return dict(study=study)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from splat_and_distill.fit3d import (FeatureGaussians, render_feature_gaussians, rgb_loss, feature_loss, init_points,
-    split_views, fit_scene, fit3d_config, validate_fit3d_config, render_targets, finetune, masked_l1, run_fit3d,
+    split_views, fit_scene, fit3d_config, validate_fit3d_config, render_targets, finetune, dino_finetune, stage2_batches, masked_l1, run_fit3d,
     save_scene_fit, load_scene_fit, like_train, FiT3DConfig, FIT3D_PRESETS, lift_metrics)
 from splat_and_distill.fit3d_runs import (snd_fit3d, fit3d_vs_snd_table, side_by_side, teacher_agreement, load_results,
     fit3d_summary, stage1_table, FIT3D_ROWS)
@@ -87,6 +87,58 @@ def test_stage2_moves_student_toward_rendered_features(scene, teacher):
     assert len(log) == 10 and after < 0.9 * before, (before, after)
     for n, p in student.named_parameters():
         if n in frozen: assert torch.equal(p, frozen[n]), f'frozen parameter {n} moved'
+
+def test_stage2_batches_are_epochs_with_flips(scene):
+    "Every view once per epoch, in an order the seed fixes; a flipped image comes with its flipped targets and mask."
+    n, images = 5, torch.arange(5.).view(5, 1, 1, 1).expand(5, 3, 2, 4).clone()
+    images[..., 0] += 10                                                      # a left edge, so a flip shows
+    targets, valid = images[:, :2].clone(), images[:, 0] > 10
+    batches = list(stage2_batches(images, targets, valid, steps=5, batch_size=2, seed=3))
+    ids = [int(x[0, 0, 0].min()) for b in batches for x in b[0].split(1)]
+    assert len(batches) == 5 and sorted(ids[:n]) == list(range(n)) and sorted(ids[n:2 * n]) == list(range(n))
+    flips = [bool(x[0, 0, 0, -1] > x[0, 0, 0, 0]) for b in batches for x in b[0].split(1)]
+    assert 0 < sum(flips) < len(flips), 'about half the views are flipped'
+    for x, t, m in batches:
+        assert torch.equal(t, x[:, :2]) and torch.equal(m, x[:, 0] > 10), 'targets and mask follow their image'
+    again = list(stage2_batches(images, targets, valid, steps=5, batch_size=2, seed=3))
+    other = list(stage2_batches(images, targets, valid, steps=5, batch_size=2, seed=4))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, other))
+    assert all(not (x[:, :, :, -1] > x[:, :, :, 0]).any() for x, _, _ in stage2_batches(images, targets, valid, 5, 2, hflip=False))
+
+def test_dino_stage2_trains_the_student_part_with_our_objective(scene, teacher):
+    "ft_objective='dino': our loss and recipe on FiT3D's targets; the same trainable part moves, the frozen part and the exported backbone have no head."
+    fg = _gaussians(scene, out_dim=teacher.dim)
+    views = [0, 1, 3, 5, 7]
+    targets, valid = render_targets(fg, scene, views, teacher.token_grid(32, 32))
+    torch.manual_seed(0)
+    student = make_student(teacher, 'last_stages')
+    before, keys = {n: p.detach().clone() for n, p in student.named_parameters()}, set(student.state_dict())
+    log = dino_finetune(student, scene.rgb[views], targets, valid, steps=16, batch_size=5, seed=0, progress=False, lr=3e-3, out_dim=256,
+                        ema_every=0)
+    assert len(log) == 16 and {'loss', 'agreement', 'teacher_mean_entropy', 'cosine'} <= set(log[0])
+    agree = [r['agreement'] for r in log]                                 # the student's head learns to read the targets as the teacher's does
+    assert sum(agree[-4:]) / 4 > sum(agree[:4]) / 4 + 0.1, agree
+    moved = {n for n, p in student.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert moved and moved <= trainable, moved - trainable
+    assert set(student.state_dict()) == keys and not hasattr(student, 'head')
+    with pytest.raises(ValueError, match='no trainable parameters'):
+        dino_finetune(make_backbone('efficientnet_lite0', pretrained=False).requires_grad_(False), scene.rgb[views], targets, valid, steps=1, progress=False)
+    with pytest.raises(ValueError, match='ft_objective'): validate_fit3d_config(fit3d_config('tiny', ft_objective='cosine'))
+
+def test_run_records_the_stage2_objective(tmp_path):
+    "The two objectives share stage 1 bit for bit (same seed) and differ in stage 2; results say which ran."
+    runs = {obj: run_fit3d(fit3d_config('tiny', **{**FAST, 'train_scenes': 1}, ft_objective=obj, out=str(tmp_path / obj)))['results']
+            for obj in ('l1', 'dino')}
+    assert [runs[o]['stage2']['objective'] for o in ('l1', 'dino')] == ['l1', 'dino']
+    assert 'agreement' in runs['dino']['stage2']['last'] and 'agreement' not in runs['l1']['stage2']['last']
+    fits = sorted((tmp_path / 'l1' / 'scenes').glob('*.safetensors'))
+    assert len(fits) == 1
+    a, b = (_tensors(tmp_path / o / 'scenes' / fits[0].name) for o in ('l1', 'dino'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (_tensors(tmp_path / o / 'student_timm.safetensors') for o in ('l1', 'dino'))
+    assert sa.keys() == sb.keys() and not all(torch.equal(sa[k], sb[k]) for k in sa)
 
 def test_masked_l1_ignores_invalid_tokens():
     pred, target = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)
@@ -191,7 +243,9 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     bad = [['--set', 'fit_step=3'], ['--preset', 'nope'], ['--fit_steps', 'ten'], ['--set', 'geometry=nerf'], ['--data', str(tmp_path / 'no')],
            ['--weights', '/no/such.pth'], ['--set', 'ft_hflip=ture'], ['--probe_preset', 'tiny'], ['--seeds', '0', '--probe_preset', 'huge'],
            ['--set', 'holdout_every=-1'], ['--preset', 'paper_fit3d'], ['--set', 'ft_lr=0'], ['--reprobe'], ['--resume'], ['--fit-step', '3'],
-           ['--resume', '--overwrite']]
+           ['--resume', '--overwrite'], ['--set', 'ft_objective=cosine'], ['--seeds', '0', '--probe_set', 'eval_split=fresh'],
+           ['--seeds', '0', '--probe_preset', 'tiny', '--probe_set', 'nope=1'], ['--seeds', '0', '--probe_preset', 'tiny', '--probe_set', 'epochs'],
+           ['--seeds', '0', '--probe_preset', 'tiny', '--probe_set', 'eval_split=elsewhere']]
     for b in bad:
         with pytest.raises(SystemExit) as e: snd_fit3d(['--out', str(out), *b])
         assert e.value.code == 2, b
@@ -305,6 +359,20 @@ def test_study_protocol_seeds_and_resume(tmp_path, monkeypatch):
     assert len(calls) == 4
     f3.fit3d_study(cfg, [0, 1], probe_preset='tiny', resume=True)                 # other probe options: probed again
     assert len(calls) == 6
+
+def test_cli_probe_set_reaches_the_study(tmp_path, monkeypatch):
+    "--probe_set KEY=VALUE (repeatable) becomes the study's typed probe overrides, with --set ft_objective=dino in the config."
+    import splat_and_distill.fit3d_runs as f3
+    seen = {}
+    def fake_study(cfg, seeds, probe_preset, probe_overrides=None, **kw):
+        seen.update(cfg=cfg, seeds=seeds, preset=probe_preset, overrides=probe_overrides)
+        return {'runs': {}}
+    monkeypatch.setattr(f3, 'fit3d_study', fake_study)
+    monkeypatch.setattr(f3, 'stage1_table', lambda study: '')
+    f3.snd_fit3d(['--out', str(tmp_path / 'o'), '--seeds', '0,1', '--probe_preset', 'tiny', '--probe_set', 'eval_split=fresh',
+                  '--probe_set', 'epochs=3', '--set', 'ft_objective=dino'])
+    assert seen['overrides'] == {'eval_split': 'fresh', 'epochs': 3} and seen['preset'] == 'tiny' and seen['seeds'] == (0, 1)
+    assert seen['cfg'].ft_objective == 'dino'
 
 def test_probe_fit3d_uses_the_probe_seed(tmp_path):
     "The teacher, the student and FiT3D's concatenation, probed with chapter 10b's seeded probe config: the seed moves the trained heads only."
