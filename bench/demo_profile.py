@@ -6,7 +6,8 @@
 
 It runs `demo.run_demo` itself, the code `snd_demo` runs (geometry, probe data, the teacher's probes and one student per
 seed, distilled and probed, then the figures), at `demo_default()` settings on the first `--seeds` of the demo's seeds,
-in a temporary output folder (never runs/demo). Nothing in the package is edited: at run time package functions are
+in a temporary output folder (never runs/demo), in this one process (`workers=1`: the demo's pool, chapter 15, would
+run the stages where the wrappers cannot see them). Nothing in the package is edited: at run time package functions are
 replaced, by name, with wrappers that time them (`time.perf_counter` for wall seconds, `time.process_time` for the
 process's CPU seconds over all its threads), in every module that imported them by name too, and put back afterwards.
 Names that do not exist in the checkout being profiled are skipped and listed, so the script runs before and after
@@ -382,9 +383,10 @@ def profile_demo(threads: int = 2, seeds: int = 1, train_steps: int | None = Non
     demo_seeds = tuple(given.pop('seeds', defaults.seeds))
     if not 1 <= seeds <= len(demo_seeds): raise ValueError(f'--seeds {seeds}: profile 1 to {len(demo_seeds)} of the demo seeds {demo_seeds}')
     tmp = Path(tempfile.mkdtemp(prefix='demo_profile_', dir=workdir))
-    cfg = demo.demo_default(**{**given, 'seeds': demo_seeds[:seeds], 'threads': threads, 'progress': progress, 'out': str(tmp / 'demo')})
+    one_process = {'workers': 1} if 'workers' in demo.DemoConfig.__dataclass_fields__ else {}   # the wrappers time this process only
+    cfg = demo.demo_default(**{**given, 'seeds': demo_seeds[:seeds], 'threads': threads, 'progress': progress, **one_process, 'out': str(tmp / 'demo')})
     cd, dd = dataclasses.asdict(cfg), dataclasses.asdict(defaults)
-    changed = {k: cd[k] for k in cd if k not in ('out', 'threads', 'progress', 'seeds') and cd[k] != dd[k]}
+    changed = {k: cd[k] for k in cd if k not in ('out', 'threads', 'workers', 'progress', 'seeds') and cd[k] != dd[k]}
     old_cache = os.environ.get('SND_CACHE')
     if scene_cache is not None: os.environ['SND_CACHE'] = str(Path(scene_cache).resolve())
     from splat_and_distill.scenes import default_cache_dir

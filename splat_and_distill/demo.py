@@ -5,6 +5,9 @@
 # %% ../nbs/15_demo.ipynb #084182f9
 from __future__ import annotations
 import dataclasses, datetime, json, os, platform, shutil, sys, time
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -28,13 +31,14 @@ from .evaluate import (ProbeProtocol, probe_seeded, STUDY_COLUMNS, SUMMARY_LEGEN
 from . import reconstruct, train as T, probes as P
 
 # %% auto #0
-__all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE', 'STUDY_VARIANTS', 'CONTROLS',
+__all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE', 'STUDENT_SPECS', 'STUDY_VARIANTS', 'CONTROLS',
            'EVIDENCE_COLUMNS', 'DemoConfig', 'demo_default', 'demo_quick', 'validate_demo', 'demo_recon_config',
            'demo_geometry', 'reconstructor_eval', 'demo_train_config', 'study_run_dir', 'demo_protocol',
-           'teacher_probes', 'student_run', 'feature_figure', 'splat_figure', 'consistency_map', 'effect_figure',
-           'machine_summary', 'demo_runs', 'demo_summary', 'demo_table', 'demo_figures', 'run_demo', 'study_variants',
-           'study_summaries', 'remeasure_study', 'difference_rows', 'study_table', 'run_study', 'publish_results',
-           'demo_student', 'snd_demo', 'snd_study']
+           'teacher_probes', 'distill_student', 'probe_student', 'student_run', 'feature_figure', 'splat_figure',
+           'consistency_map', 'effect_figure', 'machine_summary', 'workers_note', 'demo_runs', 'demo_workers',
+           'demo_summary', 'demo_table', 'demo_figures', 'run_demo', 'study_variants', 'study_summaries',
+           'remeasure_study', 'difference_rows', 'study_table', 'run_study', 'publish_results', 'demo_student',
+           'snd_demo', 'snd_study']
 
 # %% ../nbs/15_demo.ipynb #48d3aebf
 @dataclass
@@ -61,6 +65,7 @@ class DemoConfig:
     probe_overrides: dict = dataclasses.field(default_factory=dict)  # fields of the probe preset to change
     seed: int = 0                        # seed of the reconstructor and of the figures' scene
     threads: int | None = None           # CPU threads (None: $OMP_NUM_THREADS or all cores)
+    workers: int | None = None           # processes running independent stages side by side, threads split among them (None: one per thread, at most one per seed plus one; 1: in this process)
     cache_dir: str | None = None         # scene/feature cache (None: the default cache folder)
     progress: bool = True
 
@@ -78,10 +83,10 @@ DEMO_PRESETS = dict(default=demo_default, quick=demo_quick)
 
 # %% ../nbs/15_demo.ipynb #9c9e99de
 DEMO_RANGES = dict(size='>= 16', recon_size='>= 16', n_views='>= 9', recon_steps='>= 1', recon_scenes='>= 1', train_steps='>= 1', train_scenes='>= 1',
-                   batch_size='>= 1', lr='(0, 1)', out_dim='>= 1', blend_alpha='[0, 1]', seed='>= 0', threads='>= 1')
+                   batch_size='>= 1', lr='(0, 1)', out_dim='>= 1', blend_alpha='[0, 1]', seed='>= 0', threads='>= 1', workers='>= 1')
 DEMO_RUN_FILES = ['run.json', 'config.json', 'results.json', 'results.md', 'study.json', 'study.md', 'features_teacher_vs_student.png',
                   'splatted_target.png', 'consistency_teacher_vs_student.png', 'recon', 'teacher', 'runs']
-DEMO_RESUME_MUTABLE = ('out', 'threads', 'cache_dir', 'progress')
+DEMO_RESUME_MUTABLE = ('out', 'threads', 'workers', 'cache_dir', 'progress')
 
 def validate_demo(cfg: DemoConfig, variants: dict | None = None) -> DemoConfig:
     "Every check of the demo's options and of each stage's config (and each study variant's), before any work (a given reconstructor is loaded to check it)."
@@ -167,24 +172,33 @@ def teacher_probes(cfg: DemoConfig, seed: int, data: dict, pair_memo: dict | Non
     return res
 
 # %% ../nbs/15_demo.ipynb #8c13a812
-def student_run(cfg: DemoConfig, seed: int, recon_path: str | None, data: dict, variant: str = 'default',
-                overrides: dict | None = None, concat: bool = False, resume: bool = False) -> dict:
-    "Distil (or, resuming, continue) the student of (`variant`, `seed`), then run every probe on it (and on student+teacher if `concat`)."
+def distill_student(cfg: DemoConfig, seed: int, recon_path: str | None, variant: str = 'default', overrides: dict | None = None,
+                    resume: bool = False) -> dict:
+    "Distil (or, resuming, continue) the student of (`variant`, `seed`); its run record, with no probe results yet."
     run = study_run_dir(cfg.out, variant, seed)
-    path = run/'probes.json'
-    if path.is_file():                                                    # finished earlier: kept as it is
-        print(f'{run}: finished earlier, kept as it is', file=sys.stderr)
-        return read_json(path, 'run results')
     tc = demo_train_config(dataclasses.replace(cfg, seed=seed), recon_path, out=run/'train', **(overrides or {}))
     t = time.time()
     r = T.train(tc, **_stage(run/'train', resume))
-    student = r['paths']['student_timm']
-    res = dict(variant=variant, seed=seed, overrides=overrides or {}, student_path=student, train=r['results'],
-               train_s=round(time.time() - t, 1), models={})
-    pc = probe_seeded(demo_protocol(cfg), seed)
-    specs = {'student': f'efficientnet_lite0:{student}', 'student+teacher': f'efficientnet_lite0+efficientnet_lite0:{student}'}
+    return dict(variant=variant, seed=seed, overrides=overrides or {}, student_path=r['paths']['student_timm'], train=r['results'],
+                train_s=round(time.time() - t, 1), models={})
+
+STUDENT_SPECS = {'student': 'efficientnet_lite0:{}', 'student+teacher': 'efficientnet_lite0+efficientnet_lite0:{}'}
+
+def probe_student(cfg: DemoConfig, seed: int, data: dict, student_path: str, name: str = 'student') -> dict:
+    "Every probe on the distilled student (`name` 'student') or on its concatenation with the teacher ('student+teacher'), probe seed `seed`."
+    return probe_backbone(load_probe_backbone(STUDENT_SPECS[name].format(student_path)), data, probe_seeded(demo_protocol(cfg), seed),
+                          name, progress=cfg.progress)
+
+def student_run(cfg: DemoConfig, seed: int, recon_path: str | None, data: dict, variant: str = 'default',
+                overrides: dict | None = None, concat: bool = False, resume: bool = False) -> dict:
+    "Distil (or, resuming, continue) the student of (`variant`, `seed`), then run every probe on it (and on student+teacher if `concat`)."
+    path = study_run_dir(cfg.out, variant, seed)/'probes.json'
+    if path.is_file():                                                    # finished earlier: kept as it is
+        print(f'{path.parent}: finished earlier, kept as it is', file=sys.stderr)
+        return read_json(path, 'run results')
+    res = distill_student(cfg, seed, recon_path, variant, overrides, resume)
     for name in ['student'] + (['student+teacher'] if concat else []):
-        res['models'][name] = probe_backbone(load_probe_backbone(specs[name]), data, pc, name, progress=cfg.progress)
+        res['models'][name] = probe_student(cfg, seed, data, res['student_path'], name)
     atomic_write_json(path, res)
     return res
 
@@ -249,11 +263,16 @@ def effect_figure(teacher: nn.Module, student: nn.Module, scene, a: int, b: int,
     return fig
 
 # %% ../nbs/15_demo.ipynb #5de4b186
-def machine_summary() -> dict:
-    "Where the run happened (for the results table)."
-    return dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
-                cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
-                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+def machine_summary(workers: list[int] | None = None) -> dict:
+    "Where the run happened (for the results table); `workers`: the pool, `[processes, threads each]` (chapter 15's `demo_workers`)."
+    out = dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
+               cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
+               cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    return out if workers is None else {**out, 'workers': workers[0], 'threads_per_worker': workers[1]}
+
+def workers_note(machine: dict) -> str:
+    "', as P processes of T threads' when the stages ran side by side; '' otherwise (and for results written before the pool)."
+    return f" as {machine['workers']} processes of {machine['threads_per_worker']}" if machine.get('workers', 1) > 1 else ''
 
 def demo_runs(cfg: DemoConfig, variants: dict, kind: str = 'snd_demo', resume: bool = False, overwrite: bool = False) -> dict:
     "The work the demo and the study share: geometry, probe data, the teacher's probes per seed, every (variant, seed) student."
@@ -269,8 +288,10 @@ def demo_runs(cfg: DemoConfig, variants: dict, kind: str = 'snd_demo', resume: b
 def _demo_runs(cfg: DemoConfig, variants: dict, kind: str, resume: bool, out: Path) -> dict:
     "The body of `demo_runs` in its locked output folder."
     atomic_write_json(out/'config.json', asdict(cfg))
-    timing, t = {}, time.time()
     needs_recon = any(demo_train_config(cfg, None, **ov).geometry == 'reconstructor' for ov in variants.values())
+    workers, threads = demo_workers(cfg)
+    if workers > 1: return _demo_runs_parallel(cfg, variants, kind, resume, needs_recon, workers, threads)   # below
+    timing, t = {}, time.time()
     recon_path = demo_geometry(dataclasses.replace(cfg, geometry='reconstructor'), resume) if needs_recon else None
     timing['geometry'] = time.time() - t; t = time.time()
     data = P.probe_splits(probe_seeded(demo_protocol(cfg), cfg.seeds[0]), cfg.cache_dir, cfg.progress)
@@ -283,7 +304,104 @@ def _demo_runs(cfg: DemoConfig, variants: dict, kind: str, resume: bool, out: Pa
         runs[v][s] = student_run(cfg, s, recon_path, data, v, variants[v], concat=cfg.concat and v == 'default', resume=resume)
         fault_point('student', sum(map(len, runs.values())))     # tests: killed between students
     timing['students'] = time.time() - t
-    return dict(recon_path=recon_path, teacher=teacher, runs=runs, timing=timing)
+    return dict(recon_path=recon_path, teacher=teacher, runs=runs, timing=timing, workers=[1, torch.get_num_threads()])
+
+# %% ../nbs/15_demo.ipynb #ba51f9fb
+def demo_workers(cfg: DemoConfig) -> tuple[int, int]:
+    "(processes, threads per process) of the demo's pool: `cfg.workers` (None: one per thread, at most one per seed plus one) sharing `cfg.threads`."
+    threads = cfg.threads or torch.get_num_threads()
+    workers = max(1, min(cfg.workers or min(threads, len(cfg.seeds) + 1), threads))
+    return workers, threads // workers
+
+_WORKER = {}                                                      # a pool process's probe data, made once per process
+
+def _worker_init(threads: int, parent: int):
+    "A pool process: its share of the threads, none of the parent's fault injection (tests), and (Linux) killed with its parent, so no orphan writes into a run being resumed."
+    set_threads(threads)
+    os.environ.pop('SND_FAULT', None)
+    if sys.platform.startswith('linux'):
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 9)                             # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+    if os.getppid() != parent: os._exit(1)                       # the parent died before that took effect
+
+def _worker_data(cfg: DemoConfig) -> dict:
+    "The demo's probe data in a pool process (rendered, or read from the scene cache, once per process)."
+    key = json.dumps([cfg.probe_preset, cfg.probe_overrides, cfg.seeds[0], cfg.cache_dir], sort_keys=True, default=str)
+    if _WORKER.get('key') != key:
+        _WORKER.update(key=key, data=P.probe_splits(probe_seeded(demo_protocol(cfg), cfg.seeds[0]), cfg.cache_dir, False))
+    return _WORKER['data']
+
+def _geometry_job(cfg: DemoConfig, resume: bool) -> tuple[str | None, float]:
+    t = time.time()
+    return demo_geometry(dataclasses.replace(cfg, geometry='reconstructor'), resume), time.time() - t
+
+def _teacher_job(cfg: DemoConfig) -> tuple[dict, float]:
+    t, memo = time.time(), {}
+    return {s: teacher_probes(cfg, s, _worker_data(cfg), memo) for s in cfg.seeds}, time.time() - t
+
+def _probe_job(cfg: DemoConfig, seed: int, variant: str, student_path: str, name: str) -> dict:
+    "One probe run of a distilled student, kept in its own file until the student's `probes.json` is written."
+    path = study_run_dir(cfg.out, variant, seed)/f'probes_{name}.json'
+    if path.is_file(): return read_json(path, 'probe results')
+    res = probe_student(cfg, seed, _worker_data(cfg), student_path, name)
+    atomic_write_json(path, res)
+    return res
+
+# %% ../nbs/15_demo.ipynb #2d5c14bf
+def _finish_student(cfg: DemoConfig, res: dict, names: list[str], models: dict) -> dict:
+    "Write the `probes.json` of a student whose probe runs are in (models in the one-process order) and drop their own files."
+    run = study_run_dir(cfg.out, res['variant'], res['seed'])
+    res = {**res, 'models': {n: models[n] for n in names}}
+    atomic_write_json(run/'probes.json', res)
+    for n in names: (run/f'probes_{n}.json').unlink(missing_ok=True)
+    return res
+
+def _demo_runs_parallel(cfg: DemoConfig, variants: dict, kind: str, resume: bool, needs_recon: bool, workers: int, threads: int) -> dict:
+    "The stages of `_demo_runs` in a pool of `workers` processes of `threads` threads each."
+    jobs, runs, t0 = [(s, v) for s in cfg.seeds for v in variants], {v: {} for v in variants}, time.time()
+    for s, v in jobs:
+        if (p := study_run_dir(cfg.out, v, s)/'probes.json').is_file():
+            print(f'{p.parent}: finished earlier, kept as it is', file=sys.stderr)
+            runs[v][s] = read_json(p, 'run results')
+    w = dataclasses.replace(cfg, threads=threads, progress=False)             # what each job sees: its threads, no bars
+    pool = ProcessPoolExecutor(workers, multiprocessing.get_context('spawn'), initializer=_worker_init, initargs=(threads, os.getpid()))
+    try:
+        geo = pool.submit(_geometry_job, w, resume) if needs_recon else None
+        teach = pool.submit(_teacher_job, w)
+        recon_path, geo_s = geo.result() if geo else (None, 0.)
+        pending = {pool.submit(_distill_job, w, s, recon_path, v, variants[v], resume): (s, v, None) for s, v in jobs if s not in runs[v]}
+        teacher, teacher_s = teach.result()
+        fault_point('teacher')
+        names, models, finished = {}, {}, sum(map(len, runs.values()))     # students done (earlier ones included)
+        bar = tqdm(total=len(pending), desc=f'{kind} runs ({workers} processes)', disable=not cfg.progress)
+        while pending:
+            for f in wait(pending, return_when=FIRST_COMPLETED)[0]:
+                s, v, name = pending.pop(f)
+                if name is None:                                        # distilled: probe it
+                    runs[v][s], models[s, v] = f.result(), {}
+                    names[s, v] = ['student'] + (['student+teacher'] if cfg.concat and v == 'default' else [])
+                    pending.update({pool.submit(_probe_job, w, s, v, runs[v][s]['student_path'], n): (s, v, n) for n in names[s, v]})
+                    continue
+                models[s, v][name] = f.result()
+                if len(models[s, v]) == len(names[s, v]):
+                    runs[v][s] = _finish_student(cfg, runs[v][s], names[s, v], models[s, v])
+                    finished += 1
+                    bar.update(); fault_point('student', finished)      # tests: killed between students
+        bar.close()
+    except BaseException as e:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(e, BrokenProcessPool):
+            raise RuntimeError('a pool process of the demo died. If you call run_demo or run_study from a script, put the call under '
+                               "`if __name__ == '__main__':` (Python starts each pool process by importing the script); or run in one "
+                               'process with workers=1 (--workers 1); --resume keeps what finished') from e
+        raise
+    pool.shutdown()
+    runs = {v: {s: runs[v][s] for s in cfg.seeds} for v in variants}
+    timing = dict(geometry=geo_s, teacher_probes=teacher_s, students=time.time() - t0 - geo_s)
+    return dict(recon_path=recon_path, teacher=teacher, runs=runs, timing=timing, workers=[workers, threads])
+
+def _distill_job(cfg: DemoConfig, seed: int, recon_path: str | None, variant: str, overrides: dict, resume: bool) -> dict:
+    return distill_student(cfg, seed, recon_path, variant, overrides, resume)
 
 # %% ../nbs/15_demo.ipynb #ad2f5d81
 def demo_summary(teacher: dict, runs: dict, concat: bool) -> dict:
@@ -300,7 +418,7 @@ def demo_table(results: dict) -> str:
     geo = results['geometry'] + (f" (validation depth AbsRel {results['geometry_eval']['val_abs_rel']:.3f}, "
                                  f"δ<1.25 {results['geometry_eval']['val_delta1']:.3f})" if results.get('geometry_eval') else '')
     lines = [f"# Splat and Distill demo ({results['date']})", '',
-             f"Command: `{results.get('command', 'run_demo')}`. Machine: {m['cpu_count']} CPUs, {m['threads']} threads, "
+             f"Command: `{results.get('command', 'run_demo')}`. Machine: {m['cpu_count']} CPUs, {m['threads']} threads{workers_note(m)}, "
              f"CUDA: {m['cuda'] or 'none'}; wall time {results['timing_s']['total'] / 60:.1f} min.", '',
              f"Teacher: EfficientNet-Lite0, ImageNet-supervised (a CNN stand-in for DINOv2). Geometry: {geo}. "
              f"Distillation: {tr['steps']} steps of batch {tr['batch_size']} at {c['size']} px, recipe `{tr['recipe']['recipe']}`, "
@@ -339,7 +457,7 @@ def _finish_demo(cfg: DemoConfig, r: dict, t0: float, command: str | None) -> di
     timing = {**r['timing'], 'figures': time.time() - t, 'total': time.time() - t0}
     res = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), command=command or 'run_demo(...)',
                config=asdict(cfg), geometry='ground-truth depth' if r['recon_path'] is None else f"reconstructor ({r['recon_path']})",
-               geometry_eval=reconstructor_eval(r['recon_path']), machine=machine_summary(),
+               geometry_eval=reconstructor_eval(r['recon_path']), machine=machine_summary(r['workers']),
                teacher=r['teacher'], runs=runs, summary=demo_summary(r['teacher'], runs, cfg.concat),
                timing_s={k: round(v, 1) for k, v in timing.items()})
     fault_point('results')
@@ -452,7 +570,7 @@ def run_study(cfg: DemoConfig | None = None, variants: list[str] | None = None, 
 def _finish_study(cfg: DemoConfig, vs: dict, r: dict, t0: float, command: str | None) -> dict:
     "Summaries, study.json and study.md of a study whose runs are done."
     res = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), command=command or 'run_study(...)',
-               config=asdict(cfg), variants=vs, machine=machine_summary(), teacher=r['teacher'], runs=r['runs'],
+               config=asdict(cfg), variants=vs, machine=machine_summary(r['workers']), teacher=r['teacher'], runs=r['runs'],
                **study_summaries(r['teacher'], r['runs'], cfg.concat),
                geometry_eval=reconstructor_eval(r['recon_path']),
                timing_s={**{k: round(v, 1) for k, v in r['timing'].items()}, 'total': round(time.time() - t0, 1)})
@@ -487,6 +605,8 @@ def _demo_options(p, quick_help: str):
     add_option(p, 'quick', action='store_true', help=quick_help)
     add_seeds_option(p, 'distillation seeds, e.g. 0,1,2 or 0 1 2 (default: 0,1,2)')
     add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads')
+    add_option(p, 'workers', type=option_type(int), default=None,
+               help='processes running independent stages side by side, sharing the threads (default: one per thread, at most one per seed plus one; 1: one process)')
     add_flag(p, 'progress', 'show progress bars (default) or not (--no-progress)')
     add_config_file_options(p)
 
@@ -512,7 +632,7 @@ def snd_demo(argv: list[str] | None = None) -> dict | None:
     add_run_options(p, 'demo')
     def main(a):
         cfg = _demo_config(a, dict(out=a.out, geometry=a.geometry, reconstructor=a.reconstructor, train_steps=a.train_steps,
-                                   recon_steps=a.recon_steps, size=a.size, seed=a.seed, seeds=a.seeds, threads=a.threads))
+                                   recon_steps=a.recon_steps, size=a.size, seed=a.seed, seeds=a.seeds, threads=a.threads, workers=a.workers))
         if a.print_config: return print_config(cfg)
         res = run_demo(cfg, resume=a.resume, overwrite=a.overwrite, command='snd_demo ' + ' '.join(sys.argv[1:] if argv is None else map(str, argv)))
         print(demo_table(res))
@@ -535,7 +655,8 @@ def snd_study(argv: list[str] | None = None) -> dict | None:
                'the harder measures) of the finished study in --out with this version\'s code; trained probes are kept')
     add_run_options(p, 'study')
     def main(a):
-        cfg = _demo_config(a, dict(out=a.out or ('runs/study_quick' if a.quick else 'runs/study'), seeds=a.seeds, threads=a.threads))
+        cfg = _demo_config(a, dict(out=a.out or ('runs/study_quick' if a.quick else 'runs/study'), seeds=a.seeds, threads=a.threads,
+                                   workers=a.workers))
         if a.print_config: return print_config(cfg)
         if a.remeasure: res = remeasure_study(cfg.out, cfg.progress)
         else: res = run_study(cfg, a.variants, resume=a.resume, overwrite=a.overwrite,

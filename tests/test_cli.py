@@ -68,7 +68,7 @@ def test_probe_output_folder_contract(tmp_path, capsys):
 def test_demo_folder_contract(tmp_path, capsys):
     "snd_demo: refused into a folder holding a demo; --resume of a finished demo keeps every stage's results."
     from splat_and_distill.demo import run_demo, demo_quick
-    cfg = demo_quick(out=str(tmp_path / 'd'), train_steps=2, train_scenes=1, n_views=10, progress=False, cache_dir=str(tmp_path / 'c'),
+    cfg = demo_quick(out=str(tmp_path / 'd'), train_steps=2, train_scenes=1, n_views=10, progress=False, cache_dir=str(tmp_path / 'c'), workers=1,
                      probe_overrides=dict(n_views=6, n_train_scenes=1, n_test_scenes=1, epochs=1, real_image=False, corr_gaps=(1, 2)))
     first = run_demo(cfg)
     with pytest.raises(SystemExit) as e: snd_demo(['--quick', '--out', cfg.out])
