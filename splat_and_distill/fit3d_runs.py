@@ -24,8 +24,8 @@ from .fit3d import (FiT3DConfig, FIT3D_PRESETS, FIT3D_RESUME_MUTABLE, cpu_fit3d,
 
 # %% auto #0
 __all__ = ['FIT3D_ROWS', 'fit3d_probe_specs', 'probe_fit3d', 'fit3d_summary', 'study_runs', 'side_by_side', 'teacher_agreement',
-           'fit3d_vs_snd_table', 'load_results', 'stage1_table', 'fit3d_study', 'probe_set_overrides', 'cli_config',
-           'snd_fit3d']
+           'fit3d_vs_snd_table', 'loss_matched_rows', 'loss_matched_table', 'stage1_cpu_ratio', 'load_results',
+           'stage1_table', 'fit3d_study', 'probe_set_overrides', 'cli_config', 'snd_fit3d']
 
 # %% ../nbs/12a_fit3d_runs.ipynb #48b32521
 FIT3D_ROWS = {'student': 'FiT3D student', 'student+teacher': 'FiT3D student + teacher'}   # model key (15_demo's names) -> table row
@@ -95,6 +95,34 @@ def fit3d_vs_snd_table(fit3d_results: dict, study_results: dict | None = None, v
                     ('with no shared seed.' if agree is None else f'largest relative headline difference {agree:.1g} (FiT3D\'s JSON keeps 5 significant digits).'))
     else: note.append("The Splat-and-Distill rows await the study's results (chapter 15's study.json).")
     return '\n'.join(lines) + '\n\n' + ' '.join(note) + '\n'
+
+# %% ../nbs/12a_fit3d_runs.ipynb #eaa38a3c
+def loss_matched_rows(fit3d: dict, snd: dict, model: str = 'student') -> dict:
+    "Per objective: FiT3D − teacher, SnD − teacher, SnD − FiT3D (paired per seed). `fit3d`: {objective: FiT3D study}; `snd`: {objective: (SnD study, variant)}."
+    rows = {}
+    for obj, study in fit3d.items():
+        f = _probed(study['runs'], model)
+        s_study, variant = snd[obj]
+        s = _probed(study_runs(s_study).get(variant, {}), model)
+        rows[f'FiT3D ({obj}) − teacher'] = paired_summary(study['teacher'], f, model)
+        rows[f'SnD ({obj}) − teacher'] = paired_summary(s_study['teacher'], s, model)
+        rows[f'SnD − FiT3D ({obj})'] = paired_summary({k: r['models'][model] for k, r in f.items()}, s, model)
+    return rows
+
+def loss_matched_table(rows: dict, columns=STUDY_COLUMNS) -> str:
+    "Markdown: one row per paired comparison of `loss_matched_rows` (mean [95% t-interval], bold where Holm-significant), with its seeds."
+    cols = [c for c in columns if any(c[0] in s for s in rows.values())]
+    lines = ['| paired difference | seeds | ' + ' | '.join(name for _, name, _ in cols) + ' |', '|---|---|' + '---|' * len(cols)]
+    for name, s in rows.items():
+        seeds = next(iter(s.values()))['seeds'] if s else []
+        lines.append(f'| {name} | {len(seeds)} | ' + ' | '.join(diff_cell(s, k) for k, _, _ in cols) + ' |')
+    return '\n'.join(lines) + '\n'
+
+def stage1_cpu_ratio(fit3d: dict, snd: dict, variant: str = 'default') -> dict:
+    "At the budget each run spent: FiT3D stage 1's CPU seconds (all its scene fits) over Splat and Distill's whole distillation run's, per shared seed."
+    fits = {s: sum(x['fit_cpu_seconds'] for x in r['stage1']['scenes']) for s, r in fit3d['runs'].items()}
+    runs = study_runs(snd).get(variant, {})
+    return {s: fits[s] / runs[s]['train']['process_cpu_s'] for s in sorted(set(fits) & set(runs), key=int)}
 
 # %% ../nbs/12a_fit3d_runs.ipynb #9e694ae0
 def load_results(folder: str | Path = 'nbs/results/fit3d', name: str = 'study.json') -> dict:
