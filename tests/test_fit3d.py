@@ -400,3 +400,22 @@ def test_gradient_separation_option_is_wired(scene, teacher):
     off = fit_scene(scene, teacher, fit3d_config('tiny', **{**{k: getattr(cfg, k) for k in ('height', 'width', 'max_gaussians', 'fit_steps', 'eval_every', 'progress')}},
                                                  gradient_separation=False), progress=False)['model']
     assert not torch.equal(on.means, off.means) and not torch.equal(on.opacity_logits, off.opacity_logits)
+
+def test_loss_matched_rows_pair_each_objective_by_seed():
+    "Per objective: each method against its own teacher, and SnD − FiT3D over the seeds both have; the CPU ratio per shared seed."
+    from splat_and_distill.fit3d_runs import loss_matched_rows, loss_matched_table, stage1_cpu_ratio
+    seeds = ['0', '1', '2']
+    teacher = {s: _probes(0.5 + 0.01 * int(s)) for s in seeds}
+    fit = lambda off: dict(teacher=teacher, runs={s: {'models': {'student': _probes(0.5 + 0.01 * int(s) + off)},
+                                                      'stage1': {'scenes': [{'fit_cpu_seconds': 10. * (1 + int(s))}] * 2}} for s in seeds})
+    snd = lambda off, v, ss=seeds: dict(teacher=teacher, runs={v: {s: {'models': {'student': _probes(0.5 + 0.01 * int(s) + off)},
+                                                                     'train': {'process_cpu_s': 4.}} for s in ss}})
+    rows = loss_matched_rows({'dino': fit(0.03), 'l1': fit(-0.02)}, {'dino': (snd(0.05, 'default'), 'default'),
+                                                                   'l1': (snd(0.01, 'l1_objective', ['0', '2']), 'l1_objective')})
+    d = lambda name: rows[name]['depth.d1']
+    assert d('FiT3D (dino) − teacher')['delta'][0] == pytest.approx(0.03) and d('SnD (dino) − teacher')['delta'][0] == pytest.approx(0.05)
+    assert d('SnD − FiT3D (dino)')['delta'][0] == pytest.approx(0.02) and d('SnD − FiT3D (dino)')['seeds'] == [0, 1, 2]
+    assert d('SnD − FiT3D (l1)')['delta'][0] == pytest.approx(0.03) and d('SnD − FiT3D (l1)')['seeds'] == [0, 2]
+    table = loss_matched_table(rows)
+    assert '| SnD − FiT3D (l1) | 2 |' in table and '| FiT3D (dino) − teacher | 3 |' in table
+    assert stage1_cpu_ratio(fit(0), snd(0, 'default', ['1', '2'])) == pytest.approx({'1': 10., '2': 15.})
