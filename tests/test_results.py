@@ -52,3 +52,30 @@ def test_scaling_point_is_recomputable():
     assert scenes(res) == scenes(ev)
     again = json.loads(json.dumps(study_summaries(res['teacher'], res['runs'], False)))
     assert again['summary'] == res['summary'] and again['controls'] == res['controls']
+
+def test_loss_matched_fit3d_is_the_protocol():
+    "FiT3D with each objective and Splat and Distill with FiT3D's L1: five seeds each, the evidence study's fresh scenes, the objective each run used."
+    lm = ROOT/'nbs'/'results'/'fit3d'/'loss_matched'
+    ev = json.loads(EVIDENCE.read_text())
+    fresh = {tuple(x['models']['student']['eval_scenes']['seeds']) for v in ev['runs'].values() for x in v.values()}
+    for obj in ('dino', 'l1'):
+        f = json.loads((lm/f'fit3d_{obj}.json').read_text())
+        assert sorted(map(int, f['runs'])) == [0, 1, 2, 3, 4] and all(r['stage2']['objective'] == obj for r in f['runs'].values())
+        assert f['probe_overrides'] == {'eval_split': 'fresh'} and set(f['teacher']) == set(f['runs'])
+        assert {tuple(r['models']['student']['eval_scenes']['seeds']) for r in f['runs'].values()} == fresh
+    s = json.loads((lm/'snd_l1'/'study.json').read_text())
+    assert set(s['runs']) == {'l1_objective'} and sorted(map(int, s['runs']['l1_objective'])) == [0, 1, 2, 3, 4]
+    assert all(r['overrides'] == {'objective': 'l1'} for r in s['runs']['l1_objective'].values())
+    assert {tuple(r['models']['student']['eval_scenes']['seeds']) for r in s['runs']['l1_objective'].values()} == fresh
+
+def test_scenes_scaling_points_are_recomputable():
+    "32 and 128 distillation scenes at the evidence study's 300 steps: default and self_target, the same fresh scenes, summaries recomputable."
+    from splat_and_distill.demo import study_summaries
+    ev = json.loads(EVIDENCE.read_text())
+    scenes = lambda r: {tuple(x['models']['student']['eval_scenes']['seeds']) for v in r['runs'].values() for x in v.values()}
+    for n in (32, 128):
+        res = json.loads((ROOT/'nbs'/'results'/'scaling'/f'scenes{n}'/'study.json').read_text())
+        assert res['config']['train_scenes'] == n and res['config']['train_steps'] == ev['config']['train_steps']
+        assert set(res['runs']) == {'default', 'self_target'} and scenes(res) == scenes(ev)
+        again = json.loads(json.dumps(study_summaries(res['teacher'], res['runs'], False)))
+        assert again['summary'] == res['summary'] and again['controls'] == res['controls']
