@@ -79,3 +79,14 @@ def test_scenes_scaling_points_are_recomputable():
         assert set(res['runs']) == {'default', 'self_target'} and scenes(res) == scenes(ev)
         again = json.loads(json.dumps(study_summaries(res['teacher'], res['runs'], False)))
         assert again['summary'] == res['summary'] and again['controls'] == res['controls']
+
+def test_long_scaling_point_is_recomputable():
+    "The 4,800-step point: sixteen times the evidence study's steps, default and self_target on the same seeds and fresh scenes, summaries recomputable."
+    from splat_and_distill.demo import study_summaries
+    ev, res = json.loads(EVIDENCE.read_text()), json.loads((ROOT/'nbs'/'results'/'scaling'/'steps4800'/'study.json').read_text())
+    assert res['config']['train_steps'] == 16 * ev['config']['train_steps'] and set(res['runs']) == {'default', 'self_target'}
+    assert sorted(res['runs']['default']) == sorted(res['runs']['self_target']) == sorted(map(str, res['config']['seeds']))
+    scenes = lambda r: {tuple(x['models']['student']['eval_scenes']['seeds']) for v in r['runs'].values() for x in v.values()}
+    assert scenes(res) == scenes(ev)
+    again = json.loads(json.dumps(study_summaries(res['teacher'], res['runs'], False)))
+    assert again['summary'] == res['summary'] and again['controls'] == res['controls']
