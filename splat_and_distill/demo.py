@@ -34,11 +34,11 @@ from . import reconstruct, train as T, probes as P
 __all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE', 'STUDENT_SPECS', 'STUDY_VARIANTS', 'CONTROLS',
            'EVIDENCE_COLUMNS', 'DemoConfig', 'demo_default', 'demo_quick', 'validate_demo', 'demo_recon_config',
            'demo_geometry', 'reconstructor_eval', 'demo_train_config', 'study_run_dir', 'demo_protocol',
-           'teacher_probes', 'distill_student', 'probe_student', 'student_run', 'feature_figure', 'splat_figure',
-           'consistency_map', 'effect_figure', 'machine_summary', 'workers_note', 'demo_runs', 'demo_workers',
-           'demo_summary', 'demo_table', 'demo_figures', 'run_demo', 'study_variants', 'study_summaries',
-           'remeasure_study', 'difference_rows', 'study_table', 'run_study', 'publish_results', 'demo_student',
-           'snd_demo', 'snd_study']
+           'demo_probe_data', 'teacher_probes', 'distill_student', 'probe_student', 'finished_student', 'student_run',
+           'feature_figure', 'splat_figure', 'consistency_map', 'effect_figure', 'machine_summary', 'workers_note',
+           'demo_runs', 'demo_workers', 'demo_summary', 'demo_table', 'demo_figures', 'run_demo', 'study_variants',
+           'study_summaries', 'remeasure_study', 'difference_rows', 'study_table', 'run_study', 'publish_results',
+           'demo_student', 'snd_demo', 'snd_study']
 
 # %% ../nbs/15_demo.ipynb #48d3aebf
 @dataclass
@@ -161,6 +161,10 @@ def demo_protocol(cfg: DemoConfig) -> ProbeProtocol:
     "The demo's probe options as chapter 10b's protocol: probe preset and overrides, feature cache, progress bars."
     return ProbeProtocol(cfg.probe_preset, dict(cfg.probe_overrides), cfg.cache_dir, cfg.progress)
 
+def demo_probe_data(cfg: DemoConfig) -> dict:
+    "The probe splits every model of the demo is measured on (made with the first seed's probe seed; scenes from the cache if any)."
+    return P.probe_splits(probe_seeded(demo_protocol(cfg), cfg.seeds[0]), cfg.cache_dir, cfg.progress)
+
 # %% ../nbs/15_demo.ipynb #cf28d5ca
 def teacher_probes(cfg: DemoConfig, seed: int, data: dict, pair_memo: dict | None = None) -> dict:
     "Every probe on the original teacher with probe seed `seed` (kept in `out/teacher/seed<k>/probes.json`); `pair_memo` shares the measures that train nothing across seeds."
@@ -189,17 +193,21 @@ def probe_student(cfg: DemoConfig, seed: int, data: dict, student_path: str, nam
     return probe_backbone(load_probe_backbone(STUDENT_SPECS[name].format(student_path)), data, probe_seeded(demo_protocol(cfg), seed),
                           name, progress=cfg.progress)
 
+def finished_student(cfg: DemoConfig, variant: str, seed: int) -> dict | None:
+    "The record of a (`variant`, `seed`) student finished earlier (its `probes.json`, kept as it is), else None."
+    path = study_run_dir(cfg.out, variant, seed)/'probes.json'
+    if not path.is_file(): return None
+    print(f'{path.parent}: finished earlier, kept as it is', file=sys.stderr)
+    return read_json(path, 'run results')
+
 def student_run(cfg: DemoConfig, seed: int, recon_path: str | None, data: dict, variant: str = 'default',
                 overrides: dict | None = None, concat: bool = False, resume: bool = False) -> dict:
     "Distil (or, resuming, continue) the student of (`variant`, `seed`), then run every probe on it (and on student+teacher if `concat`)."
-    path = study_run_dir(cfg.out, variant, seed)/'probes.json'
-    if path.is_file():                                                    # finished earlier: kept as it is
-        print(f'{path.parent}: finished earlier, kept as it is', file=sys.stderr)
-        return read_json(path, 'run results')
+    if (done := finished_student(cfg, variant, seed)) is not None: return done
     res = distill_student(cfg, seed, recon_path, variant, overrides, resume)
     for name in ['student'] + (['student+teacher'] if concat else []):
         res['models'][name] = probe_student(cfg, seed, data, res['student_path'], name)
-    atomic_write_json(path, res)
+    atomic_write_json(study_run_dir(cfg.out, variant, seed)/'probes.json', res)
     return res
 
 # %% ../nbs/15_demo.ipynb #594f595a
@@ -294,7 +302,7 @@ def _demo_runs(cfg: DemoConfig, variants: dict, kind: str, resume: bool, out: Pa
     timing, t = {}, time.time()
     recon_path = demo_geometry(dataclasses.replace(cfg, geometry='reconstructor'), resume) if needs_recon else None
     timing['geometry'] = time.time() - t; t = time.time()
-    data = P.probe_splits(probe_seeded(demo_protocol(cfg), cfg.seeds[0]), cfg.cache_dir, cfg.progress)
+    data = demo_probe_data(cfg)
     memo = {}                                                     # the teacher's correspondence and consistency: once, not per seed
     teacher = {s: teacher_probes(cfg, s, data, memo) for s in cfg.seeds}
     fault_point('teacher')                                        # tests: killed after the teacher's probes
@@ -328,7 +336,7 @@ def _worker_data(cfg: DemoConfig) -> dict:
     "The demo's probe data in a pool process (rendered, or read from the scene cache, once per process)."
     key = json.dumps([cfg.probe_preset, cfg.probe_overrides, cfg.seeds[0], cfg.cache_dir], sort_keys=True, default=str)
     if _WORKER.get('key') != key:
-        _WORKER.update(key=key, data=P.probe_splits(probe_seeded(demo_protocol(cfg), cfg.seeds[0]), cfg.cache_dir, False))
+        _WORKER.update(key=key, data=demo_probe_data(cfg))
     return _WORKER['data']
 
 def _geometry_job(cfg: DemoConfig, resume: bool) -> tuple[str | None, float]:
@@ -360,16 +368,14 @@ def _demo_runs_parallel(cfg: DemoConfig, variants: dict, kind: str, resume: bool
     "The stages of `_demo_runs` in a pool of `workers` processes of `threads` threads each."
     jobs, runs, t0 = [(s, v) for s in cfg.seeds for v in variants], {v: {} for v in variants}, time.time()
     for s, v in jobs:
-        if (p := study_run_dir(cfg.out, v, s)/'probes.json').is_file():
-            print(f'{p.parent}: finished earlier, kept as it is', file=sys.stderr)
-            runs[v][s] = read_json(p, 'run results')
+        if (done := finished_student(cfg, v, s)) is not None: runs[v][s] = done
     w = dataclasses.replace(cfg, threads=threads, progress=False)             # what each job sees: its threads, no bars
     pool = ProcessPoolExecutor(workers, multiprocessing.get_context('spawn'), initializer=_worker_init, initargs=(threads, os.getpid()))
     try:
         geo = pool.submit(_geometry_job, w, resume) if needs_recon else None
         teach = pool.submit(_teacher_job, w)
         recon_path, geo_s = geo.result() if geo else (None, 0.)
-        pending = {pool.submit(_distill_job, w, s, recon_path, v, variants[v], resume): (s, v, None) for s, v in jobs if s not in runs[v]}
+        pending = {pool.submit(distill_student, w, s, recon_path, v, variants[v], resume): (s, v, None) for s, v in jobs if s not in runs[v]}
         teacher, teacher_s = teach.result()
         fault_point('teacher')
         names, models, finished = {}, {}, sum(map(len, runs.values()))     # students done (earlier ones included)
@@ -399,9 +405,6 @@ def _demo_runs_parallel(cfg: DemoConfig, variants: dict, kind: str, resume: bool
     runs = {v: {s: runs[v][s] for s in cfg.seeds} for v in variants}
     timing = dict(geometry=geo_s, teacher_probes=teacher_s, students=time.time() - t0 - geo_s)
     return dict(recon_path=recon_path, teacher=teacher, runs=runs, timing=timing, workers=[workers, threads])
-
-def _distill_job(cfg: DemoConfig, seed: int, recon_path: str | None, variant: str, overrides: dict, resume: bool) -> dict:
-    return distill_student(cfg, seed, recon_path, variant, overrides, resume)
 
 # %% ../nbs/15_demo.ipynb #ad2f5d81
 def demo_summary(teacher: dict, runs: dict, concat: bool) -> dict:

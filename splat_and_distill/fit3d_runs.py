@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .runs import (print_config, config_from_args, add_config_options, cli_parser, add_option, add_run_options,
-    run_cli, read_json, open_run, fault_point, add_seeds_option, typed_overrides)
+    run_cli, read_json, open_run, fault_point, add_seeds_option, parse_sets)
 from .core import atomic_write_json, atomic_write_text
 from .gaussians import Gaussians
 from .splat import psnr
@@ -25,7 +25,7 @@ from .fit3d import (FiT3DConfig, FIT3D_PRESETS, FIT3D_RESUME_MUTABLE, cpu_fit3d,
 # %% auto #0
 __all__ = ['FIT3D_ROWS', 'fit3d_probe_specs', 'probe_fit3d', 'fit3d_summary', 'study_runs', 'side_by_side', 'teacher_agreement',
            'fit3d_vs_snd_table', 'loss_matched_rows', 'loss_matched_table', 'stage1_cpu_ratio', 'load_results',
-           'stage1_table', 'fit3d_study', 'probe_set_overrides', 'cli_config', 'snd_fit3d']
+           'stage1_table', 'fit3d_study', 'cli_config', 'snd_fit3d']
 
 # %% ../nbs/12a_fit3d_runs.ipynb #48b32521
 FIT3D_ROWS = {'student': 'FiT3D student', 'student+teacher': 'FiT3D student + teacher'}   # model key (15_demo's names) -> table row
@@ -225,13 +225,6 @@ def _cli_parser() -> argparse.ArgumentParser:
     add_config_options(p, FiT3DConfig, cpu_fit3d(), 'config fields (defaults shown are cpu_fit3d values; see --preset)')
     return p
 
-def probe_set_overrides(items: list[str]) -> dict:
-    "`--probe_set KEY=VALUE` items as typed `ProbeConfig` overrides (values read as `--set` reads them); an unknown key is an error."
-    pairs = [s.partition('=') for s in items]
-    if bad := [s for s, (k, eq, v) in zip(items, pairs) if not (k and eq)]:
-        raise ValueError(f'--probe_set {bad[0]!r}: expected KEY=VALUE, e.g. eval_split=fresh')
-    return typed_overrides(P.ProbeConfig, {k: v for k, _, v in pairs})
-
 def cli_config(args) -> FiT3DConfig:
     "The config a `snd_fit3d` command line describes; on `--resume` without `--preset`, the run's saved config is the start."
     return config_from_args(FiT3DConfig, args, FIT3D_PRESETS, 'cpu_fit3d', fit3d_config, validate_fit3d_config, pause='stop_after_scenes')
@@ -243,7 +236,7 @@ def snd_fit3d(argv: list[str] | None = None) -> dict | None:
         if args.probe_preset is not None and args.seeds is None: raise ValueError('--probe_preset needs --seeds (the study protocol probes every seed)')
         if args.reprobe and not (args.seeds and args.resume): raise ValueError('--reprobe re-probes an existing study: give --seeds and --resume')
         if args.probe_set and args.probe_preset is None: raise ValueError('--probe_set changes the probe preset: give --probe_preset too')
-        probe_overrides = probe_set_overrides(args.probe_set)
+        probe_overrides = parse_sets(P.ProbeConfig, args.probe_set, '--probe_set')
         if args.print_config: return print_config(cfg)
         if args.seeds is not None:
             study = fit3d_study(cfg, args.seeds, args.probe_preset, probe_overrides, resume=args.resume, overwrite=args.overwrite,

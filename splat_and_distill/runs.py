@@ -96,12 +96,12 @@ def typed_overrides(cls, overrides: dict | None) -> dict:
     if bad: raise unknown_keys(bad, names)
     return {k: parse_value(v, hints[k], k) if isinstance(v, str) else v for k, v in (overrides or {}).items()}
 
-def parse_sets(cls, items: list[str] | None) -> dict:
-    "Typed overrides of dataclass `cls` from `--set KEY=VALUE` strings (one pair each, repeatable); bad keys or values raise."
+def parse_sets(cls, items: list[str] | None, option: str = '--set') -> dict:
+    "Typed overrides of dataclass `cls` from `KEY=VALUE` strings of `option` (one pair each, repeatable); bad keys or values raise."
     pairs = {}
     for it in items or []:
         key, eq, value = it.partition('=')
-        if not eq or not key.strip(): raise ValueError(f'--set expects KEY=VALUE (one pair per --set), got {it!r}')
+        if not eq or not key.strip(): raise ValueError(f'{option} expects KEY=VALUE (one pair per {option}), got {it!r}')
         pairs[key.strip().replace('-', '_')] = value
     return typed_overrides(cls, pairs)
 
