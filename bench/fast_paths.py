@@ -9,7 +9,10 @@
   * the normals probe's angular loss, forward + backward: with `F.cosine_similarity` and a norm over dim 1 (slow on
     CPU for NCHW tensors) against the written-out form `probes.angular_loss` uses now;
   * the ratio test of correspondence (4096 x 4096 grid pixels, d = 112): distances `1 - cos` over chunks of 2048
-    rows, then the two smallest, against the two highest cosines over chunks of 512 rows (`probes.ratio_test_matches`).
+    rows, then the two smallest, against the two highest cosines over chunks of 512 rows (`probes.ratio_test_matches`);
+  * correspondence of one view pair on the demo's 64 x 64 grid from 8 x 8 token maps (d = 112, the student, and 224,
+    student+teacher): features sampled at every pixel and `ratio_test_matches` against `probes.ratio_test_grid`
+    (the cosines through the token grid); the difference column counts kept matches that are not the same.
 Every row also prints the largest difference between the two results. Medians of `--repeats` after one warm-up.
 
 Usage: python bench/fast_paths.py [--threads 2] [--repeats 7]
@@ -58,7 +61,8 @@ def old_ratio_test(f0, f1, num_corr, chunk=2048):
 
 def rows(repeats: int):
     from splat_and_distill.lift import mask_aware_upsample
-    from splat_and_distill.probes import bilinear_resize, angular_loss, ratio_test_matches
+    from splat_and_distill.probes import bilinear_resize, angular_loss, ratio_test_matches, ratio_test_grid, sample_features
+    from splat_and_distill.cameras import pixel_centers
     from splat_and_distill.scenes import make_scene
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(8, 112, 8, 8, generator=g)
@@ -85,6 +89,18 @@ def rows(repeats: int):
     d = float((a[2] - b[2]).abs().max()) + float((a[1] != b[1]).sum())     # weights, and any other match
     yield ('ratio test 4096 x 4096, d=112', median_ms(lambda: old_ratio_test(f0, f1, 213), repeats),
            median_ms(lambda: ratio_test_matches(f0, f1, 213), repeats), d)
+    hw = (64, 64)
+    uv = pixel_centers(*hw).reshape(-1, 2)
+    valid1 = torch.rand(hw, generator=g) > 0.1
+    for d in (112, 224):
+        t0, t1 = torch.randn(2, d, 8, 8, generator=g).unbind(0)
+        f0 = sample_features(t0, uv, hw)
+        direct = lambda: ratio_test_matches(f0, sample_features(t1, uv[valid1.flatten()], hw), 213)
+        grid = lambda: ratio_test_grid(f0, t1, valid1, 213)
+        a, b = direct(), grid()
+        pix = valid1.flatten().nonzero()[:, 0]
+        diff = 213 - len(set(zip(a[0].tolist(), pix[a[1]].tolist())) & set(zip(b[0].tolist(), b[1].tolist())))
+        yield f'correspondence of a pair, 64x64 grid, 8x8 tokens, d={d}', median_ms(direct, repeats), median_ms(grid, repeats), float(diff)
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ from torch import Tensor
 from jaxtyping import Float, Int
 from .cameras import pixel_centers, relative_rotation_deg, invert_pose
 from .lift import covisible_pixels
-from .probes import ProbeConfig, ProbeSplit, grid_depth, sample_features, per_scene_means
+from .probes import ProbeConfig, ProbeSplit, grid_depth, sample_features, grid_cosines, per_scene_means
 from .probes import pair_matches, feature_consistency
 
 # %% auto #0
@@ -90,8 +90,7 @@ def match_ranks(feat_a: Float[Tensor, "d hp wp"], feat_b: Float[Tensor, "d hp wp
         keep = torch.randperm(len(ia), generator=generator)[:max_queries]; ia, ib = ia[keep], ib[keep]
     hw_a, hw_b = tuple(depth_a.shape), tuple(depth_b.shape)
     fa = sample_features(feat_a, pixel_centers(*hw_a).reshape(-1, 2)[ia], hw_a)          # (n, d)
-    fb = sample_features(feat_b, pixel_centers(*hw_b).reshape(-1, 2), hw_b)              # (hb*wb, d)
-    sim = fa @ fb.T                                                                       # (n, hb*wb)
+    sim = grid_cosines(fa, feat_b, hw_b)                                                  # (n, hb*wb): every pixel of b
     return reciprocal_ranks(sim, ib), hard_negative_margin(sim, ib, hw_b, token_px)
 
 # %% ../nbs/10_probes_hard.ipynb #118f66da

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Bool
 from tqdm.auto import tqdm
 from .core import set_seed, seeded
 from .runs import check_ranges, check_memory, check_device
@@ -29,14 +29,15 @@ __all__ = ['IGNORE_INDEX', 'CORR_THRESHOLDS_160', 'ROTATION_BINS', 'DATASET_MAX_
            'depth_bin_weights', 'DepthProbe', 'sig_loss', 'gradient_loss', 'normals_to_camera', 'valid_normals',
            'NormalsProbe', 'normals_kappa', 'angular_loss', 'angular_error_deg', 'normal_metrics',
            'pooled_angular_stats', 'SegProbe', 'seg_loss', 'confusion_matrix', 'miou_from_confusion', 'sample_features',
-           'ratio_test_matches', 'correspondence_matches', 'correspondence_errors', 'correspondence_recall',
-           'extract_features', 'select_features', 'ProbeConfig', 'probe_config', 'check_eval_split',
-           'validate_probe_config', 'ProbeSplit', 'split_from_scenes', 'probe_splits', 'view_pairs', 'feature_stats',
-           'standardize_features', 'fit_probe', 'training_labels', 'depth_input', 'depth_loss', 'train_depth_probe',
-           'evaluate_depth_probe', 'train_normals_probe', 'constant_normal', 'evaluate_constant_normal',
-           'evaluate_normals_probe', 'train_seg_probe', 'evaluate_seg_probe', 'grid_depth', 'per_scene_means',
-           'pair_matches', 'evaluate_correspondence', 'feature_consistency', 'multiview_consistency_score',
-           'motorcycle_pair', 'resize_to_stride', 'match_scale_shift', 'real_image_check']
+           'ratio_test_matches', 'grid_cosines', 'ratio_test_grid', 'correspondence_matches', 'correspondence_errors',
+           'correspondence_recall', 'extract_features', 'select_features', 'ProbeConfig', 'probe_config',
+           'check_eval_split', 'validate_probe_config', 'ProbeSplit', 'split_from_scenes', 'probe_splits', 'view_pairs',
+           'feature_stats', 'standardize_features', 'fit_probe', 'training_labels', 'depth_input', 'depth_loss',
+           'train_depth_probe', 'evaluate_depth_probe', 'train_normals_probe', 'constant_normal',
+           'evaluate_constant_normal', 'evaluate_normals_probe', 'train_seg_probe', 'evaluate_seg_probe', 'grid_depth',
+           'per_scene_means', 'pair_matches', 'evaluate_correspondence', 'feature_consistency',
+           'multiview_consistency_score', 'motorcycle_pair', 'resize_to_stride', 'match_scale_shift',
+           'real_image_check']
 
 # %% ../nbs/10_probes.ipynb #85b23c0f
 def probe_input(tokens: Float[Tensor, "b d hp wp"], cls: Float[Tensor, "b d"] | None = None) -> Float[Tensor, "b dd hp wp"]:
@@ -209,6 +210,48 @@ def ratio_test_matches(f0: Float[Tensor, "n0 d"], f1: Float[Tensor, "n1 d"], num
     w, idx0 = weight.topk(min(num_corr, len(weight)))
     return idx0, nn_idx[idx0], w
 
+# %% ../nbs/10_probes.ipynb #b5531a26
+@functools.lru_cache(maxsize=64)
+def _sample_weights(n_tok: int, n_px: int) -> Float[Tensor, "n_px n_tok"]:
+    "The 1-D weights with which `sample_features` mixes `n_tok` tokens at the centres of `n_px` pixels of one axis (zero padding), read off `grid_sample` itself."
+    g = 2 * (torch.arange(n_px) + 0.5) / n_px - 1                              # pixel centres in [-1, 1], as sample_features
+    grid = torch.stack([g, torch.zeros_like(g)], -1)[None, None]               # (1, 1, n_px, 2) along a one-row map
+    return F.grid_sample(torch.eye(n_tok)[None, :, None], grid, mode='bilinear', align_corners=False)[0, :, 0].T.contiguous()
+
+def _grid_upsample(x: Float[Tensor, "n hp wp"], hw: tuple[int, int]) -> Float[Tensor, "n hw"]:
+    "Maps `x` bilinearly sampled at every pixel centre of an `hw` grid (as `sample_features`, not normalised; pixels row-major): rows, then columns."
+    n, hp, wp = x.shape
+    h, w = hw
+    rows = (x.transpose(1, 2).reshape(n * wp, hp) @ _sample_weights(hp, h).T).view(n, wp, h)          # (n, wp, h)
+    return (rows.transpose(1, 2).reshape(n * h, wp) @ _sample_weights(wp, w).T).view(n, h * w)
+
+def _inverse_grid_norms(feat: Float[Tensor, "d hp wp"], hw: tuple[int, int]) -> Float[Tensor, "hw"]:
+    "1 / the norm of `feat` sampled at every pixel centre of an `hw` grid (F.normalize's floor of 1e-12)."
+    return _grid_upsample(feat.float(), hw).pow(2).sum(0).sqrt().clamp(min=1e-12).reciprocal()
+
+def grid_cosines(f0: Float[Tensor, "n d"], feat1: Float[Tensor, "d hp wp"], hw: tuple[int, int]) -> Float[Tensor, "n hw"]:
+    """Cosines of unit features `f0` to `feat1` sampled at every pixel centre of an `hw` grid (pixels row-major): `f0 @
+    sample_features(feat1, every pixel centre, hw).T` to float rounding, through the token grid."""
+    d, hp, wp = feat1.shape
+    return _grid_upsample((f0 @ feat1.float().reshape(d, hp * wp)).view(-1, hp, wp), hw) * _inverse_grid_norms(feat1, hw)
+
+def ratio_test_grid(f0: Float[Tensor, "n0 d"], feat1: Float[Tensor, "d hp wp"], valid1: Bool[Tensor, "h w"], num_corr: int, chunk: int = 256):
+    """`ratio_test_matches(f0, sample_features(feat1, the pixel centres where valid1, hw), num_corr)` through the token
+    grid (`grid_cosines`; needs two valid pixels): (idx0, idx1, weight) with idx1 a pixel of the grid (row-major)."""
+    d, hp, wp = feat1.shape
+    hw, t1 = tuple(valid1.shape), feat1.float().reshape(d, hp * wp)
+    inv = _inverse_grid_norms(feat1, hw)
+    below = torch.where(valid1.flatten(), 0., -4.)                           # pixels without depth: below every cosine
+    nn_idx, weight = [], []
+    for s in range(0, len(f0), chunk):
+        up = _grid_upsample((f0[s:s + chunk] @ t1).view(-1, hp, wp), hw)     # (chunk, h*w) dot products
+        cos, i = torch.addcmul(below, up, inv).topk(2, dim=1)                # the two highest cosines = nearest
+        dist = (1 - cos).clamp(min=1e-9)
+        weight.append(1 - dist[:, 0] / dist[:, 1]); nn_idx.append(i[:, 0])
+    weight, nn_idx = torch.cat(weight), torch.cat(nn_idx)
+    w, idx0 = weight.topk(min(num_corr, len(weight)))
+    return idx0, nn_idx[idx0], w
+
 # %% ../nbs/10_probes.ipynb #069e1be6
 def correspondence_matches(feat0: Float[Tensor, "d hp wp"], feat1: Float[Tensor, "d hp wp"],
                            depth0: Float[Tensor, "h w"], depth1: Float[Tensor, "h w"],
@@ -220,11 +263,11 @@ def correspondence_matches(feat0: Float[Tensor, "d hp wp"], feat1: Float[Tensor,
     v0, v1 = valid_depth(depth0), valid_depth(depth1)
     if v0.sum() == 0 or v1.sum() < 2: return torch.empty(0, 2), torch.empty(0, 2), torch.empty(0)
     pts0 = unproject_depth(torch.where(v0, depth0, torch.zeros_like(depth0)), K0, c2w0)[v0]   # (n0, 3) world
-    f0, f1 = sample_features(feat0, uv[v0], hw), sample_features(feat1, uv[v1], hw)
-    idx0, idx1, _ = ratio_test_matches(f0, f1, num_corr)
+    idx0, idx1, _ = ratio_test_grid(sample_features(feat0, uv[v0], hw), feat1, v1, num_corr)   # idx1: pixels of the grid
+    uv1 = uv.reshape(-1, 2)[idx1]
     uv_0in1, z = project_points(pts0[idx0], K1, c2w1)                       # (m, 2), (m,)
-    err = (uv_0in1 - uv[v1][idx1]).norm(dim=-1)
-    return uv[v0][idx0], uv[v1][idx1], torch.where(z > 1e-6, err, torch.full_like(err, float('inf')))
+    err = (uv_0in1 - uv1).norm(dim=-1)
+    return uv[v0][idx0], uv1, torch.where(z > 1e-6, err, torch.full_like(err, float('inf')))
 
 def correspondence_errors(feat0: Float[Tensor, "d hp wp"], feat1: Float[Tensor, "d hp wp"], depth0: Float[Tensor, "h w"], depth1: Float[Tensor, "h w"],
                           K0: Float[Tensor, "3 3"], K1: Float[Tensor, "3 3"], c2w0: Float[Tensor, "4 4"], c2w1: Float[Tensor, "4 4"],

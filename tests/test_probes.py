@@ -485,3 +485,42 @@ def test_probe_backbone_reports_the_harder_measures():
                          ('smoothness', ('cos_neighbour',)), ('pose', ('auc_10',))):
         for n in names: assert len(r[group]['per_scene'][n]) == 2, (group, n)
     assert 0 < flat['corr.mrr'] <= 1 and 0 <= flat['pose.auc_20'] <= 100 and 'per_scene' not in ''.join(flat)
+
+
+@pytest.mark.parametrize('tokens,hw', [((7, 5), (37, 50)), ((8, 8), (64, 64)), ((1, 4), (6, 9))])
+def test_grid_cosines_are_the_sampled_features_cosines(tokens, hw):
+    g = torch.Generator().manual_seed(1)
+    t0, t1 = torch.randn(2, 24, *tokens, generator=g).unbind(0)
+    uv = P.pixel_centers(*hw).reshape(-1, 2)
+    q = uv[torch.randperm(len(uv), generator=g)[:40]]                          # queries anywhere on the grid
+    f0 = P.sample_features(t0, q, hw)
+    direct = f0 @ P.sample_features(t1, uv, hw).T                               # (40, h*w), pixels row-major
+    torch.testing.assert_close(P.grid_cosines(f0, t1, hw), direct, atol=2e-6, rtol=0)
+    torch.testing.assert_close(P.grid_cosines(f0, t1.half(), hw), f0 @ P.sample_features(t1.half(), uv, hw).T, atol=2e-6, rtol=0)
+
+
+def test_ratio_test_grid_is_the_direct_ratio_test():
+    g = torch.Generator().manual_seed(2)
+    hw, (t0, t1) = (30, 44), torch.randn(2, 16, 6, 9, generator=g).unbind(0)
+    uv = P.pixel_centers(*hw).reshape(-1, 2)
+    valid1 = torch.rand(hw, generator=g) > 0.4
+    f0 = P.sample_features(t0, uv, hw)
+    a = ratio_test_matches(f0, P.sample_features(t1, uv[valid1.flatten()], hw), 200)
+    b = P.ratio_test_grid(f0, t1, valid1, 200, chunk=37)                         # chunks that do not divide the queries
+    pix = valid1.flatten().nonzero()[:, 0]                                      # the direct test indexes valid pixels only
+    same = set(zip(a[0].tolist(), pix[a[1]].tolist())) & set(zip(b[0].tolist(), b[1].tolist()))
+    assert len(same) >= 198                                                     # only rounding near-ties may differ
+    torch.testing.assert_close(b[2], a[2], atol=1e-4, rtol=0)
+    assert bool(valid1.flatten()[b[1]].all())                                   # never a pixel without depth
+    two = torch.zeros(hw, dtype=torch.bool); two[3, 4] = two[20, 40] = True      # the fewest valid pixels it accepts
+    i0, i1, w = P.ratio_test_grid(f0, t1, two, 10)
+    assert set(i1.tolist()) <= {3 * 44 + 4, 20 * 44 + 40} and len(i0) == 10 and bool((w >= 0).all())
+
+
+def test_correspondence_matches_grid_pixels_on_a_non_square_grid():
+    K, eye = _cam()
+    depth, feat = 2 + torch.rand(24, 32), torch.randn(16, 6, 8)
+    depth[:, :5] = 0                                                            # no depth there: never matched into
+    uv0, uv1, err = P.correspondence_matches(feat, feat, depth, depth, K, K, eye, eye, num_corr=60)
+    assert bool((uv1[:, 0] > 5).all()) and bool((uv0[:, 0] > 5).all())
+    assert (err < 1.5).float().mean() > 0.5                                     # same view: most matches land home
