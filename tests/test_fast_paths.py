@@ -1,5 +1,5 @@
-"bench/fast_paths.py: each replaced hot spot gives the numbers of the code it replaced (timings are the bench's business, not checked here;
-the correspondence rows' difference counts kept matches that differ: none on these random features)."
+"""bench/fast_paths.py: each replaced hot spot gives the numbers of the code it replaced (timings are the bench's business, not checked here;
+the correspondence rows' difference counts kept matches that differ: none on these random features)."""
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
