@@ -235,7 +235,7 @@ def grid_cosines(f0: Float[Tensor, "n d"], feat1: Float[Tensor, "d hp wp"], hw: 
     d, hp, wp = feat1.shape
     return _grid_upsample((f0 @ feat1.float().reshape(d, hp * wp)).view(-1, hp, wp), hw) * _inverse_grid_norms(feat1, hw)
 
-def ratio_test_grid(f0: Float[Tensor, "n0 d"], feat1: Float[Tensor, "d hp wp"], valid1: Bool[Tensor, "h w"], num_corr: int, chunk: int = 256):
+def ratio_test_grid(f0: Float[Tensor, "n0 d"], feat1: Float[Tensor, "d hp wp"], valid1: Bool[Tensor, "h w"], num_corr: int, chunk: int = 128):
     """`ratio_test_matches(f0, sample_features(feat1, the pixel centres where valid1, hw), num_corr)` through the token
     grid (`grid_cosines`; needs two valid pixels): (idx0, idx1, weight) with idx1 a pixel of the grid (row-major)."""
     d, hp, wp = feat1.shape
@@ -245,7 +245,7 @@ def ratio_test_grid(f0: Float[Tensor, "n0 d"], feat1: Float[Tensor, "d hp wp"], 
     nn_idx, weight = [], []
     for s in range(0, len(f0), chunk):
         up = _grid_upsample((f0[s:s + chunk] @ t1).view(-1, hp, wp), hw)     # (chunk, h*w) dot products
-        cos, i = torch.addcmul(below, up, inv).topk(2, dim=1)                # the two highest cosines = nearest
+        cos, i = torch.addcmul(below, up, inv).topk(2, dim=1)                # the two highest cosines = nearest (128 rows: fastest here)
         dist = (1 - cos).clamp(min=1e-9)
         weight.append(1 - dist[:, 0] / dist[:, 1]); nn_idx.append(i[:, 0])
     weight, nn_idx = torch.cat(weight), torch.cat(nn_idx)

@@ -35,8 +35,9 @@ from .controls import TARGETS, control_views, plane_gaussians
 __all__ = ['PRESETS', 'TRAIN_RANGES', 'MIN_VALID_FRACTION', 'TIMM_NAMES', 'RUN_FILES', 'RESUME_MUTABLE', 'TrainConfig',
            'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'backbone_name', 'validate_config', 'load_scenes',
            'real_scene_folders', 'make_dataset', 'build_models', 'make_criterion', 'make_optimizer', 'StepTimer',
-           'autocast', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency', 'validate', 'check_depth', 'train',
-           'save_checkpoint', 'load_checkpoint', 'export_student', 'plan_run', 'cli_config', 'snd_train']
+           'autocast', 'ReconCache', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency', 'validate',
+           'check_depth', 'train', 'save_checkpoint', 'load_checkpoint', 'export_student', 'plan_run', 'cli_config',
+           'snd_train']
 
 # %% ../nbs/11_train.ipynb #47172dec
 @dataclass
@@ -289,10 +290,33 @@ def autocast(cfg: TrainConfig, device):
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp == 'bf16')
 
+# %% ../nbs/11_train.ipynb #3119273a
+class ReconCache:
+    "A frozen reconstructor's output per triplet `(scene_index, view_indices)` of one run's procedural dataset, up to `max_bytes`."
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.store, self.nbytes, self.max_bytes, self.hits, self.misses = {}, 0, max_bytes, 0, 0
+
+    def __call__(self, reconstructor: nn.Module, small: dict) -> dict:
+        "`reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])`, reconstructing only triplets not seen before."
+        keys = [(int(s), tuple(v.tolist())) for s, v in zip(small['scene_index'], small['view_indices'])]
+        new = list(dict.fromkeys(k for k in keys if k not in self.store))          # each missing triplet once
+        self.hits, self.misses = self.hits + len(keys) - len(new), self.misses + len(new)
+        fresh = {}
+        if new:
+            rows = torch.tensor([keys.index(k) for k in new], device=small['context_rgb'].device)
+            out = reconstructor(*(small[f'context_{x}'].index_select(0, rows) for x in ('rgb', 'K', 'c2w')))
+            for j, k in enumerate(new):
+                item = {name: v[j].clone() for name, v in out.items()}
+                size = sum(v.numel() * v.element_size() for v in item.values())
+                if self.nbytes + size <= self.max_bytes: self.store[k], self.nbytes = item, self.nbytes + size
+                fresh[k] = item
+        items = [self.store.get(k) or fresh[k] for k in keys]
+        return {name: torch.stack([it[name] for it in items]) for name in items[0]}
+
 # %% ../nbs/11_train.ipynb #581ac20b
 @torch.no_grad()
 def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstructor: nn.Module | None = None,
-                 timer: StepTimer | None = None) -> tuple[Tensor, Tensor]:
+                 timer: StepTimer | None = None, recon_cache: ReconCache | None = None) -> tuple[Tensor, Tensor]:
     "Target tokens `[b,d,hp,wp]` and valid mask `[b,hp,wp]` for the target views of `batch`, from the (EMA) `teacher`."
     timer = timer or StepTimer()
     if cfg.targets == 'self_target':                                      # control: the teacher's own view, nothing lifted
@@ -309,7 +333,8 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
     geometry = {}
     with timer.section('reconstructor'):
         if cfg.geometry == 'reconstructor':
-            out = reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])
+            out = reconstructor(small['context_rgb'], small['context_K'], small['context_c2w']) if recon_cache is None \
+                else recon_cache(reconstructor, small)                        # a triplet seen before: its Gaussians kept
             flat = cfg.targets == 'plane_geometry'
             geometry = dict(gaussians=to_gaussians(plane_gaussians(out, small['context_K'], small['context_c2w']) if flat else out))
     with timer.section('lift+splat'):
@@ -439,6 +464,7 @@ class _Run:
     t_start: float = field(default_factory=time.time)
     cpu_start: float = field(default_factory=time.process_time)
     t_loop: float = field(default_factory=time.time)
+    recon_cache: ReconCache | None = None          # the reconstructor's output per procedural triplet (not checkpointed: it is recomputed)
     def clock(self, done: int) -> dict:
         "The time the run has spent up to step `done`: what earlier processes spent, plus this one's."
         return dict(wall_s=self.spent['wall_s'] + time.time() - self.t_start,
@@ -494,7 +520,7 @@ def _batch_source(cfg: TrainConfig, dataset, r: _Run):
 
 def _train_step(r: _Run, model: nn.Module, batch: dict, step: int):
     "One step: the teacher side, then the student's update (`distill_step`); its statistics join the logging window."
-    tokens, valid = teacher_side(batch, r.teacher, r.cfg, r.recon, r.timer)
+    tokens, valid = teacher_side(batch, r.teacher, r.cfg, r.recon, r.timer, r.recon_cache)
     with r.timer.section('student+loss+update'), autocast(r.cfg, r.device):
         stats = distill_step(model, r.teacher, r.criterion, r.opt, batch['target_rgb'], tokens, valid, step,
                              r.cfg.ema_every, r.cfg.ema_momentum, r.cfg.grad_clip, r.sched, r.cfg.objective)
@@ -557,6 +583,7 @@ def _train_run(cfg: TrainConfig, plan: dict, rank: int, world: int, local_rank: 
     val_batch = batch_to(fixed_items(val_ds, cfg.val_pairs), device) if main and val_ds is not None else None
     r, original = _setup_run(cfg, device, rank, world, ckpt, plan['run_id'])
     r.t_start, r.cpu_start = t_start, cpu_start
+    if r.recon is not None and isinstance(dataset, TripletDataset): r.recon_cache = ReconCache()   # a fixed list of triplets
     pairs = _consistency_pairs(cfg, val_ds, val_batch, r.teacher, r.recon) if val_batch is not None else None
     log = _begin_run(r, plan, pairs, original)
     del original

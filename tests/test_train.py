@@ -98,6 +98,62 @@ def test_reconstructor_geometry_runs(tmp_path):
                      steps=2, ckpt_every=0))
     assert res['results']['geometry'] == 'reconstructor' and res['results']['time_per_step']['reconstructor'] > 0
 
+
+def test_recon_cache_changes_no_number(tmp_path, monkeypatch):
+    "The reconstructor's output kept per triplet: the same students with and without it, and across a resume (the cache starts empty)."
+    import splat_and_distill.train as T
+    from splat_and_distill.reconstruct import Reconstructor, tiny as recon_tiny, save_reconstructor
+    save_reconstructor(tmp_path / 'recon', Reconstructor(recon_tiny(size=32)))
+    cfg = lambda name, **kw: tiny(tmp_path / name, geometry='reconstructor', reconstructor=str(tmp_path / 'recon'), render_scale=1.0,
+                                  steps=8, gap=8, **kw)              # 2 scenes x 4 triplets: 16 draws, most of them seen before
+    seen = []
+    class Counting(T.ReconCache):
+        def __call__(self, reconstructor, small):
+            seen.append((self.hits, self.misses)); return super().__call__(reconstructor, small)
+    monkeypatch.setattr(T, 'ReconCache', Counting)
+    train(cfg('cached'))
+    c = train(cfg('resumed', stop_after=4)); train(cfg('resumed'), resume=True)
+    assert c['stopped'] and seen[-1][0] > 0                           # the resumed half found triplets it had reconstructed
+    monkeypatch.setattr(T, 'ReconCache', lambda: None)                 # no cache: every batch reconstructed, as before
+    train(cfg('direct'))
+    runs = [_weights(tmp_path / n)[0] for n in ('cached', 'resumed', 'direct')]
+    for n in runs[0]:
+        for k in runs[0][n]: assert torch.equal(runs[0][n][k], runs[1][n][k]) and torch.equal(runs[0][n][k], runs[2][n][k]), (n, k)
+
+
+def test_recon_cache_reconstructs_each_triplet_once():
+    import splat_and_distill.train as T
+    calls = []
+    def direct(rgb, K, c2w):                                            # a stand-in: one row per triplet, from its images
+        return dict(depth=rgb[:, :, 0].clone(), means=rgb.flatten(1)[:, :6].view(-1, 2, 3).clone())
+    def recon(rgb, K, c2w): calls.append(len(rgb)); return direct(rgb, K, c2w)
+    rgb = torch.rand(5, 2, 3, 4, 4)
+    batch = lambda rows: dict(context_rgb=rgb[rows], context_K=torch.eye(3).expand(len(rows), 2, 3, 3),
+                              context_c2w=torch.eye(4).expand(len(rows), 2, 4, 4), scene_index=torch.tensor(rows) // 3,
+                              view_indices=torch.tensor([[r, r + 2, r + 1] for r in rows]))
+    cache = T.ReconCache()
+    for rows in ([0, 1, 1], [1, 2, 0], [3, 4, 2]):                       # a triplet twice in one batch; seen before; new ones
+        out = cache(recon, batch(rows))
+        for name, v in direct(batch(rows)['context_rgb'], None, None).items(): assert torch.equal(out[name], v)
+    assert calls == [2, 1, 2] and (cache.hits, cache.misses) == (4, 5) and len(cache.store) == 5   # rows reconstructed per batch
+    small = T.ReconCache(max_bytes=0)                                   # holds nothing: every triplet reconstructed, same values
+    for rows in ([0, 1], [0, 1]): assert torch.equal(small(recon, batch(rows))['depth'], rgb[rows][:, :, 0])
+    assert small.store == {} and small.misses == 4
+
+
+def test_reconstructor_is_batch_invariant():
+    "What ReconCache relies on: each triplet's output bit for bit the same whatever else is in the batch."
+    from splat_and_distill.reconstruct import Reconstructor, tiny as recon_tiny
+    torch.manual_seed(0)
+    rec = Reconstructor(recon_tiny(size=32)).eval()
+    rgb, K = torch.rand(4, 2, 3, 32, 32), torch.tensor([[30., 0, 16], [0, 30., 16], [0, 0, 1]]).expand(4, 2, 3, 3)
+    c2w = torch.eye(4).repeat(4, 2, 1, 1); c2w[:, 1, 0, 3] = 0.2
+    with torch.no_grad():
+        full = rec(rgb, K, c2w)
+        for rows in ([2], [1, 3], [3, 0, 2]):
+            part = rec(rgb[rows], K[rows], c2w[rows])
+            for name, v in part.items(): assert torch.equal(v, full[name][rows]), (name, rows)
+
 def test_no_depth_with_gt_geometry_stops_with_an_error(tmp_path):
     "Issue 11 item 3: scenes without depth used to train with loss 0 and valid fraction 0, exit code 0."
     from splat_and_distill.scenes import make_scene
