@@ -11,7 +11,7 @@ from torch import Tensor
 from jaxtyping import Float, Int, Bool
 from .cameras import pixel_centers, unproject_depth, project_points, scale_intrinsics
 from .gaussians import Gaussians, gaussians_from_depth
-from .splat import hwc_to_chw
+from .splat import hwc_to_chw, SplatPlan
 from .render import prepare, render
 
 # %% auto #0
@@ -139,6 +139,7 @@ def lift_and_splat_details(
     scale_mult: float | None = None,                      # Gaussian std in pixel footprints (depth geometry only; None: gaussians_from_depth's default, as for RGB)
     backend: str = 'auto',                                # splatter: 'auto' | 'torch' | 'gsplat'
     channel_chunk: int | None = None,                     # steps 2-6 this many channels at a time (bounded memory at full size; intermediates not kept)
+    plan: SplatPlan | None = None,                        # the geometry's plan for the target cameras (render.prepare, or kept: chapter 11)
 ) -> dict:
     "Teacher side of one SnD step with all intermediates: context tokens, upsampled features, rendered map, alpha, blended map, target tokens, valid."
     b, v, _, h, w = context_rgb.shape
@@ -156,7 +157,7 @@ def lift_and_splat_details(
     hp, wp = token_grid if token_grid is not None else tuple(ctx_tokens.shape[-2:])
     chunked = channel_chunk is not None and channel_chunk < d
     # the chunks share the geometry: project, pair and composite once (a PyTorch-splatter plan; None for gsplat, which projects per call)
-    plan = prepare(gaussians, target_c2w[:, None], target_K[:, None], w, h, backend=backend) if chunked else None
+    if plan is None and chunked: plan = prepare(gaussians, target_c2w[:, None], target_K[:, None], w, h, backend=backend)
     steps_2_to_6 = lambda tok: _lift_steps_2_to_6(tok, labels, gaussians, target_c2w, target_K, target_labels, (b, v, h, w), (hp, wp),
                                                   blend_alpha, alpha_threshold, mask_aware, backend, plan)
     if not chunked: res = steps_2_to_6(ctx_tokens)

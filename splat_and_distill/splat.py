@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_splat.ipynb #f173d6fe
 from __future__ import annotations
-import math
+import dataclasses, math
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from .gaussians import Gaussians, gaussians_from_depth
 # %% auto #0
 __all__ = ['ALPHA_MIN', 'T_MIN', 'ALPHA_MAX', 'project', 'flatten_images', 'rasterize_dense', 'bin_gaussians', 'rasterize',
            'pixel_pairs', 'SplatPlan', 'plan_splat', 'splat_features', 'rasterize_fused', 'hwc_to_chw', 'plan_render',
-           'render_torch', 'ssim', 'psnr', 'oracle_render_metrics']
+           'render_torch', 'feature_plan', 'stack_plans', 'ssim', 'psnr', 'oracle_render_metrics']
 
 # %% ../nbs/05_splat.ipynb #d9d8a30e
 ALPHA_MIN, T_MIN, ALPHA_MAX = 1 / 255, 1e-4, 0.999   # gsplat's skip threshold, stop threshold and alpha clamp
@@ -427,6 +427,8 @@ def plan_splat(
 def splat_features(plan: SplatPlan, features: Float[Tensor, "*b n d"], background: Tensor | None = None) -> Float[Tensor, "*b c h w d"]:
     "Composite `features` (one row per Gaussian of each scene) with a plan's weights, plus `background` ([d] or [*b, c, d]) where uncovered."
     d = features.shape[-1]
+    if plan.pairs.g_pix is None and torch.is_grad_enabled() and (features.requires_grad or plan.weights.requires_grad):
+        raise ValueError('splat_features: this plan was kept for splatting without gradients (feature_plan); for gradients use a plan from plan_render')
     out = _GatherFeatures.apply(plan.weights.to(features.dtype), features.reshape(-1, d), plan.pairs).view(*plan.shape, plan.height, plan.width, d)
     if background is not None: out = out + plan.T[..., None] * background.expand(*plan.shape, d)[..., None, None, :]
     return out
@@ -480,6 +482,30 @@ def render_torch(
                                              near_plane, far_plane, opacities=g.opacities)
     feats, alpha, depth = rasterize(means2d, conics, g.opacities, g.features, depths, radii, width, height, bg, tile_size)
     return dict(features=feats, alpha=alpha, depth=depth)
+
+# %% ../nbs/05_splat.ipynb #f5059c0a
+def feature_plan(plan: SplatPlan) -> SplatPlan:
+    "What `splat_features` reads of a plan without gradients (pair feature rows and weights, pixel offsets, alpha, depth), detached, to keep."
+    p = plan.pairs
+    small = torch.int32 if max(len(p.frow), int(p.frow.max()) + 1 if len(p.frow) else 0) < 2 ** 31 else torch.int64
+    pairs = _Pairs(None, None, p.frow.to(small), None, None, None, p.offsets.to(small), p.length, None, None, None, None, p.one_camera)
+    return dataclasses.replace(plan, pairs=pairs, weights=plan.weights.detach(), T=plan.T.detach(), depth=plan.depth.detach())
+
+def stack_plans(plans: list[SplatPlan]) -> SplatPlan:
+    "Feature plans (`feature_plan`) of one scene each (`[1, c]` cameras, same image size and n) as the plan of the batch `[b, c]`."
+    first = plans[0]
+    for p in plans:
+        if p.pairs.g_pix is not None: raise ValueError('stack_plans: expected plans from feature_plan (splatting without gradients), got a full plan')
+        if p.shape[0] != 1 or p.shape[1:] != first.shape[1:] or (p.width, p.height, p.n) != (first.width, first.height, first.n):
+            raise ValueError(f'stack_plans: every plan must be one scene with the same cameras, size and n; got shapes {[q.shape for q in plans]}, '
+                             f'sizes {[(q.width, q.height, q.n) for q in plans]}')
+    starts = torch.tensor([0] + [len(p.weights) for p in plans[:-1]]).cumsum(0).tolist()     # pairs before each scene
+    dt = torch.int32 if sum(len(p.weights) for p in plans) < 2 ** 31 and len(plans) * first.n < 2 ** 31 else torch.int64
+    frow = torch.cat([p.pairs.frow.to(dt) + k * first.n for k, p in enumerate(plans)])
+    offsets = torch.cat([p.pairs.offsets.to(dt) + s for p, s in zip(plans, starts)])
+    pairs = _Pairs(None, None, frow, None, None, None, offsets, max(p.pairs.length for p in plans), None, None, None, None, first.pairs.one_camera)
+    cat = lambda name: torch.cat([getattr(p, name) for p in plans])
+    return SplatPlan(pairs, cat('weights'), cat('T'), cat('depth'), (len(plans), *first.shape[1:]), first.width, first.height, first.n)
 
 # %% ../nbs/05_splat.ipynb #3d67b2d5
 def ssim(x: Float[Tensor, "b c h w"], y: Float[Tensor, "b c h w"], window: int = 11, sigma: float = 1.5,

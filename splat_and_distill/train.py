@@ -29,6 +29,9 @@ from .scene_io import scene_folders
 from . import scenes as S
 from . import scene_io
 from .reconstruct import load_reconstructor, to_gaussians
+from .gaussians import Gaussians
+from .splat import SplatPlan, feature_plan, stack_plans
+from .render import prepare
 from .controls import TARGETS, control_views, plane_gaussians
 
 # %% auto #0
@@ -292,13 +295,23 @@ def autocast(cfg: TrainConfig, device):
 
 # %% ../nbs/11_train.ipynb #3119273a
 class ReconCache:
-    "A frozen reconstructor's output per triplet `(scene_index, view_indices)` of one run's procedural dataset, up to `max_bytes`."
+    """What the frozen geometry gives each triplet `(scene_index, view_indices)` of one run's procedural dataset, kept up
+    to `max_bytes`: the reconstructor's output and, for the PyTorch splatter, the splat plan into the target camera."""
     def __init__(self, max_bytes: int = 1 << 30):
-        self.store, self.nbytes, self.max_bytes, self.hits, self.misses = {}, 0, max_bytes, 0, 0
+        self.store, self.plans, self.nbytes, self.max_bytes, self.hits, self.misses = {}, {}, 0, max_bytes, 0, 0
+
+    @staticmethod
+    def keys(small: dict) -> list[tuple]: return [(int(s), tuple(v.tolist())) for s, v in zip(small['scene_index'], small['view_indices'])]
+
+    def _keep(self, store: dict, key: tuple, value, tensors: list[Tensor]) -> bool:
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if self.nbytes + size > self.max_bytes: return False
+        store[key], self.nbytes = value, self.nbytes + size
+        return True
 
     def __call__(self, reconstructor: nn.Module, small: dict) -> dict:
         "`reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])`, reconstructing only triplets not seen before."
-        keys = [(int(s), tuple(v.tolist())) for s, v in zip(small['scene_index'], small['view_indices'])]
+        keys = self.keys(small)
         new = list(dict.fromkeys(k for k in keys if k not in self.store))          # each missing triplet once
         self.hits, self.misses = self.hits + len(keys) - len(new), self.misses + len(new)
         fresh = {}
@@ -306,12 +319,24 @@ class ReconCache:
             rows = torch.tensor([keys.index(k) for k in new], device=small['context_rgb'].device)
             out = reconstructor(*(small[f'context_{x}'].index_select(0, rows) for x in ('rgb', 'K', 'c2w')))
             for j, k in enumerate(new):
-                item = {name: v[j].clone() for name, v in out.items()}
-                size = sum(v.numel() * v.element_size() for v in item.values())
-                if self.nbytes + size <= self.max_bytes: self.store[k], self.nbytes = item, self.nbytes + size
-                fresh[k] = item
+                fresh[k] = {name: v[j].clone() for name, v in out.items()}
+                self._keep(self.store, k, fresh[k], list(fresh[k].values()))
         items = [self.store.get(k) or fresh[k] for k in keys]
         return {name: torch.stack([it[name] for it in items]) for name in items[0]}
+
+    def plan(self, small: dict, gaussians: Gaussians, backend: str = 'auto') -> SplatPlan | None:
+        "The plan of splatting `gaussians` (one set per triplet of `small`) into the target cameras, made once per triplet (None: not the PyTorch splatter)."
+        keys, (h, w) = self.keys(small), small['target_rgb'].shape[-2:]
+        c2w, K, plans = small['target_c2w'][:, None], small['target_K'][:, None], []
+        for i, k in enumerate(keys):
+            if k not in self.plans:
+                p = prepare(gaussians[i:i + 1], c2w[i:i + 1], K[i:i + 1], w, h, backend=backend, check=False)
+                if p is None: return None                                            # gsplat or triton: they project per call
+                p = feature_plan(p)
+                if not self._keep(self.plans, k, p, [p.pairs.frow, p.pairs.offsets, p.weights, p.T, p.depth]):
+                    plans.append(p); continue
+            plans.append(self.plans[k])
+        return stack_plans(plans)
 
 # %% ../nbs/11_train.ipynb #581ac20b
 @torch.no_grad()
@@ -338,6 +363,8 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
             flat = cfg.targets == 'plane_geometry'
             geometry = dict(gaussians=to_gaussians(plane_gaussians(out, small['context_K'], small['context_c2w']) if flat else out))
     with timer.section('lift+splat'):
+        if recon_cache is not None and geometry:                              # the plan into the target camera: made once per triplet
+            geometry['plan'] = recon_cache.plan(small, geometry['gaussians'], cfg.splat_backend)
         tokens, valid = lift_and_splat_batch(lambda images: ctx_tokens, small, blend_alpha=cfg.blend_alpha, token_grid=(hp, wp),
                                              backend=cfg.splat_backend, mask_aware=cfg.mask_aware, channel_chunk=cfg.channel_chunk, **geometry)
     return tokens, valid

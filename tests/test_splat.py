@@ -496,3 +496,25 @@ def test_fused_alpha_clamp_gives_no_gradient():
         res.append(((f, a, z), [t.grad for t in (m2, con, op, feat, dep)]))
     assert res[1][0][1][0, 1, 2] >= 0.999                                                # pixel (2, 1): Gaussian 0 clamped
     _assert_same(res[0], res[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize('cams_per_scene', [1, 2])
+def test_stacked_feature_plans_splat_what_the_batch_plan_splats(cams_per_scene):
+    "Plans made one scene at a time, kept (feature_plan) and stacked: the batch's images bit for bit, any features; errors."
+    from splat_and_distill.splat import feature_plan, stack_plans
+    scenes = [_setup(d=5, near=True, n=120, seed=s) for s in range(3)]          # scenes of very different pair counts
+    Gb = Gaussians.stack([s[0] for s in scenes])
+    c2wb = torch.stack([s[1][:cams_per_scene] for s in scenes]); Kb = torch.stack([s[2][:cams_per_scene] for s in scenes])
+    kept = stack_plans([feature_plan(plan_render(Gb[i:i + 1], c2wb[i:i + 1], Kb[i:i + 1], 40, 30)) for i in range(3)])
+    assert kept.pairs.frow.dtype == torch.int32 and kept.shape == (3, cams_per_scene)
+    bg = torch.rand(5)
+    for feats in (Gb.features, torch.randn(3, Gb.n, 7)):
+        G = Gaussians(Gb.means, Gb.quats, Gb.scales, Gb.opacities, feats)
+        whole = render_torch(G, c2wb, Kb, 40, 30, None if feats.shape[-1] != 5 else bg)
+        with torch.no_grad(): again = render(G, c2wb, Kb, 40, 30, 'torch', None if feats.shape[-1] != 5 else bg, plan=kept)
+        for k in whole: assert torch.equal(whole[k], again[k]), k
+    one = feature_plan(plan_render(Gb[:1], c2wb[:1], Kb[:1], 40, 30))
+    with pytest.raises(ValueError, match='feature_plan'): stack_plans([plan_render(Gb[:1], c2wb[:1], Kb[:1], 40, 30)])
+    with pytest.raises(ValueError, match='same cameras, size and n'): stack_plans([one, feature_plan(plan_render(Gb[:1], c2wb[:1], Kb[:1], 32, 30))])
+    G = Gaussians(Gb.means[:1], Gb.quats[:1], Gb.scales[:1], Gb.opacities[:1], Gb.features[:1].clone().requires_grad_())
+    with pytest.raises(ValueError, match='without gradients'): render(G, c2wb[:1], Kb[:1], 40, 30, 'torch', plan=one)

@@ -109,11 +109,11 @@ def test_recon_cache_changes_no_number(tmp_path, monkeypatch):
     seen = []
     class Counting(T.ReconCache):
         def __call__(self, reconstructor, small):
-            seen.append((self.hits, self.misses)); return super().__call__(reconstructor, small)
+            seen.append((self.hits, self.misses, len(self.plans))); return super().__call__(reconstructor, small)
     monkeypatch.setattr(T, 'ReconCache', Counting)
     train(cfg('cached'))
     c = train(cfg('resumed', stop_after=4)); train(cfg('resumed'), resume=True)
-    assert c['stopped'] and seen[-1][0] > 0                           # the resumed half found triplets it had reconstructed
+    assert c['stopped'] and seen[-1][0] > 0 and seen[-1][2] > 0       # the resumed half found triplets it had reconstructed and planned
     monkeypatch.setattr(T, 'ReconCache', lambda: None)                 # no cache: every batch reconstructed, as before
     train(cfg('direct'))
     runs = [_weights(tmp_path / n)[0] for n in ('cached', 'resumed', 'direct')]
