@@ -22,7 +22,7 @@ from splat_and_distill.core import (set_seed, set_threads, atomic_path, atomic_w
 from .runs import (read_json, read_jsonl, check_ranges, parse_sets, cli_parser, add_option,
     add_run_options, option_type, run_cli, open_run, fault_point, add_flag, add_seeds_option, add_config_file_options,
     read_config_file, print_config)
-from .scenes import make_scene, scene_seeds, load_or_make_scene, default_cache_dir
+from .scenes import make_scene, scene_seeds, default_cache_dir
 from .backbones import make_backbone, load_probe_backbone
 from .lift import lift_and_splat_details, covisible_pixels, sample_features_at
 from .probe_runs import probe_backbone, model_key, pair_measures, eval_scenes
@@ -36,9 +36,9 @@ __all__ = ['DEMO_PRESETS', 'DEMO_RANGES', 'DEMO_RUN_FILES', 'DEMO_RESUME_MUTABLE
            'demo_geometry', 'reconstructor_eval', 'demo_train_config', 'study_run_dir', 'demo_protocol',
            'demo_probe_data', 'teacher_probes', 'distill_student', 'probe_student', 'finished_student', 'student_run',
            'feature_figure', 'splat_figure', 'consistency_map', 'effect_figure', 'machine_summary', 'workers_note',
-           'demo_runs', 'demo_workers', 'warm_scene_cache', 'demo_summary', 'demo_table', 'demo_figures', 'run_demo',
-           'study_variants', 'study_summaries', 'remeasure_study', 'difference_rows', 'study_table', 'run_study',
-           'publish_results', 'demo_student', 'snd_demo', 'snd_study']
+           'demo_runs', 'demo_workers', 'demo_summary', 'demo_table', 'demo_figures', 'run_demo', 'study_variants',
+           'study_summaries', 'remeasure_study', 'difference_rows', 'study_table', 'run_study', 'publish_results',
+           'demo_student', 'snd_demo', 'snd_study']
 
 # %% ../nbs/15_demo.ipynb #48d3aebf
 @dataclass
@@ -343,21 +343,7 @@ def _geometry_job(cfg: DemoConfig, resume: bool) -> tuple[str | None, float]:
     t = time.time()
     return demo_geometry(dataclasses.replace(cfg, geometry='reconstructor'), resume), time.time() - t
 
-def warm_scene_cache(cfg: DemoConfig, recon: bool) -> None:
-    """Render into the scene cache, beside the geometry stage, the scenes it renders last (the reconstructor's validation
-    scenes, then its training scenes from the last back to the middle, if `recon`) and the distillation's: whichever
-    process comes first renders a scene and the other reads it (a file being written is rendered again), the same tensors either way."""
-    if recon:
-        rc = demo_recon_config(cfg)
-        seeds = scene_seeds('train', rc.n_train_scenes)
-        for s in scene_seeds('val', rc.n_val_scenes) + seeds[::-1][:len(seeds) // 2]:
-            load_or_make_scene(s, rc.n_views, rc.size)          # the default cache: where train_reconstructor reads them
-    tc = demo_train_config(cfg, None)
-    for split in ('train', 'val'): T.load_scenes(tc, split)
-
-def _teacher_job(cfg: DemoConfig, warm_recon: bool = False) -> tuple[dict, float]:
-    "The teacher's probes, after the scenes the other stages will read (`warm_scene_cache`, not in the seconds returned)."
-    warm_scene_cache(cfg, warm_recon)
+def _teacher_job(cfg: DemoConfig) -> tuple[dict, float]:
     t, memo = time.time(), {}
     return {s: teacher_probes(cfg, s, _worker_data(cfg), memo) for s in cfg.seeds}, time.time() - t
 
@@ -387,7 +373,7 @@ def _demo_runs_parallel(cfg: DemoConfig, variants: dict, kind: str, resume: bool
     pool = ProcessPoolExecutor(workers, multiprocessing.get_context('spawn'), initializer=_worker_init, initargs=(threads, os.getpid()))
     try:
         geo = pool.submit(_geometry_job, w, resume) if needs_recon else None
-        teach = pool.submit(_teacher_job, w, needs_recon and cfg.reconstructor is None)
+        teach = pool.submit(_teacher_job, w)
         recon_path, geo_s = geo.result() if geo else (None, 0.)
         pending = {pool.submit(distill_student, w, s, recon_path, v, variants[v], resume): (s, v, None) for s, v in jobs if s not in runs[v]}
         teacher, teacher_s = teach.result()

@@ -610,7 +610,8 @@ def _train_run(cfg: TrainConfig, plan: dict, rank: int, world: int, local_rank: 
     val_batch = batch_to(fixed_items(val_ds, cfg.val_pairs), device) if main and val_ds is not None else None
     r, original = _setup_run(cfg, device, rank, world, ckpt, plan['run_id'])
     r.t_start, r.cpu_start = t_start, cpu_start
-    if r.recon is not None and isinstance(dataset, TripletDataset): r.recon_cache = ReconCache()   # a fixed list of triplets
+    if r.recon is not None and isinstance(dataset, TripletDataset) and cfg.steps * cfg.batch_size > len(dataset):
+        r.recon_cache = ReconCache()                              # a fixed list of triplets, drawn more often than it is long
     pairs = _consistency_pairs(cfg, val_ds, val_batch, r.teacher, r.recon) if val_batch is not None else None
     log = _begin_run(r, plan, pairs, original)
     del original

@@ -44,22 +44,16 @@ def test_parallel_demo_resumes_exactly(tmp_path):
     assert set(want['results.json']['runs']) == {'0', '1'}
 
 
-def test_warm_scene_cache_renders_what_the_other_stages_read(tmp_path, monkeypatch):
-    "Beside the geometry stage, the teacher's pool process renders the reconstructor's last scenes and the distillation's; the same tensors as rendering."
+
+def test_probe_data_goes_through_the_scene_cache(tmp_path, monkeypatch):
+    "The probe scenes are read from (or rendered into) the scene cache like every stage's, the default one when none is set: the same splits."
     import torch
-    from splat_and_distill import demo as D, scenes as S
-    monkeypatch.setenv('SND_CACHE', str(tmp_path / 'default'))             # where train_reconstructor reads its scenes
-    cfg = D.demo_default(recon_scenes=4, recon_size=16, size=32, n_views=10, train_scenes=2, cache_dir=str(tmp_path / 'mine'), progress=False)
-    D.warm_scene_cache(cfg, recon=True)
-    rc = D.demo_recon_config(cfg)
-    names = lambda d: sorted(p.name for p in (tmp_path / d / 'scenes').glob('*.pt'))
-    want_recon = [S.scene_cache_path(s, rc.n_views, rc.size).name for s in S.scene_seeds('val', rc.n_val_scenes) + S.scene_seeds('train', 4)[2:]]
-    assert names('default') == sorted(want_recon)                         # validation, then the training scenes' second half
-    tc = D.demo_train_config(cfg, None)
-    want_train = [S.scene_cache_path(s, tc.n_views, (32, 32)).name for s in S.scene_seeds('train', 2) + S.scene_seeds('val', tc.val_scenes)]
-    assert names('mine') == sorted(want_train)
-    cached = S.load_or_make_scene(S.scene_seeds('train', 1)[0], tc.n_views, (32, 32), cfg.cache_dir)
-    fresh = S.make_scene(S.scene_seeds('train', 1)[0], tc.n_views, (32, 32))
-    assert all(torch.equal(getattr(cached, k), getattr(fresh, k)) for k in S.Scene._TENSORS)
-    D.warm_scene_cache(cfg, recon=False)                                   # a given reconstructor: only the distillation's scenes
-    assert names('default') == sorted(want_recon)
+    from splat_and_distill import demo as D, probes as P
+    monkeypatch.setenv('SND_CACHE', str(tmp_path / 'default'))
+    cfg = D.demo_default(probe_overrides=dict(n_views=6, n_train_scenes=1, n_test_scenes=1, image_size=32), progress=False)
+    first = D.demo_probe_data(cfg)
+    assert len(list((tmp_path / 'default' / 'scenes').glob('*.pt'))) == 2
+    again, fresh = D.demo_probe_data(cfg), P.probe_splits(D.probe_seeded(D.demo_protocol(cfg), 0), None, False)
+    for split in ('train', 'test'):
+        for k in ('rgb', 'depth', 'normals', 'semantic'):
+            assert torch.equal(getattr(first[split], k), getattr(again[split], k)) and torch.equal(getattr(first[split], k), getattr(fresh[split], k))
