@@ -11,7 +11,7 @@ from torch import Tensor
 from jaxtyping import Float, Int, Bool
 from .cameras import pixel_centers, unproject_depth, project_points, scale_intrinsics
 from .gaussians import Gaussians, gaussians_from_depth
-from .splat import hwc_to_chw, SplatPlan
+from .splat import hwc_to_chw, SplatPlan, feature_plan, stack_plans
 from .render import prepare, render
 
 # %% auto #0
@@ -19,7 +19,7 @@ __all__ = ['token_centre_pixels', 'sample_at_token_centres', 'naive_upsample_tok
            'semantic_blend', 'downsample_to_tokens', 'hole_mask', 'lift_and_splat_details', 'lift_and_splat',
            'lift_and_splat_batch', 'feature_cosine', 'plane_depth', 'plane_parallax', 'lift_scale', 'downscale_batch',
            'covisible_pixels', 'sample_features_at', 'covisible_cosines', 'multiview_consistency',
-           'lift_consistency_report']
+           'lift_consistency_report', 'ReconCache']
 
 # %% ../nbs/07_lift.ipynb #1a7408e7
 def token_centre_pixels(hp: int, wp: int, h: int, w: int, device=None) -> tuple[Tensor, Tensor]:
@@ -331,3 +331,48 @@ def lift_consistency_report(teacher: nn.Module, scene, triplets: list[tuple[int,
             covered=float(res['covered'].float().mean()), valid_tokens=float(res['valid'].float().mean()))
         rows.append(r)
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+# %% ../nbs/07_lift.ipynb #3119273a
+class ReconCache:
+    """What the frozen geometry gives each triplet `(scene_index, view_indices)` of one run's procedural dataset, kept up
+    to `max_bytes`: the reconstructor's output and, for the PyTorch splatter, the splat plan into the target camera."""
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.store, self.plans, self.nbytes, self.max_bytes, self.hits, self.misses = {}, {}, 0, max_bytes, 0, 0
+
+    @staticmethod
+    def keys(small: dict) -> list[tuple]: return [(int(s), tuple(v.tolist())) for s, v in zip(small['scene_index'], small['view_indices'])]
+
+    def _keep(self, store: dict, key: tuple, value, tensors: list[Tensor]) -> bool:
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if self.nbytes + size > self.max_bytes: return False
+        store[key], self.nbytes = value, self.nbytes + size
+        return True
+
+    def __call__(self, reconstructor: nn.Module, small: dict) -> dict:
+        "`reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])`, reconstructing only triplets not seen before."
+        keys = self.keys(small)
+        new = list(dict.fromkeys(k for k in keys if k not in self.store))          # each missing triplet once
+        self.hits, self.misses = self.hits + len(keys) - len(new), self.misses + len(new)
+        fresh = {}
+        if new:
+            rows = torch.tensor([keys.index(k) for k in new], device=small['context_rgb'].device)
+            out = reconstructor(*(small[f'context_{x}'].index_select(0, rows) for x in ('rgb', 'K', 'c2w')))
+            for j, k in enumerate(new):
+                fresh[k] = {name: v[j].clone() for name, v in out.items()}
+                self._keep(self.store, k, fresh[k], list(fresh[k].values()))
+        items = [self.store.get(k) or fresh[k] for k in keys]
+        return {name: torch.stack([it[name] for it in items]) for name in items[0]}
+
+    def plan(self, small: dict, gaussians: Gaussians, backend: str = 'auto') -> SplatPlan | None:
+        "The plan of splatting `gaussians` (one set per triplet of `small`) into the target cameras, made once per triplet (None: not the PyTorch splatter)."
+        keys, (h, w) = self.keys(small), small['target_rgb'].shape[-2:]
+        c2w, K, plans = small['target_c2w'][:, None], small['target_K'][:, None], []
+        for i, k in enumerate(keys):
+            if k not in self.plans:
+                p = prepare(gaussians[i:i + 1], c2w[i:i + 1], K[i:i + 1], w, h, backend=backend, check=False)
+                if p is None: return None                                            # gsplat or triton: they project per call
+                p = feature_plan(p)
+                if not self._keep(self.plans, k, p, [p.pairs.frow, p.pairs.offsets, p.weights, p.T, p.depth]):
+                    plans.append(p); continue
+            plans.append(self.plans[k])
+        return stack_plans(plans)

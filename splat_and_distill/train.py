@@ -20,7 +20,7 @@ from .runs import (print_config, config_from_args, add_config_options, typed_ove
     init_distributed,
     process_device, latest_checkpoint)
 from .core import set_seed, atomic_write_json, batch_to, rng_state, set_rng_state
-from .lift import lift_scale, downscale_batch, lift_and_splat_batch, covisible_cosines
+from .lift import lift_scale, downscale_batch, lift_and_splat_batch, covisible_cosines, ReconCache
 from .scenes import fixed_items, scene_nbytes, TripletDataset, step_batch, StepSampler
 from .backbones import make_backbone, make_student, merge_lora, BACKBONES, timm_to_dinov2_state_dict, timm_to_dinov3_state_dict
 from .distill import (DINOHead, DistillLoss, DistillModel, make_ema_teacher, distill_stats,
@@ -29,18 +29,14 @@ from .scene_io import scene_folders
 from . import scenes as S
 from . import scene_io
 from .reconstruct import load_reconstructor, to_gaussians
-from .gaussians import Gaussians
-from .splat import SplatPlan, feature_plan, stack_plans
-from .render import prepare
 from .controls import TARGETS, control_views, plane_gaussians
 
 # %% auto #0
 __all__ = ['PRESETS', 'TRAIN_RANGES', 'MIN_VALID_FRACTION', 'TIMM_NAMES', 'RUN_FILES', 'RESUME_MUTABLE', 'TrainConfig',
            'cpu_demo', 'paper_vits14', 'paper_vitb14', 'make_config', 'backbone_name', 'validate_config', 'load_scenes',
            'real_scene_folders', 'make_dataset', 'build_models', 'make_criterion', 'make_optimizer', 'StepTimer',
-           'autocast', 'ReconCache', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency', 'validate',
-           'check_depth', 'train', 'save_checkpoint', 'load_checkpoint', 'export_student', 'plan_run', 'cli_config',
-           'snd_train']
+           'autocast', 'teacher_side', 'val_pairs', 'geometry_pairs', 'consistency', 'validate', 'check_depth', 'train',
+           'save_checkpoint', 'load_checkpoint', 'export_student', 'plan_run', 'cli_config', 'snd_train']
 
 # %% ../nbs/11_train.ipynb #47172dec
 @dataclass
@@ -208,11 +204,7 @@ def load_scenes(cfg: TrainConfig, split: str) -> list:
     if cfg.data == 'procedural':
         n = cfg.train_scenes if split == 'train' else cfg.val_scenes
         return [S.load_or_make_scene(seed, cfg.n_views, (cfg.height, cfg.width), cfg.cache_dir) for seed in S.scene_seeds(split, n)]
-    folders = scene_folders(cfg.data)
-    nval = min(cfg.val_scenes, len(folders) - 1)
-    pick = folders[len(folders) - nval:] if split == 'val' else folders[:len(folders) - nval]
-    if split == 'train' and cfg.train_scenes: pick = pick[:cfg.train_scenes]
-    return [scene_io.read_scene(f, size=(cfg.height, cfg.width), allow_outside=cfg.allow_outside_paths) for f in pick]
+    return [scene_io.read_scene(f, size=(cfg.height, cfg.width), allow_outside=cfg.allow_outside_paths) for f in real_scene_folders(cfg, split)]
 
 def real_scene_folders(cfg: TrainConfig, split: str) -> list[Path]:
     "The training or validation scene folders of a real-data `cfg` (the last `val_scenes` validate)."
@@ -293,51 +285,6 @@ def autocast(cfg: TrainConfig, device):
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp == 'bf16')
 
-# %% ../nbs/11_train.ipynb #3119273a
-class ReconCache:
-    """What the frozen geometry gives each triplet `(scene_index, view_indices)` of one run's procedural dataset, kept up
-    to `max_bytes`: the reconstructor's output and, for the PyTorch splatter, the splat plan into the target camera."""
-    def __init__(self, max_bytes: int = 1 << 30):
-        self.store, self.plans, self.nbytes, self.max_bytes, self.hits, self.misses = {}, {}, 0, max_bytes, 0, 0
-
-    @staticmethod
-    def keys(small: dict) -> list[tuple]: return [(int(s), tuple(v.tolist())) for s, v in zip(small['scene_index'], small['view_indices'])]
-
-    def _keep(self, store: dict, key: tuple, value, tensors: list[Tensor]) -> bool:
-        size = sum(t.numel() * t.element_size() for t in tensors)
-        if self.nbytes + size > self.max_bytes: return False
-        store[key], self.nbytes = value, self.nbytes + size
-        return True
-
-    def __call__(self, reconstructor: nn.Module, small: dict) -> dict:
-        "`reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])`, reconstructing only triplets not seen before."
-        keys = self.keys(small)
-        new = list(dict.fromkeys(k for k in keys if k not in self.store))          # each missing triplet once
-        self.hits, self.misses = self.hits + len(keys) - len(new), self.misses + len(new)
-        fresh = {}
-        if new:
-            rows = torch.tensor([keys.index(k) for k in new], device=small['context_rgb'].device)
-            out = reconstructor(*(small[f'context_{x}'].index_select(0, rows) for x in ('rgb', 'K', 'c2w')))
-            for j, k in enumerate(new):
-                fresh[k] = {name: v[j].clone() for name, v in out.items()}
-                self._keep(self.store, k, fresh[k], list(fresh[k].values()))
-        items = [self.store.get(k) or fresh[k] for k in keys]
-        return {name: torch.stack([it[name] for it in items]) for name in items[0]}
-
-    def plan(self, small: dict, gaussians: Gaussians, backend: str = 'auto') -> SplatPlan | None:
-        "The plan of splatting `gaussians` (one set per triplet of `small`) into the target cameras, made once per triplet (None: not the PyTorch splatter)."
-        keys, (h, w) = self.keys(small), small['target_rgb'].shape[-2:]
-        c2w, K, plans = small['target_c2w'][:, None], small['target_K'][:, None], []
-        for i, k in enumerate(keys):
-            if k not in self.plans:
-                p = prepare(gaussians[i:i + 1], c2w[i:i + 1], K[i:i + 1], w, h, backend=backend, check=False)
-                if p is None: return None                                            # gsplat or triton: they project per call
-                p = feature_plan(p)
-                if not self._keep(self.plans, k, p, [p.pairs.frow, p.pairs.offsets, p.weights, p.T, p.depth]):
-                    plans.append(p); continue
-            plans.append(self.plans[k])
-        return stack_plans(plans)
-
 # %% ../nbs/11_train.ipynb #581ac20b
 @torch.no_grad()
 def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstructor: nn.Module | None = None,
@@ -358,13 +305,11 @@ def teacher_side(batch: dict, teacher: DistillModel, cfg: TrainConfig, reconstru
     geometry = {}
     with timer.section('reconstructor'):
         if cfg.geometry == 'reconstructor':
-            out = reconstructor(small['context_rgb'], small['context_K'], small['context_c2w']) if recon_cache is None \
-                else recon_cache(reconstructor, small)                        # a triplet seen before: its Gaussians kept
+            out = recon_cache(reconstructor, small) if recon_cache else reconstructor(small['context_rgb'], small['context_K'], small['context_c2w'])
             flat = cfg.targets == 'plane_geometry'
             geometry = dict(gaussians=to_gaussians(plane_gaussians(out, small['context_K'], small['context_c2w']) if flat else out))
     with timer.section('lift+splat'):
-        if recon_cache is not None and geometry:                              # the plan into the target camera: made once per triplet
-            geometry['plan'] = recon_cache.plan(small, geometry['gaussians'], cfg.splat_backend)
+        if recon_cache and geometry: geometry['plan'] = recon_cache.plan(small, geometry['gaussians'], cfg.splat_backend)   # once per triplet
         tokens, valid = lift_and_splat_batch(lambda images: ctx_tokens, small, blend_alpha=cfg.blend_alpha, token_grid=(hp, wp),
                                              backend=cfg.splat_backend, mask_aware=cfg.mask_aware, channel_chunk=cfg.channel_chunk, **geometry)
     return tokens, valid
