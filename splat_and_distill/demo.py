@@ -128,7 +128,7 @@ def demo_geometry(cfg: DemoConfig, resume: bool = False) -> str | None:
             raise FileNotFoundError(f'reconstructor checkpoint {cfg.reconstructor!r} not found; train one with snd_recon or drop --reconstructor')
         return cfg.reconstructor
     out = Path(cfg.out)/'recon'
-    reconstruct.train_reconstructor(demo_recon_config(cfg), out=out, progress=cfg.progress, **_stage(out, resume))
+    reconstruct.train_reconstructor(demo_recon_config(cfg), out=out, progress=cfg.progress, cache_dir=cfg.cache_dir, **_stage(out, resume))
     return str(out)
 
 # %% ../nbs/15_demo.ipynb #801f73c9

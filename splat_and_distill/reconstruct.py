@@ -418,10 +418,10 @@ class _ReconRun:
     started: tuple = (0., 0., 0)          # wall and CPU clocks, and the step, where this process's loop started
     def save(self): save_recon_checkpoint(self.out, self.model, self.step, self.opt, self.sched, self.gen, self.run_id)
 
-def _recon_data(config: ReconConfig, scenes, val_scenes, evaluate: bool) -> tuple:
+def _recon_data(config: ReconConfig, scenes, val_scenes, evaluate: bool, cache_dir=None) -> tuple:
     "The training triplets (of the config's procedural scenes unless `scenes` are given) and the fixed validation batch (or None)."
-    scenes = scenes if scenes is not None else make_recon_scenes(config, 'train')
-    if evaluate and val_scenes is None: val_scenes = make_recon_scenes(config, 'val')
+    scenes = scenes if scenes is not None else make_recon_scenes(config, 'train', cache_dir=cache_dir)
+    if evaluate and val_scenes is None: val_scenes = make_recon_scenes(config, 'val', cache_dir=cache_dir)
     is_ds = lambda x: isinstance(x, torch.utils.data.Dataset)          # a FolderTripletDataset: real captures streamed from disk
     data = scenes if is_ds(scenes) else TripletDataset(scenes, gap=config.gap)
     h, w = data[0]['target_rgb'].shape[-2:]
@@ -483,8 +483,8 @@ def _recon_record(r: _ReconRun, logs: dict, gnorm: Tensor, config: ReconConfig, 
 def train_reconstructor(config: ReconConfig | None = None, scenes: list | None = None, val_scenes: list | None = None,
                         steps: int | None = None, out: str | Path | None = None, resume: bool = False, device=None,
                         progress: bool = True, evaluate: bool = True, stop_after: int | None = None,
-                        overwrite: bool = False) -> tuple[Reconstructor, list]:
-    "Train a reconstructor; returns the model and the logged records (also in `out/metrics.jsonl`). `stop_after`: pause at that step (resume later)."
+                        overwrite: bool = False, cache_dir: str | Path | None = None) -> tuple[Reconstructor, list]:
+    "Train a reconstructor; returns the model and the logged records (also in `out/metrics.jsonl`). `stop_after`: pause at that step (resume later); `cache_dir`: the scene cache of procedural scenes (None: the default)."
     config = config or cpu_default()
     if steps is not None: config = dataclasses.replace(config, steps=steps)
     validate_recon_config(config, procedural=scenes is None)          # scenes given (or streamed from disk): none are made here
@@ -499,7 +499,7 @@ def train_reconstructor(config: ReconConfig | None = None, scenes: list | None =
         return load_reconstructor(out, device), read_jsonl(out / 'metrics.jsonl')
     with plan.get('folder') or contextlib.nullcontext():          # the folder's lock: held for the whole run
         set_seed(config.seed)
-        data, val_batch = _recon_data(config, scenes, val_scenes, evaluate)
+        data, val_batch = _recon_data(config, scenes, val_scenes, evaluate, cache_dir)
         r = _start_recon_run(config, plan, out, device)
         bar = tqdm(total=config.steps, initial=r.step, disable=not progress, desc='reconstructor')
         r.started = time.time(), time.process_time(), r.step

@@ -57,3 +57,16 @@ def test_probe_data_goes_through_the_scene_cache(tmp_path, monkeypatch):
     for split in ('train', 'test'):
         for k in ('rgb', 'depth', 'normals', 'semantic'):
             assert torch.equal(getattr(first[split], k), getattr(again[split], k)) and torch.equal(getattr(first[split], k), getattr(fresh[split], k))
+
+
+def test_geometry_scenes_go_to_the_demos_scene_cache(tmp_path, monkeypatch):
+    "cache_dir reaches the reconstructor's scenes too (they went to the default cache before)."
+    from splat_and_distill import demo as D
+    monkeypatch.setenv('SND_CACHE', str(tmp_path / 'default'))
+    cfg = D.demo_default(out=str(tmp_path / 'run'), recon_scenes=2, recon_size=16, n_views=10, recon_steps=1,
+                         cache_dir=str(tmp_path / 'mine'), progress=False)
+    assert D.demo_geometry(cfg) == str(tmp_path / 'run' / 'recon')
+    made = sorted(p.name for p in (tmp_path / 'mine' / 'scenes').glob('*.pt'))
+    rc = D.demo_recon_config(cfg)
+    assert len(made) == 2 + rc.n_val_scenes and all('16x16' in n for n in made)
+    assert not (tmp_path / 'default').exists()
