@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #8de6205d
 from __future__ import annotations
-import contextlib, json, os, random, tempfile
+import contextlib, functools, json, os, random, tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['WRITE_HOOKS', 'set_seed', 'rng_state', 'set_rng_state', 'seeded', 'default_device', 'batch_to', 'set_threads',
-           'atomic_path', 'atomic_write_text', 'atomic_write_json', 'to_numpy_image', 'colorize_depth',
+           'chunked_grads', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'to_numpy_image', 'colorize_depth',
            'colorize_normals', 'label_palette', 'colorize_labels', 'fit_pca', 'pca_rgb', 'show_images']
 
 # %% ../nbs/00_core.ipynb #1205d73e
@@ -53,6 +54,32 @@ def set_threads(n: int | None = None) -> int:
     n = n or int(os.environ.get('OMP_NUM_THREADS', 0) or os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
+
+# %% ../nbs/00_core.ipynb #a3134c81
+def chunked_grads(loss_fn, # `loss_fn(slice) -> (mean loss of the slice, dict of logged numbers)`
+                  batch: dict, # collated batch: tensors sliced along their first dimension, other values passed as they are
+                  params: list, # the tensors to differentiate
+                  chunks: int = 1, # slices, computed side by side in that many threads
+                 ) -> tuple[list, list]:
+    "Gradients (None where unused) of the batch's loss and each slice's `(share, logs)`: slice gradients weighted by size, added in slice order."
+    n = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+    if not 1 <= chunks <= n: raise ValueError(f'chunked_grads: chunks={chunks} must be between 1 and the batch size {n}')
+    cut = [round(i * n / chunks) for i in range(chunks + 1)]
+    def run(i):
+        part = {k: v[cut[i]:cut[i + 1]] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        share = (cut[i + 1] - cut[i]) / n
+        loss, logs = loss_fn(part)
+        return share, logs, torch.autograd.grad(loss * share if chunks > 1 else loss, params, allow_unused=True)
+    if chunks == 1: outs = [run(0)]
+    else:
+        with ThreadPoolExecutor(chunks - 1) as pool:
+            futures = [pool.submit(run, i) for i in range(1, chunks)]
+            outs = [run(0)] + [f.result() for f in futures]
+    grads = []
+    for j in range(len(params)):
+        parts = [o[2][j] for o in outs if o[2][j] is not None]
+        grads.append(functools.reduce(torch.add, parts) if parts else None)
+    return grads, [(o[0], o[1]) for o in outs]
 
 # %% ../nbs/00_core.ipynb #6d431e56
 WRITE_HOOKS: list = []   # called with the path of every file `atomic_path` completes (chapter 00a logs what a run wrote)

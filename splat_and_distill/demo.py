@@ -65,7 +65,7 @@ class DemoConfig:
     probe_overrides: dict = dataclasses.field(default_factory=dict)  # fields of the probe preset to change
     seed: int = 0                        # seed of the reconstructor and of the figures' scene
     threads: int | None = None           # CPU threads (None: $OMP_NUM_THREADS or all cores)
-    workers: int | None = None           # processes running independent stages side by side, threads split among them (None: one per thread, at most one per seed plus one; 1: in this process)
+    workers: int | None = None           # processes running independent stages side by side, threads split among them (None: one per seed plus one, at most one more than threads; 1: in this process)
     cache_dir: str | None = None         # scene/feature cache (None: the default cache folder)
     progress: bool = True
 
@@ -110,8 +110,9 @@ def validate_demo(cfg: DemoConfig, variants: dict | None = None) -> DemoConfig:
 
 # %% ../nbs/15_demo.ipynb #ceae3126
 def demo_recon_config(cfg: DemoConfig) -> reconstruct.ReconConfig:
-    "The reconstructor the demo trains when none is given: chapter 08's `cpu_default` at the demo's size."
-    return reconstruct.cpu_default(size=cfg.recon_size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed, steps=cfg.recon_steps)
+    "The reconstructor the demo trains when none is given: chapter 08's `cpu_default` at the demo's size, its batch's gradient in two halves side by side (two cores)."
+    return reconstruct.cpu_default(size=cfg.recon_size, n_views=cfg.n_views, n_train_scenes=cfg.recon_scenes, seed=cfg.seed, steps=cfg.recon_steps,
+                                   grad_chunks=2)
 
 def _stage(folder: Path, resume: bool) -> dict:
     "How a stage of a demo run starts: resumed if the demo is resumed and the stage had begun, else new, replacing what a stage that never got going wrote (the demo's folder was checked: anything else there is a user's)."
@@ -316,10 +317,11 @@ def _demo_runs(cfg: DemoConfig, variants: dict, kind: str, resume: bool, out: Pa
 
 # %% ../nbs/15_demo.ipynb #ba51f9fb
 def demo_workers(cfg: DemoConfig) -> tuple[int, int]:
-    "(processes, threads per process) of the demo's pool: `cfg.workers` (None: one per thread, at most one per seed plus one) sharing `cfg.threads`."
+    """(processes, threads per process) of the demo's pool: `cfg.workers` (None: one per seed plus one) sharing `cfg.threads`, at most one
+    process more than threads (with two, three distillations on two cores end together instead of two and then one)."""
     threads = cfg.threads or torch.get_num_threads()
-    workers = max(1, min(cfg.workers or min(threads, len(cfg.seeds) + 1), threads))
-    return workers, threads // workers
+    workers = max(1, min(cfg.workers or len(cfg.seeds) + 1, threads + (threads > 1)))
+    return workers, max(1, threads // workers)
 
 _WORKER = {}                                                      # a pool process's probe data, made once per process
 
@@ -609,7 +611,7 @@ def _demo_options(p, quick_help: str):
     add_seeds_option(p, 'distillation seeds, e.g. 0,1,2 or 0 1 2 (default: 0,1,2)')
     add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads')
     add_option(p, 'workers', type=option_type(int), default=None,
-               help='processes running independent stages side by side, sharing the threads (default: one per thread, at most one per seed plus one; 1: one process)')
+               help='processes running independent stages side by side, sharing the threads (default: one per seed plus one, at most one more than threads; 1: one process)')
     add_flag(p, 'progress', 'show progress bars (default) or not (--no-progress)')
     add_config_file_options(p)
 

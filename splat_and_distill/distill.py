@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_distill.ipynb #2204f7b0
 from __future__ import annotations
-import copy
+import copy, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -211,6 +211,9 @@ def distill_step(student: nn.Module, teacher: nn.Module, criterion: DistillLoss,
         with torch.no_grad(): t_logits = teacher.logits(target_tokens)
         loss, pt = criterion(s_logits, t_logits, v, step=step, return_probs=True)
     else: loss = feature_loss(out['tokens'], target_tokens, v, objective)
+    if not math.isfinite(lv := float(loss.detach())):
+        raise FloatingPointError(f'distill_step: the loss is {lv} at step {step} (the student or its EMA teacher diverged); nothing was updated. '
+                                 'Lower the learning rate, or resume from the last checkpoint')
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     gnorm = None
@@ -221,4 +224,4 @@ def distill_step(student: nn.Module, teacher: nn.Module, criterion: DistillLoss,
     stats = distill_stats(s_logits.detach(), pt, v) if objective == 'dino' else \
         dict(valid_fraction=1. if v is None else float(v.float().mean()))
     stats['cosine'] = float(masked_mean(token_cosines(out['tokens'].detach(), target_tokens), v))
-    return dict(loss=float(loss.detach()), **stats, **({} if gnorm is None else dict(grad_norm=gnorm)))
+    return dict(loss=lv, **stats, **({} if gnorm is None else dict(grad_norm=gnorm)))

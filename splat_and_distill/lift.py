@@ -178,8 +178,8 @@ def _lift_steps_2_to_6(tok, labels, gaussians, target_c2w, target_K, target_labe
     up = up.view(b, v, c, h, w)                                            # (b, v, c, h, w)
     # 3. one Gaussian per context pixel, carrying its feature (ordered view, row, column)
     g = Gaussians(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, up.permute(0, 1, 3, 4, 2).reshape(b, v * h * w, c))
-    # 4. splat into the target camera
-    out = render(g, target_c2w[:, None], target_K[:, None], w, h, backend=backend, plan=plan)
+    # 4. splat into the target camera (a plan's geometry was checked where it was made; the features are the teacher's)
+    out = render(g, target_c2w[:, None], target_K[:, None], w, h, backend=backend, plan=plan, check=plan is None)
     rendered = hwc_to_chw(out['features'][:, 0])                            # (b, c, h, w)
     alpha = out['alpha'][:, 0]                                              # (b, h, w)
     covered = alpha > alpha_threshold

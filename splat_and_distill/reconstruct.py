@@ -14,7 +14,7 @@ from torch import Tensor
 from jaxtyping import Float
 from tqdm.auto import tqdm
 import matplotlib.pyplot as plt
-from .core import set_seed, default_device, set_threads, atomic_path, atomic_write_json, colorize_depth, show_images, batch_to
+from .core import set_seed, default_device, set_threads, atomic_path, atomic_write_json, colorize_depth, show_images, batch_to, chunked_grads
 from .runs import (typed_overrides, parse_sets, check_ranges, check_memory, check_device, cli_parser, add_option,
     add_run_options, option_type, run_cli, read_json, fault_point, begin_checkpoint, finish_checkpoint, find_checkpoint, open_run,
     add_flag, add_config_file_options, read_config_file, print_config, config_changes, read_jsonl, config_from_dict, MetricsLog,
@@ -193,6 +193,7 @@ class ReconConfig:
     warmup: int = 50
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
+    grad_chunks: int = 1        # the batch's gradient in this many slices, side by side in threads (chunked_grads): on a CPU, a core each
     ssim_weight: float = 0.2    # loss = MSE + ssim_weight * (1 - SSIM) + depth_weight * depth loss
     depth_weight: float = 0.0   # depth supervision (off, as in MVSplat)
     backend: str = 'auto'       # splatter: 'auto' (gsplat on CUDA, PyTorch on CPU), 'torch', 'gsplat'
@@ -231,7 +232,7 @@ RECON_RANGES = dict(size='>= 8', width='>= 8', near='> 0', far='> 0', n_depths='
                     unet_ch='>= 1', refine_ch='>= 1', scale_min='> 0', scale_max='> 0', n_views='>= 3', n_train_scenes='>= 1',
                     n_val_scenes='>= 0', gap='>= 2', steps='>= 1', batch_size='>= 1', lr='(0, 1)', warmup='>= 0', weight_decay='>= 0',
                     grad_clip='> 0', ssim_weight='>= 0', depth_weight='>= 0', seed='>= 0', log_every='>= 1', eval_every='>= 1',
-                    ckpt_every='>= 1', n_val_triplets='>= 1')
+                    ckpt_every='>= 1', n_val_triplets='>= 1', grad_chunks='>= 1')
 
 def validate_recon_config(c: ReconConfig, procedural: bool = True) -> ReconConfig:
     "Raise `ValueError` naming the field unless `c` describes a reconstructor that can be built and trained; touches no data."
@@ -242,6 +243,7 @@ def validate_recon_config(c: ReconConfig, procedural: bool = True) -> ReconConfi
     if c.far <= c.near: raise ValueError(f'reconstructor config: far={c.far} must exceed near={c.near}')
     if c.scale_max < c.scale_min: raise ValueError(f'reconstructor config: scale_max={c.scale_max} must be >= scale_min={c.scale_min}')
     if c.n_views <= c.gap: raise ValueError(f'reconstructor config: n_views={c.n_views} must exceed gap={c.gap}')
+    if c.grad_chunks > c.batch_size: raise ValueError(f'reconstructor config: grad_chunks={c.grad_chunks} exceeds batch_size={c.batch_size}')
     if c.backend not in ('auto', 'torch', 'gsplat', 'triton'): raise ValueError(f"reconstructor config backend={c.backend!r}: choose auto, torch, gsplat or triton")
     if c.cross_attention and c.feat_ch % c.attn_heads:
         raise ValueError(f'reconstructor config: feat_ch={c.feat_ch} must be divisible by attn_heads={c.attn_heads}')
@@ -459,9 +461,10 @@ def _recon_step(r: _ReconRun, data, config: ReconConfig, device) -> tuple[dict, 
     "One training step on a batch drawn by the run's generator; returns the logged numbers and the gradient norm."
     idx = torch.randint(len(data), (config.batch_size,), generator=r.gen).tolist()
     batch = batch_to(torch.utils.data.default_collate([data[i] for i in idx]), device)
-    loss, logs = recon_loss(r.model, batch, config)
-    r.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    params = list(r.model.parameters())
+    grads, parts = chunked_grads(lambda b: recon_loss(r.model, b, config), batch, params, config.grad_chunks)
+    for p, g in zip(params, grads): p.grad = g
+    logs = {k: sum(s * l[k] for s, l in parts) for k in parts[0][1] if all(k in l for _, l in parts)}   # means over the batch
     gnorm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), config.grad_clip)
     r.opt.step(); r.sched.step(); r.step += 1
     return logs, gnorm
@@ -528,8 +531,7 @@ def show_reconstruction(model: Reconstructor, batch: dict, i: int = 0, backend: 
     g = gaussians_from_depth(bt['context_depth'], bt['context_K'], bt['context_c2w'], bt['context_rgb'])
     orc = render_targets(g, bt['target_K'], bt['target_c2w'], h, w, backend)['features'][0].clamp(0, 1).cpu()
     gt = bt['context_depth'][0, 0].cpu(); lo, hi = float(gt[gt > 0].min()), float(gt.max())
-    dm = average_metrics(depth_metrics(out['depth'][0, :1].cpu(), gt[None]))
-    tgt = bt['target_rgb'][0].cpu()
+    dm, tgt = average_metrics(depth_metrics(out['depth'][0, :1].cpu(), gt[None])), bt['target_rgb'][0].cpu()
     ims = [bt['context_rgb'][0, 0].cpu(), bt['context_rgb'][0, 1].cpu(), colorize_depth(out['depth'][0, 0].cpu(), vmin=lo, vmax=hi),
            colorize_depth(gt, vmin=lo, vmax=hi), pred, tgt, orc]
     titles = ['context 0', 'context 1', f"predicted depth (d1 {dm['d1']:.2f})", 'GT depth',
@@ -547,11 +549,10 @@ def plot_recon_history(records: list, path=None, title: str = ''):
     v = [r for r in records if 'val_delta1' in r]
     axs[1].plot([r['step'] for r in v], [r['val_delta1'] for r in v], 'o-', label='validation')
     axs[1].axhline(0.85, ls=':', c='k', lw=0.8); axs[1].set_ylim(0, 1); axs[1].set_title('depth delta<1.25')
-    axs[2].plot(st, [r['psnr'] for r in records], label='train', alpha=0.6)
+    axs[2].plot(st, [r['psnr'] for r in records], label='train', alpha=0.6); axs[2].set_title('target PSNR (dB)')
     axs[2].plot([r['step'] for r in v], [r['val_psnr'] for r in v], 'o-', label='validation')
     o = [r for r in v if 'val_psnr_oracle' in r]
     if o: axs[2].axhline(o[-1]['val_psnr_oracle'], ls='--', c='k', lw=0.8, label='GT-depth oracle')
-    axs[2].set_title('target PSNR (dB)')
     for ax in axs: ax.set_xlabel('step'); ax.legend(fontsize=7)
     if title: fig.suptitle(title)
     fig.tight_layout()
@@ -606,8 +607,7 @@ def load_reconstructor(path: str | Path, device=None) -> Reconstructor:
         raise ValueError(f'{wpath} does not match the reconstructor its config describes ({cpath.name}): '
                          f'missing {missing[:5]}{"..." if len(missing) > 5 else ""}, unexpected {unexpected[:5]}{"..." if len(unexpected) > 5 else ""}, '
                          f'shape mismatches {shapes[:5]}. Was the config edited, or the weights copied from another run?')
-    model.load_state_dict(sd)
-    model.step = int(meta.get('step', 0))
+    model.load_state_dict(sd); model.step = int(meta.get('step', 0))
     return model.to(default_device(device)).eval()
 
 # %% ../nbs/08_reconstruct.ipynb #d5295140

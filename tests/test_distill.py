@@ -87,6 +87,12 @@ def test_distill_step_learns_and_ema_follows():
     assert moved and all('lora_' in n or n.startswith('head.') for n in moved)
     with pytest.raises(ValueError, match='token grid'):
         distill_step(student, teacher, crit, opt, x, target[..., :2], valid[..., :2], 0)
+    before = {n: p.clone() for n, p in student.named_parameters()}
+    bad = target.clone(); bad[0, 0, 0, 0] = float('nan')                        # a diverged teacher: the loss is NaN
+    for objective in ('dino', 'cosine'):
+        with pytest.raises(FloatingPointError, match='the loss is nan at step 12 .*nothing was updated'):
+            distill_step(student, teacher, crit, opt, x, bad, valid | True, 12, objective=objective)
+    assert all(torch.equal(p, before[n]) for n, p in student.named_parameters())
 
 def test_distill_stats_extremes():
     K = 16
