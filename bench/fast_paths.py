@@ -6,6 +6,9 @@
     first, then one matrix product);
   * the probe heads' bilinear resizing (chapter 10), forward + backward, at the depth head's (16 x 256 bins, 8 x 8 to
     32 x 32) and the normals head's (16 x 4) shapes: `F.interpolate` against `probes.bilinear_resize`;
+  * the depth probe head's bin weighting, forward + backward (16 images, 256 bins, 32 x 32): `relu(z) + 0.1`
+    materialised, then an einsum with the bin centres and a sum over the bins, against one product of `relu(z)` with the
+    two rows [bin centres; ones] (`probes.DepthProbe` now), the constant 0.1 added to the two sums after;
   * the normals probe's angular loss, forward + backward: with `F.cosine_similarity` and a norm over dim 1 (slow on
     CPU for NCHW tensors) against the written-out form `probes.angular_loss` uses now;
   * the ratio test of correspondence (4096 x 4096 grid pixels, d = 112): distances `1 - cos` over chunks of 2048
@@ -47,6 +50,12 @@ def old_angular_loss(out, gt, eps=1e-4):
     return (F.softplus(-torch.pi * k) - torch.log1p(k ** 2) + k * theta)[valid].mean()
 
 
+def old_depth_head(head, x):
+    "The depth probe head's forward before: the bin weights materialised, then an einsum and a sum over the bins."
+    w = F.relu(head.scores(x)) + 0.1
+    return torch.einsum('bnhw,n->bhw', w, head.bins) / w.sum(1)
+
+
 def old_ratio_test(f0, f1, num_corr, chunk=2048):
     "The ratio test before: distances over the whole chunk, then the two smallest, in chunks of 2048 rows."
     nn_idx, weight = [], []
@@ -79,6 +88,11 @@ def rows(repeats: int):
         new = lambda: bilinear_resize(z, (32, 32)).square().sum().backward()
         with torch.no_grad(): d = float((F.interpolate(z, size=(32, 32), mode='bilinear', align_corners=False) - bilinear_resize(z, (32, 32))).abs().max())
         yield name, median_ms(old, repeats), median_ms(new, repeats), d
+    from splat_and_distill.probes import DepthProbe
+    head, x = DepthProbe(112), torch.randn(16, 112, 8, 8, generator=torch.Generator().manual_seed(1))   # its own draws: the rows after see what they saw
+    with torch.no_grad(): d = float((old_depth_head(head, x) - head(x)).abs().max() / head(x).abs().max())   # relative
+    yield ('depth head 16x256 bins at 32x32, fwd+bwd', median_ms(lambda: old_depth_head(head, x).sum().backward(), repeats),
+           median_ms(lambda: head(x).sum().backward(), repeats), d)
     out = torch.randn(16, 4, 32, 32, generator=g, requires_grad=True)
     gt = F.normalize(torch.randn(16, 3, 32, 32, generator=g), dim=1); gt[:, :, :4] = 0
     with torch.no_grad(): d = float((old_angular_loss(out, gt) - angular_loss(out, gt)).abs())

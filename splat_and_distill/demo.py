@@ -65,7 +65,7 @@ class DemoConfig:
     probe_overrides: dict = dataclasses.field(default_factory=dict)  # fields of the probe preset to change
     seed: int = 0                        # seed of the reconstructor and of the figures' scene
     threads: int | None = None           # CPU threads (None: $OMP_NUM_THREADS or all cores)
-    workers: int | None = None           # processes running independent stages side by side, threads split among them (None: one per seed plus one, at most one more than threads; 1: in this process)
+    workers: int | None = None           # processes running independent stages side by side, threads split among them (None: one per thread, at most one per seed plus one; 1: in this process)
     cache_dir: str | None = None         # scene/feature cache (None: the default cache folder)
     progress: bool = True
 
@@ -317,11 +317,10 @@ def _demo_runs(cfg: DemoConfig, variants: dict, kind: str, resume: bool, out: Pa
 
 # %% ../nbs/15_demo.ipynb #ba51f9fb
 def demo_workers(cfg: DemoConfig) -> tuple[int, int]:
-    """(processes, threads per process) of the demo's pool: `cfg.workers` (None: one per seed plus one) sharing `cfg.threads`, at most one
-    process more than threads (with two, three distillations on two cores end together instead of two and then one)."""
+    "(processes, threads per process) of the demo's pool: `cfg.workers` (None: one per thread, at most one per seed plus one) sharing `cfg.threads`."
     threads = cfg.threads or torch.get_num_threads()
-    workers = max(1, min(cfg.workers or len(cfg.seeds) + 1, threads + (threads > 1)))
-    return workers, max(1, threads // workers)
+    workers = max(1, min(cfg.workers or min(threads, len(cfg.seeds) + 1), threads))
+    return workers, threads // workers
 
 _WORKER = {}                                                      # a pool process's probe data, made once per process
 
@@ -375,16 +374,19 @@ def _demo_runs_parallel(cfg: DemoConfig, variants: dict, kind: str, resume: bool
     pool = ProcessPoolExecutor(workers, multiprocessing.get_context('spawn'), initializer=_worker_init, initargs=(threads, os.getpid()))
     try:
         geo = pool.submit(_geometry_job, w, resume) if needs_recon else None
-        teach = pool.submit(_teacher_job, w)
+        beside = geo is None or workers > demo_recon_config(cfg).grad_chunks    # a process left beside the geometry's halves
+        teach = pool.submit(_teacher_job, w) if beside else None
         recon_path, geo_s = geo.result() if geo else (None, 0.)
         pending = {pool.submit(distill_student, w, s, recon_path, v, variants[v], resume): (s, v, None) for s, v in jobs if s not in runs[v]}
-        teacher, teacher_s = teach.result()
-        fault_point('teacher')
+        pending[teach or pool.submit(_teacher_job, w)] = (None, None, 'teacher')   # behind the distillations, the longest jobs
         names, models, finished = {}, {}, sum(map(len, runs.values()))     # students done (earlier ones included)
-        bar = tqdm(total=len(pending), desc=f'{kind} runs ({workers} processes)', disable=not cfg.progress)
+        bar = tqdm(total=len(pending) - 1, desc=f'{kind} runs ({workers} processes)', disable=not cfg.progress)
         while pending:
             for f in wait(pending, return_when=FIRST_COMPLETED)[0]:
                 s, v, name = pending.pop(f)
+                if name == 'teacher':                                   # the teacher's probes, every seed
+                    teacher, teacher_s = f.result()
+                    fault_point('teacher'); continue
                 if name is None:                                        # distilled: probe it
                     runs[v][s], models[s, v] = f.result(), {}
                     names[s, v] = ['student'] + (['student+teacher'] if cfg.concat and v == 'default' else [])
@@ -611,7 +613,7 @@ def _demo_options(p, quick_help: str):
     add_seeds_option(p, 'distillation seeds, e.g. 0,1,2 or 0 1 2 (default: 0,1,2)')
     add_option(p, 'threads', type=option_type(int), default=None, help='CPU threads')
     add_option(p, 'workers', type=option_type(int), default=None,
-               help='processes running independent stages side by side, sharing the threads (default: one per seed plus one, at most one more than threads; 1: one process)')
+               help='processes running independent stages side by side, sharing the threads (default: one per thread, at most one per seed plus one; 1: one process)')
     add_flag(p, 'progress', 'show progress bars (default) or not (--no-progress)')
     add_config_file_options(p)
 

@@ -78,8 +78,10 @@ class DepthProbe(nn.Module):
 
     def forward(self, x: Float[Tensor, "b d hp wp"], size: tuple[int, int] | None = None) -> Float[Tensor, "b h w"]:
         "Depth `[b, 4hp, 4wp]`, or bilinearly resized to `size` (the label resolution)."
-        w = F.relu(self.scores(x)) + 0.1                                    # unnormalised bin weights (b, n, 4hp, 4wp)
-        depth = torch.einsum('bnhw,n->bhw', w, self.bins) / w.sum(1)        # = sum_n bins_n depth_bin_weights(z)_n: one division per pixel
+        r = F.relu(self.scores(x))                                          # (b, n, 4hp, 4wp): the unnormalised bin weights are r + 0.1
+        both = torch.stack([self.bins, torch.ones_like(self.bins)]) @ r.flatten(2)   # (b, 2, pixels): sum_n bins_n r_n and sum_n r_n in one pass
+        n, total = len(self.bins), self.bins.sum()
+        depth = ((both[:, 0] + 0.1 * total) / (both[:, 1] + 0.1 * n)).view(r.shape[0], *r.shape[-2:])   # = sum_n bins_n depth_bin_weights(z)_n
         if size is not None and tuple(size) != depth.shape[-2:]:
             depth = bilinear_resize(depth, tuple(size))
         return depth

@@ -15,27 +15,39 @@ def _demo(tmp_path, name, threads, workers, *more) -> dict:
     return json.loads((tmp_path / name / 'results.json').read_text().replace(str(tmp_path / name), '<out>'))
 
 def test_demo_workers_share_the_threads():
-    assert demo_workers(demo_default(threads=2)) == (3, 1)           # README command (a) on 2 cores: three distillations side by side
-    assert demo_workers(demo_default(threads=1)) == (1, 1)           # one core: in this process
+    assert demo_workers(demo_default(threads=2)) == (2, 1)           # README command (a) on 2 cores
+    assert demo_workers(demo_default(threads=1)) == (1, 1)
     assert demo_workers(demo_default(threads=16)) == (4, 4)          # at most one per seed plus one
     assert demo_workers(demo_default(threads=16, seeds=(0,))) == (2, 8)
     assert demo_workers(demo_default(threads=3, workers=2)) == (2, 1)
-    assert demo_workers(demo_default(threads=2, workers=8)) == (3, 1)  # never more than one process beyond the threads
-    assert demo_workers(demo_default(threads=1, workers=3)) == (1, 1)
+    assert demo_workers(demo_default(threads=2, workers=8)) == (2, 1)  # never more processes than threads
 
 def test_parallel_demo_equals_one_process(tmp_path):
-    "Three one-thread processes on two threads (the default there) compute exactly what one one-thread process computes: teacher, students, summary; the same files."
-    one, two = _demo(tmp_path, 'one', 1, 1), _demo(tmp_path, 'two', 2, 3)
-    assert (one['machine']['workers'], two['machine']['workers'], two['machine']['threads_per_worker']) == (1, 3, 1)
+    "Two one-thread processes compute exactly what one one-thread process computes: teacher, students, summary; the same files."
+    one, two = _demo(tmp_path, 'one', 1, 1), _demo(tmp_path, 'two', 2, 2)
+    assert (one['machine']['workers'], two['machine']['workers'], two['machine']['threads_per_worker']) == (1, 2, 1)
     same = lambda r: strip_clock({k: r[k] for k in ('teacher', 'runs', 'summary')})
     diff = differences(same(one), same(two))
     assert not diff, '\n'.join(diff[:20])
     assert list(two['runs']) == ['0', '1'] and list(two['runs']['0']['models']) == ['student', 'student+teacher']
     files = lambda out: sorted(str(p.relative_to(tmp_path / out)) for p in (tmp_path / out).rglob('*.json'))
     assert files('one') == files('two') and not list((tmp_path / 'two').rglob('probes_*.json'))
-    assert '3 processes of 1' in (tmp_path / 'two' / 'results.md').read_text()
-    again = _demo(tmp_path, 'two', 2, 3, '--resume')                      # finished: every stage kept
+    assert '2 processes of 1' in (tmp_path / 'two' / 'results.md').read_text()
+    again = _demo(tmp_path, 'two', 2, 2, '--resume')                      # finished: every stage kept
     assert not differences(same(again), same(two))
+
+def test_parallel_demo_with_a_reconstructor_equals_one_process(tmp_path):
+    "The geometry stage's two halves in two threads (grad_chunks=2) and, with two processes, the teacher's probes queued behind the distillations: the numbers of one process, the reconstructor bit for bit."
+    from safetensors.torch import load_file
+    more = ['--set', 'geometry=reconstructor', '--set', 'recon_steps=3', '--set', 'recon_scenes=1']
+    one, two = _demo(tmp_path, 'one', 1, 1, *more), _demo(tmp_path, 'two', 2, 2, *more)
+    assert two['machine']['workers'] == 2 and json.loads((tmp_path / 'two' / 'recon' / 'config.json').read_text())['grad_chunks'] == 2
+    a, b = (load_file(tmp_path / n / 'recon' / 'model.safetensors') for n in ('one', 'two'))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    same = lambda r: strip_clock({k: r[k] for k in ('teacher', 'runs', 'summary', 'geometry_eval')})
+    diff = differences(same(one), same(two))
+    assert not diff, '\n'.join(diff[:20])
+    assert set(two['timing_s']) >= {'geometry', 'teacher_probes', 'students'} and two['teacher'].keys() == one['teacher'].keys()
 
 def test_parallel_demo_resumes_exactly(tmp_path):
     "The parent killed after the teacher's probes, after the first student and before the results (its pool dies with it): resumed, the same numbers."
