@@ -56,6 +56,14 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 # %% ../nbs/00_core.ipynb #a3134c81
+_SLICE_POOLS: dict = {}   # (process id, threads) -> executor: the slices' threads, and their memory arenas, last as long as the process
+
+def _slice_pool(threads: int) -> ThreadPoolExecutor:
+    "A thread pool kept for the process (a new one in a forked child, where the parent's threads do not exist)."
+    key = (os.getpid(), threads)
+    if key not in _SLICE_POOLS: _SLICE_POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix='chunked_grads')
+    return _SLICE_POOLS[key]
+
 def chunked_grads(loss_fn, # `loss_fn(slice) -> (mean loss of the slice, dict of logged numbers)`
                   batch: dict, # collated batch: tensors sliced along their first dimension, other values passed as they are
                   params: list, # the tensors to differentiate
@@ -72,9 +80,8 @@ def chunked_grads(loss_fn, # `loss_fn(slice) -> (mean loss of the slice, dict of
         return share, logs, torch.autograd.grad(loss * share if chunks > 1 else loss, params, allow_unused=True)
     if chunks == 1: outs = [run(0)]
     else:
-        with ThreadPoolExecutor(chunks - 1) as pool:
-            futures = [pool.submit(run, i) for i in range(1, chunks)]
-            outs = [run(0)] + [f.result() for f in futures]
+        futures = [_slice_pool(chunks - 1).submit(run, i) for i in range(1, chunks)]
+        outs = [run(0)] + [f.result() for f in futures]
     grads = []
     for j in range(len(params)):
         parts = [o[2][j] for o in outs if o[2][j] is not None]

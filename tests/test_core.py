@@ -68,3 +68,20 @@ def test_bad_chunks_and_errors_in_a_thread():
         if len(part['x']) == 1 and torch.equal(part['x'], batch()['x'][4:]): raise RuntimeError('slice failed')
         return loss(part)
     with pytest.raises(RuntimeError, match='slice failed'): chunked_grads(fails_on_last, batch(), params, 5)
+
+
+def test_slices_run_on_threads_kept_for_the_process(monkeypatch):
+    "One pool per process and size, reused step after step (thread and allocator start-up once); a forked child (another pid) makes its own."
+    from splat_and_distill import core
+    net, params, loss = model_and_loss()
+    seen = set()
+    def record(part):
+        seen.add(threading.current_thread().name)
+        return loss(part)
+    for _ in range(3): chunked_grads(record, batch(), params, 2)
+    workers = {n for n in seen if n.startswith('chunked_grads')}
+    assert len(workers) == 1 and core._slice_pool(1) is core._slice_pool(1)
+    a, _ = chunked_grads(loss, batch(), params, 2)
+    monkeypatch.setattr(core.os, 'getpid', lambda: -1)                      # as in a child forked from this process
+    b, _ = chunked_grads(loss, batch(), params, 2)
+    assert (-1, 1) in core._SLICE_POOLS and all(torch.equal(x, y) for x, y in zip(a[:-1], b[:-1]))
