@@ -57,6 +57,23 @@ def test_depth_head_bins_and_weighting():
     assert head(x).shape == (2, 12, 16) and head(x, (30, 40)).shape == (2, 30, 40)
 
 
+def test_depth_head_one_product_equals_the_weighted_mean():
+    "The head's depth (the bins' sums in one product with [bins; ones], the 0.1 added after) equals the written-out weighted mean, values and gradients."
+    torch.manual_seed(0)
+    head = DepthProbe(9, n_bins=64)
+    x = torch.randn(3, 9, 5, 6, requires_grad=True)
+    def reference(x):
+        w = F.relu(head.scores(x)) + 0.1
+        return (w * head.bins[None, :, None, None]).sum(1) / w.sum(1)
+    out, ref = head(x), reference(x)
+    torch.testing.assert_close(out, ref, rtol=2e-6, atol=1e-6)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, head.conv.weight], g)
+    want = torch.autograd.grad(ref, [x, head.conv.weight], g)
+    for a, b in zip(got, want): torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert bool((out > head.bins[0]).all() and (out < head.bins[-1]).all())     # a weighted mean of the bin centres
+
+
 @pytest.mark.parametrize('shape,size', [((2, 5, 8, 8), (32, 32)), ((3, 7, 9), (30, 40)), ((1, 2, 16, 12), (8, 6)), ((2, 1, 4, 6), (4, 6))])
 def test_bilinear_resize_equals_interpolate(shape, size):
     "The probes' matrix form of bilinear resizing: F.interpolate's values and gradients (up, down, identity, any leading dims)."
