@@ -39,7 +39,7 @@ SECTIONS = [
     ('reconstruct:gaussian_params', 'Gaussian parameters', None),
     ('reconstruct:evaluate_reconstructor', 'validation', None), ('reconstruct:save_recon_checkpoint', 'checkpointing', None),
     # training steps of every model
-    ('torch:Tensor.backward', 'backward', None),
+    ('torch:Tensor.backward', 'backward', None), ('torch.autograd:grad', 'backward', None),   # grad: chunked_grads (chapter 00)
     ('torch.nn.utils:clip_grad_norm_', 'optimiser', None), ('torch.optim:Adam.step', 'optimiser', None),
     ('torch.optim:AdamW.step', 'optimiser', None), ('torch.optim:Optimizer.zero_grad', 'optimiser', None),
     ('torch.optim.lr_scheduler:LRScheduler.step', 'optimiser', None),
