@@ -369,7 +369,7 @@ class ReconCache:
         c2w, K, plans = small['target_c2w'][:, None], small['target_K'][:, None], []
         for i, k in enumerate(keys):
             if k not in self.plans:
-                p = prepare(gaussians[i:i + 1], c2w[i:i + 1], K[i:i + 1], w, h, backend=backend, check=False)
+                p = prepare(gaussians[i:i + 1], c2w[i:i + 1], K[i:i + 1], w, h, backend=backend)   # checked here: lifting trusts a plan
                 if p is None: return None                                            # gsplat or triton: they project per call
                 p = feature_plan(p)
                 if not self._keep(self.plans, k, p, [p.pairs.frow, p.pairs.offsets, p.weights, p.T, p.depth]):
